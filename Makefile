@@ -1,0 +1,46 @@
+# lrmerge developer commands. `make demo` and `make test` work in a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch; override (e.g. TORCH_SPEC='torch') on a GPU machine.
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv test test-fast demo lint bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[test,dev]'
+	touch $@
+
+## the whole test suite (unit tests, dry runs, a tiny end-to-end run)
+test: venv
+	$(BIN)/pytest -q
+
+## unit tests only, no end-to-end workflow run
+test-fast: venv
+	$(BIN)/pytest -q -m "not slow"
+
+## the mini preset end to end on CPU
+demo: venv
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/mini
+	@echo "figures: results/mini/figures/saturation.png results/mini/figures/discarded.png"
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint --configfile config/config.yaml
+	$(BIN)/snakefmt --check Snakefile workflow
+
+## merge engine benchmark against mergekit and a plain read/write script
+bench: venv
+	$(BIN)/python benchmarks/bench_merge.py
+
+clean:
+	rm -rf .snakemake logs results/mini

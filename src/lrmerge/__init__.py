@@ -1,0 +1,3 @@
+"""lrmerge: model merging for low-resource languages."""
+
+__version__ = "0.1.0"
