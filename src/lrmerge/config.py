@@ -1,0 +1,296 @@
+"""Load and validate a workflow config; enumerate the models a config asks for.
+
+`load_config` validates against `workflow/schemas/config.schema.yaml`, the schema Snakemake's
+`validate()` uses, filling defaults the same way, then runs `check_config` for what a schema cannot
+express. The Snakefile calls the same `check_config` and the same enumeration (`plan_models`), so the
+workflow, the CLI commands and the report agree on what exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SCHEMA_ENV = "LRMERGE_SCHEMA"
+# Engine methods (lrmerge merge) and which of them elect signs and so discard entries.
+ENGINE_METHODS = ("average", "task_arithmetic", "ties", "ties_sv", "dare_ties")
+TRIMMING_METHODS = ("ties", "ties_sv", "dare_ties")
+# Parameters each engine method takes besides weights.
+METHOD_PARAMS = {
+    "average": set(),
+    "task_arithmetic": {"lambda"},
+    "ties": {"density", "lambda", "trim_scope", "vote"},
+    "ties_sv": {"density", "lambda", "slack", "trim_scope", "vote"},
+    "dare_ties": {"density", "lambda", "vote"},
+}
+REQUIRED_PARAMS = {"ties": {"density"}, "ties_sv": {"density", "slack"}, "dare_ties": {"density"}}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names the file and the key."""
+
+
+def schema_path() -> Path:
+    """The workflow's schema: $LRMERGE_SCHEMA, else the checkout this package was installed from."""
+    if os.environ.get(SCHEMA_ENV):
+        return Path(os.environ[SCHEMA_ENV])
+    path = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"config schema not found at {path}; install lrmerge editable from its checkout "
+            f"(pip install -e .) or set {SCHEMA_ENV}"
+        )
+    return path
+
+
+def _validator(schema: dict):
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    # Fill defaults while validating, as Snakemake's validate() does (copies, so that two configs
+    # never share a default object).
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    cls = validators.extend(Draft202012Validator, {"properties": set_defaults})
+    return cls(schema)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Validate `config` in place against the schema (defaults filled) and check it; return it."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: a config must be a mapping, got {type(config).__name__}")
+    with open(schema_path(), encoding="utf-8") as fh:
+        schema = yaml.safe_load(fh)
+    errors = sorted(_validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{source}: {_key(e.absolute_path)}: {e.message}" for e in errors]
+        raise ConfigError("invalid config\n" + "\n".join(lines))
+    check_config(config, source)
+    return config
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Read a workflow config file and return it validated, with defaults filled."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return validate_config(config, str(path))
+
+
+def _fail(source: str, key: str, message: str):
+    raise ConfigError(f"{source}: {key}: {message}")
+
+
+def check_config(config: dict, source: str = "config") -> None:
+    """The checks a JSON schema cannot express. Expects a schema-valid config."""
+    languages = config["languages"]
+    for lang, facts in languages.items():
+        budgets = facts["budgets"]
+        for prev, cur in zip(budgets, budgets[1:]):
+            if cur <= prev:
+                _fail(
+                    source,
+                    f"languages.{lang}.budgets",
+                    f"budgets must increase (each continues the previous one), got {prev} then {cur}",
+                )
+    methods = config["merge"]["methods"]
+    for name, spec in methods.items():
+        key = f"merge.methods.{name}"
+        engine = spec.get("method", name)
+        if engine not in ENGINE_METHODS:
+            _fail(
+                source,
+                key,
+                f"unknown merge method {name!r}; known: {', '.join(ENGINE_METHODS)} "
+                "(or give `method:` for a named variant)",
+            )
+        extra = set(spec) - METHOD_PARAMS[engine] - {"method", "weights"}
+        if extra:
+            _fail(source, key, f"{', '.join(sorted(extra))} not used by method {engine}")
+        missing = REQUIRED_PARAMS.get(engine, set()) - set(spec)
+        if missing:
+            _fail(source, key, f"method {engine} needs {', '.join(sorted(missing))}")
+        for i, pair in enumerate(spec["weights"]):
+            if len(pair) != 2:
+                _fail(source, f"{key}.weights[{i}]", f"give one (CT, SFT-flan) pair, got {pair}")
+            if sum(pair) <= 0:
+                _fail(source, f"{key}.weights[{i}]", "weights must not all be zero")
+    names = set()
+    for i, multi in enumerate(config["merge"]["multi"]):
+        key = f"merge.multi[{i}]"
+        if multi["name"] in names:
+            _fail(source, f"{key}.name", f"{multi['name']!r} is used twice")
+        names.add(multi["name"])
+        if multi["name"] != "+".join(multi["languages"]):
+            _fail(
+                source,
+                f"{key}.name",
+                f"name must be the languages joined by '+': {'+'.join(multi['languages'])}",
+            )
+        for lang in multi["languages"]:
+            if lang not in languages:
+                _fail(source, f"{key}.languages", f"{lang!r} is not in languages")
+        if len(set(multi["languages"])) != len(multi["languages"]):
+            _fail(source, f"{key}.languages", "a language is listed twice")
+        if multi["method"] not in methods:
+            _fail(source, f"{key}.method", f"{multi['method']!r} is not in merge.methods")
+        weights = multi.get("weights")
+        if weights is not None and len(weights) != len(multi["languages"]) + 1:
+            _fail(
+                source,
+                f"{key}.weights",
+                f"give {len(multi['languages']) + 1} weights (each CT model, then SFT-flan)",
+            )
+        common = set.intersection(*(set(languages[lg]["budgets"]) for lg in multi["languages"]))
+        tokens = multi["tokens"]
+        if not common:
+            _fail(source, f"{key}.tokens", "its languages share no budget")
+        if isinstance(tokens, list):
+            for n in tokens:
+                if n not in common:
+                    _fail(source, f"{key}.tokens", f"{n} is not a budget of every language")
+
+
+# ----------------------------------------------------------------------------------------------
+# What a config asks for
+
+
+def _fmt(w: float) -> str:
+    return f"{w:g}"
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """One merge: `variant` names its folder, `name` is its config name (the table's method)."""
+
+    variant: str
+    name: str
+    method: str
+    group: str
+    tokens: int
+    languages: tuple[str, ...]
+    weights: tuple[float, ...]  # one per CT model, then SFT-flan
+    params: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model the workflow builds (or takes, for a hub base) and evaluates."""
+
+    id: str  # path under models/ and eval/ (eval/{id}.json)
+    kind: str  # base | sft | ct | ct_sft | merge
+    method: str  # table name: base, sft, ct, ct_sft or the merge's config name
+    variant: str  # method, or a merge variant such as average_w1-2
+    language: str  # CT language or merge group ("" for base and sft)
+    tokens: int | None
+    eval_languages: tuple[str, ...]
+
+
+def merge_variants(config: dict) -> list[tuple[str, str, dict, tuple[float, float]]]:
+    """(variant, config name, spec, (w_ct, w_sft)) for every single-language merge."""
+    out = []
+    for name, spec in config["merge"]["methods"].items():
+        weights = spec["weights"]
+        for pair in weights:
+            variant = name if len(weights) == 1 else f"{name}_w{_fmt(pair[0])}-{_fmt(pair[1])}"
+            out.append((variant, name, spec, tuple(float(w) for w in pair)))
+    return out
+
+
+def _params(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k not in ("method", "weights")}
+
+
+def plan_merges(config: dict) -> list[MergeSpec]:
+    languages = config["languages"]
+    merges = []
+    for variant, name, spec, pair in merge_variants(config):
+        for lang, facts in languages.items():
+            for tokens in facts["budgets"]:
+                merges.append(
+                    MergeSpec(
+                        variant,
+                        name,
+                        spec.get("method", name),
+                        lang,
+                        tokens,
+                        (lang,),
+                        pair,
+                        _params(spec),
+                    )
+                )
+    for multi in config["merge"]["multi"]:
+        spec = config["merge"]["methods"][multi["method"]]
+        langs = tuple(multi["languages"])
+        common = sorted(set.intersection(*(set(languages[lg]["budgets"]) for lg in langs)))
+        tokens = multi["tokens"]
+        chosen = common[-1:] if tokens == "max" else common if tokens == "all" else tokens
+        weights = tuple(float(w) for w in multi.get("weights") or [1.0] * (len(langs) + 1))
+        for n in chosen:
+            merges.append(
+                MergeSpec(
+                    multi["method"],
+                    multi["method"],
+                    spec.get("method", multi["method"]),
+                    multi["name"],
+                    n,
+                    langs,
+                    weights,
+                    _params(spec),
+                )
+            )
+    return merges
+
+
+def plan_models(config: dict) -> list[ModelSpec]:
+    """Every model of the study, in a stable order (base, sft, ct, ct_sft, merges)."""
+    langs = tuple(config["languages"])
+    every = langs + ("en",)
+    models = [
+        ModelSpec("base", "base", "base", "base", "", None, every),
+        ModelSpec("sft", "sft", "sft", "sft", "", None, every),
+    ]
+    for kind in ("ct", "ct_sft"):
+        for lang, facts in config["languages"].items():
+            for tokens in facts["budgets"]:
+                models.append(
+                    ModelSpec(f"{kind}/{lang}/{tokens}", kind, kind, kind, lang, tokens, (lang, "en"))
+                )
+    for m in plan_merges(config):
+        models.append(
+            ModelSpec(
+                f"merge/{m.variant}/{m.group}/{m.tokens}",
+                "merge",
+                m.name,
+                m.variant,
+                m.group,
+                m.tokens,
+                m.languages + ("en",),
+            )
+        )
+    return models
+
+
+def tasks_of(config: dict, lang: str) -> list[str]:
+    if lang == "en":
+        return list(config["english"]["tasks"])
+    return list(config["languages"][lang]["tasks"])
