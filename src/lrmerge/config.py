@@ -23,9 +23,9 @@ TRIMMING_METHODS = ("ties", "ties_sv", "dare_ties")
 METHOD_PARAMS = {
     "average": set(),
     "task_arithmetic": {"lambda"},
-    "ties": {"density", "lambda", "trim_scope", "vote"},
-    "ties_sv": {"density", "lambda", "slack", "trim_scope", "vote"},
-    "dare_ties": {"density", "lambda", "vote"},
+    "ties": {"density", "lambda"},
+    "ties_sv": {"density", "lambda", "slack"},
+    "dare_ties": {"density", "lambda"},
 }
 REQUIRED_PARAMS = {"ties": {"density"}, "ties_sv": {"density", "slack"}, "dare_ties": {"density"}}
 
@@ -105,7 +105,7 @@ def check_config(config: dict, source: str = "config") -> None:
     languages = config["languages"]
     for lang, facts in languages.items():
         budgets = facts["budgets"]
-        for prev, cur in zip(budgets, budgets[1:]):
+        for prev, cur in zip(budgets, budgets[1:], strict=False):
             if cur <= prev:
                 _fail(
                     source,

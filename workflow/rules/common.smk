@@ -1,0 +1,190 @@
+# Helpers, validation, wildcard constraints and input functions. The rules files hold rules only.
+import os
+import re
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+from lrmerge.config import check_config, plan_merges, plan_models
+
+
+def config_file():
+    """The single config file the run uses; CLI commands read it (it is the config Snakemake sees)."""
+    given = [Path(p) for p in workflow.overwrite_configfiles]
+    if len(given) > 1:
+        raise ValueError(
+            "pass one --configfile: lrmerge commands read a single config file, got "
+            + ", ".join(map(str, given))
+        )
+    path = given[0] if given else Path(workflow.basedir) / "config" / "config.yaml"
+    with open(path, encoding="utf-8") as fh:
+        on_disk = yaml.safe_load(fh)
+    # --config KEY=VALUE would change what Snakemake sees but not what the commands read.
+    overrides = workflow.config_settings.overwrite_config
+    if overrides and overrides != on_disk:
+        raise ValueError(
+            f"--config overrides are not supported (commands read {path}): "
+            "edit a copy of the config file and pass it with --configfile"
+        )
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.resolve())
+
+
+CONFIG = config_file()
+validate(config, schema="../schemas/config.schema.yaml")
+check_config(config, CONFIG)
+
+RUN = config["run_name"]
+RESULTS = f"results/{RUN}"
+LOGS = f"logs/{RUN}"
+LANGS = list(config["languages"])
+MODELS = {m.id: m for m in plan_models(config)}
+MERGES = {f"{m.variant}/{m.group}/{m.tokens}": m for m in plan_merges(config)}
+# The paper starts from a hub model; the mini preset builds its own base.
+BASE_IS_BUILT = config["base_model"] is None
+BASE = f"{RESULTS}/models/base" if BASE_IS_BUILT else config["base_model"]
+
+
+def _alternatives(values):
+    return "|".join(re.escape(str(v)) for v in values)
+
+
+wildcard_constraints:
+    lang=_alternatives(LANGS),
+    corpus=_alternatives(LANGS + ["en"]),
+    tokens=r"\d+",
+    method=_alternatives(sorted({m.variant for m in MERGES.values()}) or ["-"]),
+    group=_alternatives(sorted({m.group for m in MERGES.values()}) or ["-"]),
+    model=_alternatives(MODELS),
+
+
+def summary(folder):
+    """A model folder's completion marker: train_summary.json or, for merges, merge_stats.json."""
+    merged = Path(folder).parent.parent.parent.name == "merge"
+    return f"{folder}/{'merge_stats.json' if merged else 'train_summary.json'}"
+
+
+def output_dir(wildcards, output):
+    """The model folder a training or merge rule fills (its output is a file inside it)."""
+    return os.path.dirname(output[0])
+
+
+def init_dir(wildcards, input):
+    return os.path.dirname(input.init)
+
+
+def eval_dir(wildcards, input):
+    # results/{run}/eval: every evaluation lies below it, base.json and sft.json directly.
+    return os.path.commonpath(input.evals)
+
+
+def models_dir(wildcards, input):
+    return os.path.join(os.path.dirname(eval_dir(wildcards, input)), "models")
+
+
+def tasks_dir(wildcards, input):
+    return os.path.dirname(input.tasks[0])
+
+
+def figures_dir(wildcards, output):
+    return os.path.dirname(output[0])
+
+
+def base_input(wildcards=None):
+    return [summary(BASE)] if BASE_IS_BUILT else []
+
+
+def budgets(lang):
+    return config["languages"][lang]["budgets"]
+
+
+def ct_init_dir(wildcards):
+    """The previous budget's checkpoint, or the base for the first budget."""
+    tokens = int(wildcards.tokens)
+    chain = budgets(wildcards.lang)
+    if tokens not in chain:
+        raise ValueError(f"{tokens} is not a budget of {wildcards.lang}: {chain}")
+    i = chain.index(tokens)
+    return BASE if i == 0 else f"{RESULTS}/models/ct/{wildcards.lang}/{chain[i - 1]}"
+
+
+def ct_init_input(wildcards):
+    init = ct_init_dir(wildcards)
+    return [summary(init)] if init != BASE or BASE_IS_BUILT else []
+
+
+def merge_spec(wildcards):
+    key = f"{wildcards.method}/{wildcards.group}/{wildcards.tokens}"
+    if key not in MERGES:
+        raise ValueError(f"no merge {key} in the config")
+    return MERGES[key]
+
+
+def merge_inputs(wildcards):
+    m = merge_spec(wildcards)
+    inputs = {
+        f"ct_{lang}": summary(f"{RESULTS}/models/ct/{lang}/{m.tokens}")
+        for lang in m.languages
+    }
+    inputs["sft"] = summary(f"{RESULTS}/models/sft")
+    if m.method != "average":
+        inputs["base"] = base_input()
+    return inputs
+
+
+def merge_args(wildcards):
+    """The lrmerge merge-config arguments for one merge."""
+    m = merge_spec(wildcards)
+    args = ["--method", m.method]
+    if m.method != "average":
+        args += ["--base", BASE]
+    single = len(m.languages) == 1
+    for lang, weight in zip(m.languages, m.weights):
+        name = "ct" if single else f"ct_{lang}"
+        args += ["--model", f"{name}={RESULTS}/models/ct/{lang}/{m.tokens}@{weight:g}"]
+    args += ["--model", f"sft={RESULTS}/models/sft@{m.weights[-1]:g}"]
+    for key in ("density", "lambda", "slack"):
+        if key in m.params:
+            args += [f"--{key}", f"{m.params[key]:g}"]
+    if m.method == "ties_sv":
+        args += ["--protect", "sft"]
+    return " ".join(args)
+
+
+def model_dir(wildcards):
+    return BASE if wildcards.model == "base" else f"{RESULTS}/models/{wildcards.model}"
+
+
+def evaluate_inputs(wildcards):
+    m = MODELS[wildcards.model]
+    model = base_input() if m.kind == "base" else [summary(model_dir(wildcards))]
+    return {
+        "model": model,
+        "tasks": [f"{RESULTS}/data/eval/{lang}" for lang in m.eval_languages],
+    }
+
+
+def eval_langs(wildcards):
+    return " ".join(f"--lang {lang}" for lang in MODELS[wildcards.model].eval_languages)
+
+
+def all_evals():
+    return [f"{RESULTS}/eval/{model_id}.json" for model_id in MODELS]
+
+
+def all_merge_stats():
+    return [summary(f"{RESULTS}/models/merge/{key}") for key in MERGES]
+
+
+def get_final_output():
+    return [
+        f"{RESULTS}/tables/scores.csv",
+        f"{RESULTS}/tables/discarded.csv",
+    ] + [
+        f"{RESULTS}/figures/{name}.{ext}"
+        for name in ("saturation", "discarded")
+        for ext in ("png", "pdf")
+    ]

@@ -1,0 +1,46 @@
+# Report stage: tables from the cached evaluations and merge statistics, figures from the tables
+# (lrmerge.report). `snakemake -R plot` redraws the figures without touching anything upstream.
+
+
+rule aggregate:
+    input:
+        evals=all_evals(),
+        stats=all_merge_stats(),
+    output:
+        scores=f"{RESULTS}/tables/scores.csv",
+        discarded=f"{RESULTS}/tables/discarded.csv",
+    log:
+        f"{LOGS}/aggregate.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        config=CONFIG,
+        eval_dir=eval_dir,
+        models_dir=models_dir,
+    shell:
+        "lrmerge report aggregate --config {params.config} --eval-dir {params.eval_dir}"
+        " --models-dir {params.models_dir} --scores {output.scores}"
+        " --discarded {output.discarded} > {log} 2>&1"
+
+
+rule plot:
+    input:
+        scores=f"{RESULTS}/tables/scores.csv",
+        discarded=f"{RESULTS}/tables/discarded.csv",
+    output:
+        expand(
+            "{results}/figures/{name}.{ext}",
+            results=RESULTS,
+            name=["saturation", "discarded"],
+            ext=["png", "pdf"],
+        ),
+    log:
+        f"{LOGS}/plot.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        config=CONFIG,
+        out_dir=figures_dir,
+    shell:
+        "lrmerge report plot --config {params.config} --scores {input.scores}"
+        " --discarded {input.discarded} --out-dir {params.out_dir} > {log} 2>&1"
