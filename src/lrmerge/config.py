@@ -273,7 +273,9 @@ def plan_models(config: dict) -> list[ModelSpec]:
         for lang, facts in config["languages"].items():
             for tokens in facts["budgets"]:
                 models.append(
-                    ModelSpec(f"{kind}/{lang}/{tokens}", kind, kind, kind, lang, tokens, (lang, "en"))
+                    ModelSpec(
+                        f"{kind}/{lang}/{tokens}", kind, kind, kind, lang, tokens, (lang, "en")
+                    )
                 )
     for m in plan_merges(config):
         models.append(

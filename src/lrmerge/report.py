@@ -1,0 +1,443 @@
+"""The report stage: tables from cached evaluations and merge statistics, figures from the tables.
+
+`lrmerge report aggregate` reads `eval/{model_id}.json` for every model of the config and the
+`merge_stats.json` of every merge, and writes `tables/scores.csv` and `tables/discarded.csv`.
+`lrmerge report plot` reads only those two tables, so figures can be redrawn without re-running
+anything upstream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from .config import TRIMMING_METHODS, ConfigError, load_config, plan_merges, plan_models, tasks_of
+from .fsutil import atomic_open
+
+SCORE_COLUMNS = [
+    "model",
+    "method",
+    "variant",
+    "language",
+    "tokens",
+    "task",
+    "task_language",
+    "family",
+    "metric",
+    "score",
+]
+DISCARD_COLUMNS = [
+    "model",
+    "method",
+    "variant",
+    "engine_method",
+    "language",
+    "tokens",
+    "input",
+    "kept",
+    "discarded",
+    "discarded_fraction",
+    "reserved",
+]
+# lm-eval metric keys tried in order when an eval file holds lm-eval's raw results.
+METRIC_PREFERENCE = ("acc", "exact_match", "f1", "acc_norm")
+MODULE_ORDER = (
+    "embed",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "norm",
+    "lm_head",
+)
+
+
+class ReportError(ValueError):
+    """Missing or malformed input of the report; the message names the file."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading inputs
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise ReportError(f"{path}: missing (has the job that writes it run?)") from None
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: expected a JSON object")
+    return data
+
+
+def task_scores(path: Path) -> dict[str, tuple[str, float]]:
+    """task -> (metric, score) from an eval file (ours, or lm-eval's raw `results`)."""
+    data = _read_json(path)
+    out: dict[str, tuple[str, float]] = {}
+    if "tasks" in data:
+        for task, entry in data["tasks"].items():
+            if not isinstance(entry, dict) or "score" not in entry:
+                raise ReportError(f"{path}: tasks.{task} has no 'score'")
+            out[task] = (str(entry.get("metric", "score")), _finite(entry["score"], path, task))
+        return out
+    if "results" in data:
+        for task, metrics in data["results"].items():
+            for name in METRIC_PREFERENCE:
+                key = next((k for k in metrics if k.split(",")[0] == name), None)
+                if key is not None:
+                    out[task] = (name, _finite(metrics[key], path, task))
+                    break
+            else:
+                raise ReportError(
+                    f"{path}: results.{task} has none of the metrics {', '.join(METRIC_PREFERENCE)}"
+                )
+        return out
+    raise ReportError(f"{path}: neither 'tasks' nor 'results' in the eval file")
+
+
+def _finite(value, path: Path, task: str) -> float:
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise ReportError(f"{path}: score of {task} is not a number: {value!r}") from None
+    if not math.isfinite(score):
+        raise ReportError(f"{path}: score of {task} is {score}")
+    return score
+
+
+def task_family(task: str, lang: str) -> str:
+    """topic_bn -> topic; belebele_ben_Beng -> belebele (task names ending in the code, or not)."""
+    if task.endswith(f"_{lang}"):
+        return task[: -len(lang) - 1]
+    return task.split("_")[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# aggregate
+
+
+def score_rows(config: dict, eval_dir: Path) -> list[dict]:
+    rows = []
+    for model in plan_models(config):
+        path = eval_dir / f"{model.id}.json"
+        scores = task_scores(path)
+        for lang in model.eval_languages:
+            for task in tasks_of(config, lang):
+                if task not in scores:
+                    raise ReportError(f"{path}: no score for task {task} ({lang})")
+                metric, score = scores[task]
+                rows.append(
+                    {
+                        "model": model.id,
+                        "method": model.method,
+                        "variant": model.variant,
+                        "language": model.language,
+                        "tokens": model.tokens,
+                        "task": task,
+                        "task_language": lang,
+                        "family": task_family(task, lang),
+                        "metric": metric,
+                        "score": score,
+                    }
+                )
+    return rows
+
+
+def _module_key(module: str):
+    return (
+        (MODULE_ORDER.index(module), "") if module in MODULE_ORDER else (len(MODULE_ORDER), module)
+    )
+
+
+def discarded_rows(config: dict, models_dir: Path) -> list[dict]:
+    """One row per input model of every sign-electing merge, with per-module fractions."""
+    rows = []
+    for m in plan_merges(config):
+        if m.method not in TRIMMING_METHODS:
+            continue  # nothing is discarded without a sign election
+        model_id = f"merge/{m.variant}/{m.group}/{m.tokens}"
+        path = models_dir / model_id / "merge_stats.json"
+        stats = _read_json(path)
+        for key in ("models", "totals", "by_module"):
+            if key not in stats:
+                raise ReportError(f"{path}: no '{key}' in the merge stats")
+        names, totals = stats["models"], stats["totals"]
+        if len(names) != len(totals):
+            raise ReportError(f"{path}: {len(names)} models but {len(totals)} totals")
+        for i, name in enumerate(names):
+            row = {
+                "model": model_id,
+                "method": m.name,
+                "variant": m.variant,
+                "engine_method": m.method,
+                "language": m.group,
+                "tokens": m.tokens,
+                "input": name,
+            }
+            for key in ("kept", "discarded", "discarded_fraction", "reserved"):
+                if key not in totals[i]:
+                    raise ReportError(f"{path}: totals[{i}] has no '{key}'")
+                row[key] = totals[i][key]
+            for module in sorted(stats["by_module"], key=_module_key):
+                entries = stats["by_module"][module]
+                if len(entries) != len(names):
+                    raise ReportError(f"{path}: by_module.{module} does not list every model")
+                row[f"discarded_fraction.{module}"] = entries[i]["discarded_fraction"]
+            rows.append(row)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    import pandas as pd
+
+    extra = [c for row in rows for c in row if c not in columns]
+    columns = columns + list(dict.fromkeys(extra))
+    frame = pd.DataFrame(rows, columns=columns)
+    if "tokens" in frame:
+        frame["tokens"] = frame["tokens"].astype("Int64")  # integers, empty for base and sft
+    with atomic_open(path, "w") as fh:
+        frame.to_csv(fh, index=False, float_format="%.6g")
+
+
+def aggregate(config_path, eval_dir, models_dir, scores_path, discarded_path) -> tuple[int, int]:
+    config = load_config(config_path)
+    scores = score_rows(config, Path(eval_dir))
+    discards = discarded_rows(config, Path(models_dir))
+    _write_csv(Path(scores_path), scores, SCORE_COLUMNS)
+    _write_csv(Path(discarded_path), discards, DISCARD_COLUMNS)
+    return len(scores), len(discards)
+
+
+# ----------------------------------------------------------------------------------------------
+# plot
+
+# Fixed colours so that a method looks the same in every panel and every run.
+METHOD_STYLE = {
+    "ct": {"color": "tab:gray", "marker": "o"},
+    "ct_sft": {"color": "tab:red", "marker": "s"},
+    "average": {"color": "tab:blue", "marker": "^"},
+    "ties": {"color": "tab:green", "marker": "D"},
+    "ties_sv": {"color": "tab:purple", "marker": "v"},
+}
+OTHER_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def _style(variant: str, method: str, extra: dict) -> dict:
+    if variant in METHOD_STYLE:
+        return dict(METHOD_STYLE[variant])
+    if variant not in extra:
+        extra[variant] = {
+            "color": OTHER_COLORS[len(extra) % len(OTHER_COLORS)],
+            "marker": "x",
+        }
+    return dict(extra[variant])
+
+
+def _tokens_label(n: float) -> str:
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:g}{unit}"
+    return f"{n:g}"
+
+
+def _token_axis(ax, tokens) -> None:
+    """Log-scaled x axis ticked at the budgets themselves (they usually double)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ticks = sorted({float(t) for t in tokens if t == t})
+    ax.set_xscale("log")
+    if ticks:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([_tokens_label(t) for t in ticks])
+    ax.set_xlabel("CT tokens")
+
+
+def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out_dir / f"{name}.{ext}"
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format=ext, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def _read_table(path: Path, required: list[str]):
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except FileNotFoundError:
+        raise ReportError(f"{path}: missing (run `lrmerge report aggregate` first)") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ReportError(f"{path}: missing columns {', '.join(missing)}")
+    return frame
+
+
+def plot_saturation(config: dict, scores, out_dir: Path) -> list[Path]:
+    """Mean score over each language's tasks vs CT tokens: a panel per language, a line per method."""
+    import matplotlib.pyplot as plt
+
+    langs = list(config["languages"])
+    ncols = min(len(langs), 4)
+    nrows = math.ceil(len(langs) / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False, sharey=True
+    )
+    extra: dict = {}
+    for ax, lang in zip(axes.flat, langs, strict=False):
+        own = scores[scores["task_language"] == lang]
+        means = own.groupby(["variant", "method", "language", "tokens"], dropna=False)[
+            "score"
+        ].mean()
+        means = means.reset_index()
+        # Base and SFT-flan have no CT tokens: reference lines.
+        for variant, dash in (("base", ":"), ("sft", "--")):
+            ref = means[means["variant"] == variant]
+            if len(ref):
+                ax.axhline(ref["score"].iloc[0], color="black", linestyle=dash, lw=1, label=variant)
+        curves = means[means["tokens"].notna()]
+        for (variant, method, group), curve in curves.groupby(
+            ["variant", "method", "language"], sort=False
+        ):
+            curve = curve.sort_values("tokens")
+            style = _style(variant, method, extra)
+            label = variant if group == lang else f"{variant} ({group})"
+            ax.plot(
+                curve["tokens"],
+                curve["score"],
+                label=label,
+                linestyle="-" if group == lang else "--",
+                **style,
+            )
+        _token_axis(ax, curves["tokens"])
+        ax.set_title(f"{config['languages'][lang]['name']} ({lang})")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean score over tasks")
+    for ax in list(axes.flat)[len(langs) :]:
+        ax.set_visible(False)
+    handles: dict = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("Score vs continual pre-training tokens")
+    fig.tight_layout()
+    paths = _save(fig, out_dir, "saturation")
+    plt.close(fig)
+    return paths
+
+
+def plot_discarded(config: dict, discarded, out_dir: Path) -> list[Path]:
+    """SFT-flan's discarded fraction vs CT tokens: a panel per merge, a line per language."""
+    import matplotlib.pyplot as plt
+
+    sft = discarded[discarded["input"] == "sft"]
+    variants = list(dict.fromkeys(sft["variant"])) or ["(no sign-electing merge)"]
+    fig, axes = plt.subplots(
+        1, len(variants), figsize=(4.5 * len(variants), 3.6), squeeze=False, sharey=True
+    )
+    langs = list(config["languages"])
+    for ax, variant in zip(axes[0], variants, strict=True):
+        rows = sft[sft["variant"] == variant]
+        for group, curve in rows.groupby("language", sort=False):
+            curve = curve.sort_values("tokens")
+            single = group in langs
+            color = f"C{langs.index(group) % 10}" if single else "black"
+            ax.plot(
+                curve["tokens"],
+                curve["discarded_fraction"],
+                marker="o" if single else "*",
+                markersize=5 if single else 11,
+                linestyle="-" if single else "none",
+                label=group,
+                color=color,
+            )
+        _token_axis(ax, rows["tokens"])
+        ax.set_title(variant)
+        ax.grid(alpha=0.3)
+        if len(rows):
+            ax.legend(fontsize="small")
+    axes[0, 0].set_ylabel("SFT-flan entries discarded\n(fraction of kept)")
+    fig.suptitle("SFT-flan parameters lost at sign election")
+    fig.tight_layout()
+    paths = _save(fig, out_dir, "discarded")
+    plt.close(fig)
+    return paths
+
+
+def plot(config_path, scores_path, discarded_path, out_dir) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    config = load_config(config_path)
+    scores = _read_table(Path(scores_path), ["variant", "method", "language", "tokens", "score"])
+    scores = scores[scores["task_language"].notna()]
+    discarded = _read_table(
+        Path(discarded_path), ["variant", "language", "tokens", "input", "discarded_fraction"]
+    )
+    out_dir = Path(out_dir)
+    return plot_saturation(config, scores, out_dir) + plot_discarded(config, discarded, out_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def _cmd_aggregate(args) -> int:
+    n_scores, n_discards = aggregate(
+        args.config, args.eval_dir, args.models_dir, args.scores, args.discarded
+    )
+    print(f"wrote {args.scores} ({n_scores} rows) and {args.discarded} ({n_discards} rows)")
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    for path in plot(args.config, args.scores, args.discarded, args.out_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def _guard(func):
+    """Bad input ends with one line naming the file, not a traceback."""
+
+    def run(args) -> int:
+        try:
+            return func(args)
+        except (ReportError, ConfigError) as exc:
+            raise SystemExit(f"lrmerge report: {exc}") from None
+
+    return run
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("report", help="aggregate evaluation results into tables and figures")
+    sub = p.add_subparsers(dest="report_command", required=True, metavar="{aggregate,plot}")
+    a = sub.add_parser(
+        "aggregate",
+        help="write tables/scores.csv and tables/discarded.csv",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a.add_argument("--config", required=True, help="workflow config file")
+    a.add_argument("--eval-dir", required=True, help="results/{run}/eval")
+    a.add_argument("--models-dir", required=True, help="results/{run}/models")
+    a.add_argument("--scores", required=True, help="scores table to write (csv)")
+    a.add_argument("--discarded", required=True, help="discarded-parameters table to write (csv)")
+    a.set_defaults(func=_guard(_cmd_aggregate))
+    pl = sub.add_parser("plot", help="draw figures/saturation and figures/discarded (png, pdf)")
+    pl.add_argument("--config", required=True, help="workflow config file")
+    pl.add_argument("--scores", required=True, help="tables/scores.csv")
+    pl.add_argument("--discarded", required=True, help="tables/discarded.csv")
+    pl.add_argument("--out-dir", required=True, help="results/{run}/figures")
+    pl.set_defaults(func=_guard(_cmd_plot))

@@ -1,0 +1,212 @@
+"""The report stage on small synthetic evaluation results and merge statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from lrmerge.cli import main
+from lrmerge.config import load_config, plan_merges, plan_models, tasks_of
+
+REPO = Path(__file__).resolve().parents[1]
+MODULES = ["embed", "q_proj", "down_proj", "norm"]
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A two-language config, an eval file per model and a stats file per merge."""
+    cfg = yaml.safe_load((REPO / "config" / "mini.yaml").read_text())
+    cfg["run_name"] = "synthetic"
+    for facts in cfg["languages"].values():
+        facts["budgets"] = [1000, 2000, 4000]
+    cfg["merge"]["methods"]["average"] = {"weights": [[1.0, 1.0], [1.0, 2.0]]}
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg))
+    config = load_config(config_path)
+    run = tmp_path / "results" / "synthetic"
+    expected = {}
+    for k, model in enumerate(plan_models(config)):
+        tasks = {}
+        for lang in model.eval_languages:
+            for j, task in enumerate(tasks_of(config, lang)):
+                score = round(0.25 + 0.01 * k + 0.001 * j, 6)
+                tasks[task] = {"score": score, "metric": "acc"}
+                expected[(model.id, task)] = score
+        path = run / "eval" / f"{model.id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"model": model.id, "tasks": tasks}))
+    for m in plan_merges(config):
+        names = [f"ct_{lg}" for lg in m.languages] if len(m.languages) > 1 else ["ct"]
+        names.append("sft")
+        # The SFT share discarded grows with CT tokens, as in the paper.
+        frac = {name: 0.05 + m.tokens / 1e5 if name == "sft" else 0.02 for name in names}
+
+        def entries(scale, frac=frac, names=names):
+            return [
+                {
+                    "kept": 1000 * scale,
+                    "discarded": round(1000 * scale * frac[n]),
+                    "discarded_fraction": round(1000 * scale * frac[n]) / (1000 * scale),
+                    "reserved": 0,
+                }
+                for n in names
+            ]
+
+        stats = {
+            "method": m.method,
+            "models": names,
+            "totals": entries(len(MODULES)),
+            "tensors": {},
+            "by_layer": {"0": entries(len(MODULES))},
+            "by_module": {mod: entries(1) for mod in MODULES},
+        }
+        path = run / "models" / "merge" / m.variant / m.group / str(m.tokens) / "merge_stats.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stats))
+    return config_path, config, run, expected
+
+
+def _aggregate(config_path, run):
+    return main(
+        [
+            "report",
+            "aggregate",
+            "--config",
+            str(config_path),
+            "--eval-dir",
+            str(run / "eval"),
+            "--models-dir",
+            str(run / "models"),
+            "--scores",
+            str(run / "tables" / "scores.csv"),
+            "--discarded",
+            str(run / "tables" / "discarded.csv"),
+        ]
+    )
+
+
+def _plot(config_path, run):
+    return main(
+        [
+            "report",
+            "plot",
+            "--config",
+            str(config_path),
+            "--scores",
+            str(run / "tables" / "scores.csv"),
+            "--discarded",
+            str(run / "tables" / "discarded.csv"),
+            "--out-dir",
+            str(run / "figures"),
+        ]
+    )
+
+
+def test_scores_table_has_one_row_per_model_and_task(study):
+    config_path, config, run, expected = study
+    assert _aggregate(config_path, run) == 0
+    scores = pd.read_csv(run / "tables" / "scores.csv")
+    for column in ("model", "method", "language", "tokens", "task", "score"):
+        assert column in scores.columns
+    assert len(scores) == len(expected)
+    got = {(r.model, r.task): r.score for r in scores.itertuples()}
+    assert got == pytest.approx(expected)
+    assert set(scores["method"]) == {"base", "sft", "ct", "ct_sft", "average", "ties", "ties_sv"}
+    # the averaging grid gives two variants of one method
+    assert set(scores.loc[scores["method"] == "average", "variant"]) == {
+        "average_w1-1",
+        "average_w1-2",
+    }
+    base = scores[scores["model"] == "base"]
+    assert base["tokens"].isna().all() and set(base["task_language"]) == {"bn", "bo", "en"}
+    ct = scores[scores["model"] == "ct/bn/2000"]
+    assert set(ct["task_language"]) == {"bn", "en"} and (ct["tokens"] == 2000).all()
+    multi = scores[scores["language"] == "bn+bo"]
+    assert set(multi["task_language"]) == {"bn", "bo", "en"} and set(multi["tokens"]) == {4000}
+    assert set(scores.loc[scores["task"] == "topic_bn", "family"]) == {"topic"}
+
+
+def test_discarded_table_lists_each_input_with_modules(study):
+    config_path, config, run, _ = study
+    _aggregate(config_path, run)
+    table = pd.read_csv(run / "tables" / "discarded.csv")
+    # average merges elect no sign and discard nothing: not in the table
+    assert set(table["method"]) == {"ties", "ties_sv"}
+    sft = table[(table["input"] == "sft") & (table["variant"] == "ties")]
+    bn = sft[sft["language"] == "bn"].sort_values("tokens")
+    assert list(bn["tokens"]) == [1000, 2000, 4000]
+    assert list(bn["discarded_fraction"]) == pytest.approx([0.06, 0.07, 0.09])
+    for module in MODULES:
+        assert f"discarded_fraction.{module}" in table.columns
+    # modules in model order, not alphabetical
+    cols = [c for c in table.columns if c.startswith("discarded_fraction.")]
+    assert cols == [f"discarded_fraction.{m}" for m in MODULES]
+    multi = table[table["language"] == "bn+bo"]
+    assert set(multi["input"]) == {"ct_bn", "ct_bo", "sft"}
+
+
+def test_plot_writes_figures_from_tables_only(study, tmp_path):
+    config_path, config, run, _ = study
+    _aggregate(config_path, run)
+    # Figures come from the tables alone: remove every upstream file first.
+    for path in sorted((run / "eval").rglob("*.json")) + sorted((run / "models").rglob("*.json")):
+        path.unlink()
+    assert _plot(config_path, run) == 0
+    for name in ("saturation", "discarded"):
+        png = run / "figures" / f"{name}.png"
+        pdf = run / "figures" / f"{name}.pdf"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert pdf.read_bytes()[:5] == b"%PDF-"
+    assert not list((run / "figures").glob(".*tmp"))
+
+
+def test_missing_eval_file_is_named(study):
+    config_path, config, run, _ = study
+    missing = run / "eval" / "ct_sft" / "bo" / "2000.json"
+    missing.unlink()
+    with pytest.raises(SystemExit, match=r"ct_sft/bo/2000\.json: missing"):
+        _aggregate(config_path, run)
+    assert not (run / "tables" / "scores.csv").exists()
+
+
+def test_missing_task_is_named(study):
+    config_path, config, run, _ = study
+    path = run / "eval" / "sft.json"
+    data = json.loads(path.read_text())
+    del data["tasks"]["math_bo"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match=r"sft\.json: no score for task math_bo"):
+        _aggregate(config_path, run)
+
+
+def test_malformed_stats_are_named(study):
+    config_path, config, run, _ = study
+    path = run / "models" / "merge" / "ties" / "bn" / "1000" / "merge_stats.json"
+    path.write_text(json.dumps({"method": "ties", "models": ["ct", "sft"], "totals": []}))
+    with pytest.raises(SystemExit, match=r"ties/bn/1000/merge_stats\.json: no 'by_module'"):
+        _aggregate(config_path, run)
+
+
+def test_lm_eval_raw_results_are_read(study):
+    config_path, config, run, expected = study
+    path = run / "eval" / "base.json"
+    tasks = json.loads(path.read_text())["tasks"]
+    raw = {
+        t: {"alias": t, "acc,none": v["score"], "acc_stderr,none": 0.1} for t, v in tasks.items()
+    }
+    path.write_text(json.dumps({"results": raw}))
+    _aggregate(config_path, run)
+    scores = pd.read_csv(run / "tables" / "scores.csv")
+    row = scores[(scores["model"] == "base") & (scores["task"] == "topic_en")].iloc[0]
+    assert row["score"] == pytest.approx(expected[("base", "topic_en")])
+    assert row["metric"] == "acc"
+
+
+def test_plot_without_tables_is_named(tmp_path, study):
+    config_path, *_ = study
+    with pytest.raises(SystemExit, match=r"scores\.csv: missing"):
+        _plot(config_path, tmp_path / "nowhere")
