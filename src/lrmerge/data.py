@@ -437,45 +437,31 @@ def _docs(cfg: dict, lang: str, purpose: str) -> tuple[Iterator[str], dict, str]
 
 
 def build_corpus(cfg: dict, lang: str) -> list[dict]:
-    """Rows {"text", "lang"} of a language's CT corpus (target + English at the configured
-    ratio, enough for the largest budget), or of the English pre-training corpus (lang "en")."""
+    """Rows {"text", "lang"}: a language's CT text (its share of the largest budget; training
+    mixes in English from the English corpus), or the English corpus (lang "en"), which serves
+    both pre-training (mini) and the English part of every CT mix."""
     mini = cfg.get("mini") or {}
     ct = cfg.get("continual_pretrain") or {}
+    ratio = float(ct.get("english_ratio", 0.2))
+    margin = float(ct.get("data_margin", 1.05))
     if lang == "en":
         docs, spec, where = _docs(cfg, "en", "pretrain")
         if spec.get("kind") == "generated":
             n = int(mini.get("english_docs", 5000))
             return [{"text": t, "lang": "en"} for t in itertools.islice(docs, n)]
-        rows = _take_tokens(docs, float(spec.get("max_tokens") or float("inf")), spec, where,
-                            spec.get("max_docs"))
+        budgets = [max(e.get("budgets") or [0]) for e in (cfg.get("languages") or {}).values()]
+        need = float(spec.get("max_tokens") or max(budgets + [0]) * ratio * margin)
+        rows = _take_tokens(docs, need, spec, where, spec.get("max_docs"))
         return [{"text": t, "lang": "en"} for t in rows]
 
     entry = language_entry(cfg, lang)
     budgets = entry.get("budgets") or []
     if not budgets:
         raise ValueError(f"config key languages.{lang}.budgets is empty")
-    ratio = float(ct.get("english_ratio", 0.2))
-    margin = float(ct.get("data_margin", 1.05))
-    need = max(budgets) * margin
-    tdocs, tspec, twhere = _docs(cfg, lang, "ct")
-    target = _take_tokens(tdocs, need * (1 - ratio), tspec, twhere, tspec.get("max_docs"))
-    english: list[str] = []
-    if ratio > 0:
-        edocs, espec, ewhere = _docs(cfg, "en", f"ct-{lang}")
-        english = _take_tokens(edocs, need * ratio, espec, ewhere, None)
-    # Interleave in proportion so any prefix of the file has about the configured mix.
-    rows: list[dict] = []
-    ti = ei = 0
-    while ti < len(target) or ei < len(english):
-        take_en = ei < len(english) and (ti >= len(target)
-                                         or ei * len(target) <= ti * len(english))
-        if take_en:
-            rows.append({"text": english[ei], "lang": "en"})
-            ei += 1
-        else:
-            rows.append({"text": target[ti], "lang": lang})
-            ti += 1
-    return rows
+    docs, spec, where = _docs(cfg, lang, "ct")
+    need = float(spec.get("max_tokens") or max(budgets) * (1 - ratio) * margin)
+    return [{"text": t, "lang": lang} for t in _take_tokens(docs, need, spec, where,
+                                                           spec.get("max_docs"))]
 
 
 # --------------------------------------------------------------------------------------------
