@@ -105,6 +105,10 @@ def check_config(config: dict, source: str = "config") -> None:
     languages = config["languages"]
     for lang, facts in languages.items():
         budgets = facts["budgets"]
+        for i, b in enumerate(budgets):
+            # JSON schema counts 2000.0 as an integer; a budget names folders, so it must be an int.
+            if not isinstance(b, int) or isinstance(b, bool):
+                _fail(source, f"languages.{lang}.budgets.{i}", f"{b!r} is not an integer")
         for prev, cur in zip(budgets, budgets[1:], strict=False):
             if cur <= prev:
                 _fail(

@@ -18,5 +18,5 @@ rule evaluate:
         langs=eval_langs,
         settings=config["evaluate"],
     shell:
-        "OMP_NUM_THREADS={threads} lrmerge evaluate --config {params.config} --model {params.model}"
+        "lrmerge evaluate --config {params.config} --threads {threads} --model {params.model}"
         " {params.langs} --tasks-dir {params.tasks_dir} --out {output} > {log} 2>&1"

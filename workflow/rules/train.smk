@@ -18,7 +18,7 @@ rule pretrain_base:
         recipe=config["pretrain"],
         mini=config["mini"],
     shell:
-        "OMP_NUM_THREADS={threads} lrmerge train pretrain --config {params.config} --corpus {input}"
+        "lrmerge train pretrain --config {params.config} --threads {threads} --corpus {input}"
         " --out {params.out} > {log} 2>&1"
 
 
@@ -39,7 +39,7 @@ rule continual_pretrain:
         out=output_dir,
         recipe=config["continual_pretrain"],
     shell:
-        "OMP_NUM_THREADS={threads} lrmerge train ct --config {params.config} --lang {wildcards.lang}"
+        "lrmerge train ct --config {params.config} --threads {threads} --lang {wildcards.lang}"
         " --tokens {wildcards.tokens} --init {params.init} --corpus {input.corpus}"
         " --english {input.english} --out {params.out} > {log} 2>&1"
 
@@ -60,7 +60,7 @@ rule finetune_sft:
         out=output_dir,
         recipe=config["sft"],
     shell:
-        "OMP_NUM_THREADS={threads} lrmerge train sft --config {params.config} --init {params.init}"
+        "lrmerge train sft --config {params.config} --threads {threads} --init {params.init}"
         " --data {input.data} --out {params.out} > {log} 2>&1"
 
 
@@ -80,5 +80,5 @@ rule ct_then_sft:
         out=output_dir,
         recipe=config["sft"],
     shell:
-        "OMP_NUM_THREADS={threads} lrmerge train sft --config {params.config} --init {params.init}"
+        "lrmerge train sft --config {params.config} --threads {threads} --init {params.init}"
         " --data {input.data} --out {params.out} > {log} 2>&1"
