@@ -1,0 +1,368 @@
+"""The merge driver: validate inputs, stream tensors through a method, write the output atomically.
+
+One tensor at a time: the next tensor is read (pread, hashed) on a reader thread while the kernels
+merge the current one on all cores, and the previous result is written on a writer thread. Memory is a
+few tensors' worth whatever the model size. Output goes to a `.NAME.partial` folder beside the target,
+which is renamed into place only when everything, stats included, is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+from .checkpoint import DTYPE_NAMES, DTYPES, Checkpoint, OutputTensor, ShardedWriter
+from .config import MergeConfig, load_merge_config
+from .errors import MergeError
+from .stats import summarize
+
+AUX_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+             "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+             "merges.txt", "chat_template.jinja", "chat_template.json")
+DEFAULT_SHARD_SIZE = 5 * 1024**3
+
+
+def parse_size(text: str | int) -> int:
+    if isinstance(text, int):
+        return text
+    units = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "b": 1}
+    t = text.strip().lower()
+    for unit, factor in units.items():
+        if t.endswith(unit):
+            return int(float(t[: -len(unit)]) * factor)
+    return int(t)
+
+
+@dataclass
+class Inputs:
+    config: MergeConfig
+    base: Checkpoint | None
+    models: list[Checkpoint]
+
+    @property
+    def reference(self) -> Checkpoint:
+        return self.base or self.models[0]
+
+    @property
+    def all(self) -> list[Checkpoint]:
+        return ([self.base] if self.base else []) + self.models
+
+
+def _locate(path: Path, name: str) -> Path:
+    """A local folder as it is; a missing one that looks like a hub id is fetched from the hub."""
+    if path.is_dir():
+        return path
+    text = str(path)
+    rel = os.path.relpath(text)
+    if not os.path.isabs(rel) and rel.count("/") == 1 and not rel.startswith("."):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(rel, allow_patterns=["*.safetensors", "*.json", "tokenizer*"]))
+        except Exception as e:  # offline, unknown repo, no access: all the same to the user
+            raise MergeError(f"model '{name}': {text} is not a local folder and could not be "
+                             f"fetched from the hub ({type(e).__name__})") from e
+    raise MergeError(f"model '{name}': folder {text} does not exist")
+
+
+def open_inputs(config: MergeConfig) -> Inputs:
+    base = Checkpoint(_locate(config.base, config.base_name), config.base_name) if config.base else None
+    models = [Checkpoint(_locate(m.path, m.name), m.name) for m in config.models]
+    inputs = Inputs(config, base, models)
+    _check_compatible(inputs)
+    return inputs
+
+
+def _check_compatible(inputs: Inputs) -> None:
+    ref = inputs.reference
+    vocab = {c.name: c.config().get("vocab_size") for c in inputs.all}
+    known = {k: v for k, v in vocab.items() if v is not None}
+    if len(set(known.values())) > 1:
+        sizes = ", ".join(f"{k}={v}" for k, v in known.items())
+        raise MergeError(f"vocabulary-size mismatch (config.json vocab_size): {sizes}")
+    for ckpt in inputs.all:
+        if ckpt is ref:
+            continue
+        missing = sorted(set(ref.tensors) - set(ckpt.tensors))
+        if missing:
+            raise MergeError(f"tensor {missing[0]} is missing from model '{ckpt.name}' ({ckpt.folder})")
+        extra = sorted(set(ckpt.tensors) - set(ref.tensors))
+        if extra:
+            raise MergeError(f"tensor {extra[0]} of model '{ckpt.name}' is missing from '{ref.name}'")
+        for name, info in ref.tensors.items():
+            other = ckpt.tensors[name]
+            if other.shape != info.shape:
+                hint = " (vocabulary-size mismatch)" if "embed" in name or "lm_head" in name else ""
+                raise MergeError(f"tensor {name}: shape {list(other.shape)} in model '{ckpt.name}' "
+                                 f"but {list(info.shape)} in '{ref.name}'{hint}")
+            if other.dtype != info.dtype:
+                raise MergeError(f"tensor {name}: dtype {other.dtype} in model '{ckpt.name}' but "
+                                 f"{info.dtype} in '{ref.name}'; convert the models to one dtype")
+    for name, info in ref.tensors.items():
+        if info.dtype not in DTYPES:
+            raise MergeError(f"tensor {name}: dtype {info.dtype} is not supported "
+                             f"(supported: {', '.join(DTYPES)})")
+
+
+class Progress:
+    """A bar on a terminal, a plain line every few seconds in a log."""
+
+    def __init__(self, total_tensors: int, total_bytes: int, stream=sys.stderr, enabled=True):
+        self.total, self.total_bytes, self.stream = total_tensors, total_bytes, stream
+        self.enabled = enabled
+        self.tty = enabled and stream.isatty()
+        self.start = self.last = time.perf_counter()
+        self.done = self.bytes = 0
+
+    def update(self, nbytes: int) -> None:
+        self.done += 1
+        self.bytes += nbytes
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        rate = self.bytes / max(now - self.start, 1e-9) / 1e9
+        if self.tty:
+            width = 30
+            filled = int(width * self.done / self.total)
+            self.stream.write(f"\rmerging [{'#' * filled}{'.' * (width - filled)}] "
+                              f"{self.done}/{self.total} tensors {rate:5.2f} GB/s")
+            if self.done == self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif now - self.last >= 5 or self.done == self.total:
+            self.last = now
+            print(f"merging: {self.done}/{self.total} tensors, "
+                  f"{self.bytes / 1e9:.2f}/{self.total_bytes / 1e9:.2f} GB read, {rate:.2f} GB/s",
+                  file=self.stream, flush=True)
+
+
+def _read_tensor(inputs: Inputs, name: str, hashers: dict) -> tuple[np.ndarray | None, np.ndarray]:
+    info = inputs.reference.tensors[name]
+    storage = DTYPES[info.dtype][0]
+    base = None
+    if inputs.base is not None:
+        base = np.empty((1, info.numel), storage)
+        inputs.base.read_into(name, base)
+    xs = np.empty((len(inputs.models), info.numel), storage)
+    for i, model in enumerate(inputs.models):
+        model.read_into(name, xs[i])
+    tag = f"{name}|{info.dtype}|{list(info.shape)}".encode()
+    for ckpt, arr in ([(inputs.base, base)] if base is not None else []) + list(zip(inputs.models, xs, strict=False)):
+        h = hashers[ckpt.name]
+        h.update(tag)
+        h.update(memoryview(arr.reshape(-1).view(np.uint8)))
+    return base, xs
+
+
+def _check_finite(inputs: Inputs, name: str, kind: int, base, xs) -> None:
+    from . import kernels as K
+
+    for ckpt, arr in ([(inputs.base, base)] if base is not None else []) + [(None, xs)]:
+        found = K.first_nonfinite(arr, kind)
+        for row, idx in enumerate(found):
+            if idx >= 0:
+                who = ckpt.name if ckpt is not None else inputs.models[row].name
+                raise MergeError(f"tensor {name} of model '{who}' holds a non-finite value "
+                                 f"at flat index {idx}")
+
+
+def _model_scope_trim(inputs: Inputs, order: list[str], workers: int) -> dict[str, list]:
+    """One top-k of |tau| over all tensors of each model (the original TIES code's trim)."""
+    from . import kernels as K
+    from .methods import trim_counts
+    from .select import Selection, radix_select
+
+    n = len(inputs.models)
+    total = sum(inputs.reference.tensors[t].numel for t in order)
+
+    def count_pass(mode, bucket, threshold):
+        rows = []
+        acc = np.zeros((n, 65536), np.int64)
+        for name in order:
+            kind = DTYPES[inputs.reference.tensors[name].dtype][1]
+            base, xs = _read_tensor(inputs, name, _NullHashers())
+            if mode == K.COUNT_EQUAL:
+                hist = np.zeros((K.GROUPS, n, 1), np.int64)
+                K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist)
+                rows.append(hist[:, :, 0])
+            else:
+                hist = np.zeros((workers, n, 65536), np.int64)
+                K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist)
+                acc += hist.sum(axis=0)
+        return np.concatenate(rows) if mode == K.COUNT_EQUAL else acc
+
+    selections = radix_select(count_pass, n, trim_counts(total, inputs.config.densities()), True)
+    per_tensor = {}
+    for t, name in enumerate(order):
+        row = []
+        for sel in selections:
+            if sel is None:
+                row.append(None)
+            else:
+                quota = None if sel.quota is None else sel.quota[t * K.GROUPS:(t + 1) * K.GROUPS]
+                row.append(Selection(sel.threshold, quota, sel.count, sel.candidates))
+        per_tensor[name] = row
+    return per_tensor
+
+
+class _NullHashers(dict):
+    def __missing__(self, key):
+        return xxhash.xxh3_128()
+
+
+def _copy_aux(src: Path, dst: Path, out_dtype: str | None) -> None:
+    for fname in AUX_FILES:
+        if (src / fname).is_file():
+            shutil.copy2(src / fname, dst / fname)
+    cfg = dst / "config.json"
+    if out_dtype and cfg.is_file():
+        data = json.loads(cfg.read_text())
+        keys = [k for k in ("torch_dtype", "dtype") if k in data] or ["torch_dtype"]
+        for k in keys:
+            data[k] = out_dtype
+        cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _model_card(config: MergeConfig, hashes: dict[str, str], inputs: Inputs, stats: dict) -> str:
+    import yaml
+
+    from .. import __version__
+
+    lines = ["---", "library_name: transformers", "tags: [merge, lrmerge]", "---", "",
+             f"# Merged model ({config.method})", "",
+             f"Made with lrmerge {__version__} `lrmerge merge` from a {config.source} config.", "",
+             "## Inputs", "", "| role | name | path | content hash (xxh3-128 of all tensors) |",
+             "|---|---|---|---|"]
+    for ckpt in inputs.all:
+        role = "base" if ckpt is inputs.base else "model"
+        lines.append(f"| {role} | {ckpt.name} | `{ckpt.folder}` | `{hashes[ckpt.name]}` |")
+    lines += ["", "## Parameters", "", "```yaml",
+              yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip(), "```", ""]
+    if config.notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in config.notes] + [""]
+    lines += ["## Discarded entries", "", "| model | kept | discarded | fraction | reserved |",
+              "|---|---|---|---|---|"]
+    for name, t in zip(stats["models"], stats["totals"], strict=False):
+        lines.append(f"| {name} | {t['kept']} | {t['discarded']} | "
+                     f"{t['discarded_fraction']:.4f} | {t['reserved']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run_merge(
+    config: str | os.PathLike | dict | MergeConfig,
+    out_dir: str | os.PathLike,
+    stats_path: str | os.PathLike | None = None,
+    threads: int | None = None,
+    device: str = "cpu",
+    force: bool = False,
+    shard_size: str | int = DEFAULT_SHARD_SIZE,
+    progress: bool = True,
+) -> dict:
+    """Merge the models of `config` into the Hugging Face folder `out_dir`; return the stats dict."""
+    cfg = config if isinstance(config, MergeConfig) else load_merge_config(config)
+    out_dir = Path(out_dir)
+    if device != "cpu":
+        raise MergeError(f"--device {device}: only the cpu merge is built so far")
+    if out_dir.exists() and not force:
+        raise MergeError(f"{out_dir} already exists; pass --force to replace it")
+    inputs = open_inputs(cfg)
+
+    import numba
+
+    from .methods import REGISTRY, TensorTask
+
+    workers = max(1, min(threads or os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(workers)
+    ref = inputs.reference
+    order = sorted(ref.tensors, key=lambda t: (str(ref.tensors[t].file), ref.tensors[t].offset))
+    out_dtypes = {name: DTYPE_NAMES[cfg.out_dtype] if cfg.out_dtype else ref.tensors[name].dtype
+                  for name in order}
+    trims = None
+    if cfg.method in ("ties", "ties_sv") and cfg.trim_scope == "model":
+        trims = _model_scope_trim(inputs, order, workers)
+
+    partial = out_dir.parent / f".{out_dir.name}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)  # left by an interrupted run of this same merge
+    partial.mkdir(parents=True)
+    hashers = {c.name: xxhash.xxh3_128() for c in inputs.all}
+    method = REGISTRY[cfg.method]
+    per_tensor: dict[str, np.ndarray] = {}
+    total_bytes = sum(ref.tensors[t].nbytes * len(inputs.all) for t in order)
+    bar = Progress(len(order), total_bytes, enabled=progress)
+    try:
+        writer = ShardedWriter(
+            partial, [OutputTensor(t, out_dtypes[t], ref.tensors[t].shape) for t in order],
+            parse_size(shard_size), {"lrmerge_method": cfg.method},
+        )
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as write_pool:
+            pending = reader.submit(_read_tensor, inputs, order[0], hashers) if order else None
+            writes = []
+            for t, name in enumerate(order):
+                base, xs = pending.result()
+                if t + 1 < len(order):
+                    pending = reader.submit(_read_tensor, inputs, order[t + 1], hashers)
+                info = ref.tensors[name]
+                kind = DTYPES[info.dtype][1]
+                _check_finite(inputs, name, kind, base, xs)
+                out_storage, out_kind = DTYPES[out_dtypes[name]]
+                out = np.empty((1, info.numel), out_storage)
+                task = TensorTask(name, cfg, base, xs, kind, out, out_kind, workers,
+                                  trims[name] if trims else None)
+                per_tensor[name] = method(task)
+                writes.append(write_pool.submit(writer.write, name, out))
+                bar.update(info.nbytes * len(inputs.all))
+                del base, xs, task
+            for w in writes:
+                w.result()
+        writer.close()
+        stats = summarize(cfg.method, cfg.names, per_tensor)
+        hashes = {name: h.hexdigest() for name, h in hashers.items()}
+        stats["input_hashes"] = hashes
+        stats["parameters"] = cfg.to_dict()
+        _copy_aux(ref.folder, partial, cfg.out_dtype)
+        (partial / "README.md").write_text(_model_card(cfg, hashes, inputs, stats))
+        _write_json(partial / "lrmerge_merge.json", {"parameters": cfg.to_dict(), "inputs": hashes})
+        inside = None
+        if stats_path is not None:
+            stats_path = Path(stats_path)
+            try:
+                inside = stats_path.resolve().relative_to(out_dir.resolve())
+            except ValueError:
+                inside = None
+            if inside is not None:
+                (partial / inside).parent.mkdir(parents=True, exist_ok=True)
+                _write_json(partial / inside, stats)
+        if out_dir.exists():  # --force: replace only once the new model is complete
+            old = out_dir.parent / f".{out_dir.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(out_dir, old)
+            os.rename(partial, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.rename(partial, out_dir)
+        if stats_path is not None and inside is None:
+            stats_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(stats_path, stats)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        for ckpt in inputs.all:
+            ckpt.close()
+    return stats

@@ -1,0 +1,417 @@
+"""Fused per-element merge kernels (numba), free of any I/O.
+
+Every kernel sees one tensor: `base` of shape (1, N) and `xs` of shape (n, N), all stored in the same
+dtype (`kind`: float32 arrays, or bfloat16 / float16 bit patterns in uint16 arrays), and does its
+float32 arithmetic one element at a time, so that a whole merge is one or two passes over memory
+instead of dozens of tensor-wide temporaries.
+
+The arithmetic reproduces mergekit 0.1.5's operation order (sequential sums over models, `addcmul`'s
+fused multiply-add in linear, trimmed entries kept as signed zeros) so float32 results match it bit for
+bit.
+
+Work is split into `GROUPS` contiguous index ranges, each handled by one thread in index order. The
+split does not depend on the thread count, which keeps the tie rule of the selections (lowest flat
+index first) and therefore every result identical for any `--threads`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+GROUPS = 64
+KIND_F32, KIND_BF16, KIND_F16 = 0, 1, 2
+# pass modes of the selection kernels
+HIST_HIGH, HIST_LOW, COUNT_EQUAL = 0, 1, 2
+# vote rules
+VOTE_WEIGHTED, VOTE_UNWEIGHTED = 0, 1
+# sparsification rules
+SPARSIFY_NONE, SPARSIFY_MAGNITUDE, SPARSIFY_RANDOM = 0, 1, 2
+
+
+# --- bit-level conversions, as LLVM instructions -------------------------------------------------
+
+
+@intrinsic
+def _bf16_bits_to_f32(typingctx, v):
+    def codegen(context, builder, signature, args):
+        wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(wide, ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _f16_bits_to_f32(typingctx, v):
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _f32_to_f16_bits(typingctx, v):
+    def codegen(context, builder, signature, args):
+        # fptrunc rounds to nearest even, as torch's float -> half does
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def f32_bits(typingctx, v):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32] * 3))
+        return builder.call(fn, args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+def load(a, i, j, kind):  # pragma: no cover - replaced by the overload inside kernels
+    raise NotImplementedError
+
+
+@overload(load, inline="always")
+def _load_impl(a, i, j, kind):
+    if a.dtype == types.float32:
+        return lambda a, i, j, kind: a[i, j]
+
+    def impl(a, i, j, kind):
+        if kind == KIND_BF16:
+            return _bf16_bits_to_f32(a[i, j])
+        return _f16_bits_to_f32(a[i, j])
+
+    return impl
+
+
+def store(a, j, value, kind):  # pragma: no cover - replaced by the overload inside kernels
+    raise NotImplementedError
+
+
+@overload(store, inline="always")
+def _store_impl(a, j, value, kind):
+    if a.dtype == types.float32:
+
+        def impl_f32(a, j, value, kind):
+            a[0, j] = value
+
+        return impl_f32
+
+    def impl(a, j, value, kind):
+        if kind == KIND_BF16:
+            bits = f32_bits(value)
+            # round to nearest even, as torch's float -> bfloat16 does for finite values
+            bits = np.uint32(bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+            a[0, j] = np.uint16(bits >> np.uint32(16))
+        else:
+            a[0, j] = _f32_to_f16_bits(value)
+
+    return impl
+
+
+@njit(inline="always")
+def _orderable(x):
+    """Map a float32 to a uint32 whose unsigned order is the float order."""
+    bits = f32_bits(x)
+    if bits & np.uint32(0x80000000):
+        return np.uint32(~bits)
+    return np.uint32(bits | np.uint32(0x80000000))
+
+
+@njit(inline="always")
+def _random_unit(seed, model, j):
+    """Counter-based uniform [0, 1) draw (splitmix64): the same for any chunking or thread count."""
+    z = np.uint64(seed) + np.uint64(model + 1) * np.uint64(0xD1B54A32D192ED03) + np.uint64(j)
+    z = np.uint64(z + np.uint64(0x9E3779B97F4A7C15))
+    z = np.uint64((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9))
+    z = np.uint64((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB))
+    z = np.uint64(z ^ (z >> np.uint64(31)))
+    return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(inline="always")
+def _group_range(g, n):
+    return g * n // GROUPS, (g + 1) * n // GROUPS
+
+
+# --- input checks ---------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def first_nonfinite(a, kind):
+    """Per row of `a`: the first index holding a non-finite value, or -1."""
+    rows, n = a.shape
+    found = np.full((GROUPS, rows), -1, np.int64)
+    for g in prange(GROUPS):
+        lo, hi = _group_range(g, n)
+        for i in range(rows):
+            for j in range(lo, hi):
+                if not np.isfinite(load(a, i, j, kind)):
+                    found[g, i] = j
+                    break
+    out = np.full(rows, -1, np.int64)
+    for i in range(rows):
+        for g in range(GROUPS):
+            if found[g, i] >= 0:
+                out[i] = found[g, i]
+                break
+    return out
+
+
+# --- linear-type merges ---------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def linear(xs, kind, weights, normalize, out, out_kind):
+    """sum_i w_i x_i (accumulated with fused multiply-adds, as mergekit's addcmul), / sum_i w_i."""
+    n_models, n = xs.shape
+    wsum = np.float32(0)
+    for i in range(n_models):
+        wsum = np.float32(wsum + weights[i])
+    bad = np.full(GROUPS, -1, np.int64)
+    for g in prange(GROUPS):
+        lo, hi = _group_range(g, n)
+        for j in range(lo, hi):
+            acc = np.float32(0)
+            for i in range(n_models):
+                acc = fma32(load(xs, i, j, kind), weights[i], acc)
+            if normalize:
+                acc = np.float32(acc / wsum)
+            if not np.isfinite(acc) and bad[g] < 0:
+                bad[g] = j
+            store(out, j, acc, out_kind)
+    return bad.max()
+
+
+@njit(parallel=True, cache=True)
+def task_arithmetic(base, xs, kind, weights, normalize, lam, out, out_kind):
+    """base + lambda * sum_i w_i (x_i - base) [/ sum_i w_i], in mergekit's operation order."""
+    n_models, n = xs.shape
+    divisor = np.float32(0)
+    for i in range(n_models):
+        divisor = np.float32(divisor + weights[i])
+    if abs(divisor) < 1e-8:
+        divisor = np.float32(1)
+    bad = np.full(GROUPS, -1, np.int64)
+    for g in prange(GROUPS):
+        lo, hi = _group_range(g, n)
+        for j in range(lo, hi):
+            b = load(base, 0, j, kind)
+            mixed = np.float32(0)
+            for i in range(n_models):
+                u = np.float32((load(xs, i, j, kind) - b) * weights[i])
+                mixed = u if i == 0 else np.float32(mixed + u)
+            if normalize:
+                mixed = np.float32(mixed / divisor)
+            if lam != 1:
+                mixed = np.float32(mixed * lam)
+            res = np.float32(b + mixed)
+            if not np.isfinite(res) and bad[g] < 0:
+                bad[g] = j
+            store(out, j, res, out_kind)
+    return bad.max()
+
+
+# --- magnitude selection (trim) -------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def trim_histogram(base, xs, kind, mode, bucket, threshold, hist):
+    """One pass of the radix select of the largest |x_i - base| per model.
+
+    hist has one slab per worker thread. mode HIST_HIGH: hist[w, i, key >> 16] counts; HIST_LOW:
+    hist[w, i, key & 0xFFFF] counts among keys whose high half equals bucket[i]; COUNT_EQUAL (hist
+    then has GROUPS slabs): hist[g, i, 0] counts keys equal to threshold[i] in group g. key = the bit pattern of |tau| (ordered like the value, since it is non-negative).
+    """
+    n_models, n = xs.shape
+    workers = hist.shape[0]
+    for w in prange(workers):
+        for g in range(w, GROUPS, workers):
+            _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, w, g)
+
+
+@njit(inline="always")
+def _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, w, g):
+    n_models, n = xs.shape
+    lo, hi = _group_range(g, n)
+    # equal counts are kept per group: they set each group's share of the ties
+    slab = np.int64(g) if mode == COUNT_EQUAL else np.int64(w)
+    for j in range(lo, hi):
+        b = load(base, 0, j, kind)
+        for i in range(n_models):
+            key = f32_bits(abs(np.float32(load(xs, i, j, kind) - b)))
+            if mode == HIST_HIGH:
+                hist[slab, i, key >> np.uint32(16)] += 1
+            elif mode == HIST_LOW:
+                if (key >> np.uint32(16)) == bucket[i]:
+                    hist[slab, i, key & np.uint32(0xFFFF)] += 1
+            elif key == threshold[i]:
+                hist[slab, i, 0] += 1
+
+
+@njit(inline="always")
+def _trimmed(tau, key, i, g, keep_all, threshold, quota, used):
+    """tau if it survives the trim, else a zero with tau's sign (mergekit's tau * 0 mask)."""
+    if keep_all[i]:
+        return tau, True
+    if key > threshold[i]:
+        return tau, True
+    if key == threshold[i] and used[i] < quota[g, i]:
+        used[i] += 1
+        return tau, True
+    return np.float32(tau * np.float32(0)), False
+
+
+# --- TIES family ----------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def ties(
+    base,
+    xs,
+    kind,
+    weights,
+    sparsify,
+    keep_all,
+    threshold,
+    quota,
+    density,
+    seeds,
+    vote,
+    normalize,
+    lam,
+    protect,
+    sv_mode,
+    sv_bucket,
+    sv_threshold,
+    sv_quota,
+    sv_hist,
+    out,
+    out_kind,
+    stats,
+    workers,
+):
+    """TIES (and TIES-SV, DARE-TIES) over one tensor.
+
+    Per element: trim (magnitude: keep/threshold/quota from the selection passes; random: DARE with a
+    counter-based draw), u_i = w_i * trimmed_i, elected sign = sign of sum_i u_i (or of the unweighted
+    trimmed values), mean of the agreeing u_i over the agreeing weights (or their count).
+
+    TIES-SV (protect >= 0): the protected model's entries that survive the trim but disagree with the
+    elected sign are candidates; key = orderable(|sum agreeing u| - |u_p|). sv_mode HIST_HIGH /
+    HIST_LOW / COUNT_EQUAL fill sv_hist for the radix select of the smallest keys (no output); sv_mode
+    -1 merges, and candidates with key < sv_threshold (or equal, within sv_quota) are reserved: their
+    elected sign becomes sign(u_p).
+
+    stats[g, i] = (kept, discarded, reserved). Returns an index holding a non-finite result, or -1.
+    """
+    n_models, n = xs.shape
+    bad = np.full(GROUPS, -1, np.int64)
+    for w in prange(workers):
+        for g in range(w, GROUPS, workers):
+            slab = np.int64(g) if sv_mode == COUNT_EQUAL else np.int64(w)
+            lo, hi = _group_range(g, n)
+            used = np.zeros(n_models, np.int64)
+            sv_used = 0
+            u = np.empty(n_models, np.float32)
+            t = np.empty(n_models, np.float32)
+            kept = np.empty(n_models, np.bool_)
+            for j in range(lo, hi):
+                b = load(base, 0, j, kind)
+                vote_sum = np.float32(0)
+                for i in range(n_models):
+                    tau = np.float32(load(xs, i, j, kind) - b)
+                    if sparsify == SPARSIFY_MAGNITUDE:
+                        key = f32_bits(abs(tau))
+                        trimmed, k = _trimmed(tau, key, i, g, keep_all, threshold, quota, used)
+                    elif sparsify == SPARSIFY_RANDOM:
+                        k = keep_all[i] or _random_unit(seeds[i], i, j) < density[i]
+                        if keep_all[i]:
+                            trimmed = tau
+                        elif k:
+                            trimmed = np.float32(tau / np.float32(density[i]))
+                        else:
+                            trimmed = np.float32(tau * np.float32(0))
+                    else:
+                        trimmed, k = tau, True
+                    t[i] = trimmed
+                    u[i] = np.float32(trimmed * weights[i])
+                    kept[i] = k
+                    contribution = u[i] if vote == VOTE_WEIGHTED else trimmed
+                    vote_sum = contribution if i == 0 else np.float32(vote_sum + contribution)
+                positive = vote_sum >= 0
+
+                reserved = False
+                if protect >= 0:
+                    up = t[protect] if vote == VOTE_UNWEIGHTED else u[protect]
+                    p_agrees = (up > 0) if positive else (up < 0)
+                    if kept[protect] and not p_agrees and up != 0:
+                        agree_sum = np.float32(0)
+                        first = True
+                        for i in range(n_models):
+                            s = t[i] if vote == VOTE_UNWEIGHTED else u[i]
+                            if (s > 0) if positive else (s < 0):
+                                agree_sum = u[i] if first else np.float32(agree_sum + u[i])
+                                first = False
+                        key = _orderable(np.float32(abs(agree_sum) - abs(u[protect])))
+                        if sv_mode == HIST_HIGH:
+                            sv_hist[slab, 0, key >> np.uint32(16)] += 1
+                        elif sv_mode == HIST_LOW:
+                            if (key >> np.uint32(16)) == sv_bucket:
+                                sv_hist[slab, 0, key & np.uint32(0xFFFF)] += 1
+                        elif sv_mode == COUNT_EQUAL:
+                            if key == sv_threshold:
+                                sv_hist[slab, 0, 0] += 1
+                        elif key < sv_threshold:
+                            reserved = True
+                        elif key == sv_threshold and sv_used < sv_quota[g]:
+                            sv_used += 1
+                            reserved = True
+                if sv_mode >= 0:
+                    continue
+                if reserved:
+                    positive = (t[protect] if vote == VOTE_UNWEIGHTED else u[protect]) > 0
+                    stats[g, protect, 2] += 1
+
+                mixed = np.float32(0)
+                divisor = np.float32(0)
+                for i in range(n_models):
+                    s = t[i] if vote == VOTE_UNWEIGHTED else u[i]
+                    # vote < 0: no sign election (DARE-linear), every entry counts
+                    agree = vote < 0 or ((s > 0) if positive else (s < 0))
+                    if agree:
+                        c = u[i]
+                        d = np.float32(1) if vote == VOTE_UNWEIGHTED else weights[i]
+                    else:
+                        c = np.float32(u[i] * np.float32(0))
+                        d = np.float32(0)
+                        if vote != VOTE_UNWEIGHTED:
+                            d = np.float32(weights[i] * np.float32(0))
+                    mixed = c if i == 0 else np.float32(mixed + c)
+                    divisor = d if i == 0 else np.float32(divisor + d)
+                    if kept[i]:
+                        stats[g, i, 0] += 1
+                        if not agree:
+                            stats[g, i, 1] += 1
+                if normalize:
+                    if divisor == 0 or (vote < 0 and abs(divisor) < 1e-8):
+                        divisor = np.float32(1)
+                    mixed = np.float32(mixed / divisor)
+                if lam != 1:
+                    mixed = np.float32(mixed * lam)
+                res = np.float32(b + mixed)
+                if not np.isfinite(res) and bad[g] < 0:
+                    bad[g] = j
+                store(out, j, res, out_kind)
+    return bad.max()

@@ -1,0 +1,167 @@
+"""Merge methods: small registered units that merge one tensor with the kernels.
+
+A method receives a `TensorTask` (the tensor's inputs already in memory, its output buffer, the
+method's parameters) and returns per-model counts (kept, discarded, reserved). Adding a method is one
+function here plus, if its per-element math is new, a kernel.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels as K
+from .config import MergeConfig
+from .errors import MergeError
+from .select import Selection, radix_select
+
+REGISTRY: dict[str, Callable[[TensorTask], np.ndarray]] = {}
+
+
+def register(*names: str):
+    def wrap(fn):
+        for name in names:
+            REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+@dataclass
+class TensorTask:
+    name: str
+    config: MergeConfig
+    base: np.ndarray | None  # (1, N) storage dtype
+    xs: np.ndarray  # (n, N)
+    kind: int
+    out: np.ndarray  # (1, N)
+    out_kind: int
+    workers: int
+    trim: list[Selection | None] | None = None  # model-scope trim, precomputed for this tensor
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.array([m.weight for m in self.config.models], np.float32)
+
+    def check(self, bad: int) -> None:
+        if bad >= 0:
+            raise MergeError(f"tensor {self.name}: the merged value at flat index {bad} is not finite")
+
+
+def trim_counts(numel: int, densities: list[float]) -> np.ndarray:
+    """k = max(1, floor(d * numel)) entries kept per model; d >= 1 keeps all."""
+    return np.array([numel if d >= 1 else max(1, math.floor(d * numel)) for d in densities], np.int64)
+
+
+def trim_selection(task: TensorTask) -> list[Selection | None]:
+    """Per-tensor radix select of the k largest |tau| of each model."""
+    n, numel = task.xs.shape
+
+    def count_pass(mode, bucket, threshold):
+        if mode == K.COUNT_EQUAL:
+            hist = np.zeros((K.GROUPS, n, 1), np.int64)
+            K.trim_histogram(task.base, task.xs, task.kind, mode, bucket, threshold, hist)
+            return hist[:, :, 0]
+        hist = np.zeros((task.workers, n, 65536), np.int64)
+        K.trim_histogram(task.base, task.xs, task.kind, mode, bucket, threshold, hist)
+        return hist.sum(axis=0)
+
+    return radix_select(count_pass, n, trim_counts(numel, task.config.densities()), largest=True)
+
+
+@register("average")
+def average(task: TensorTask) -> np.ndarray:
+    task.check(K.linear(task.xs, task.kind, task.weights, task.config.normalize, task.out,
+                        task.out_kind))
+    return _all_kept(task)
+
+
+@register("task_arithmetic")
+def task_arithmetic(task: TensorTask) -> np.ndarray:
+    cfg = task.config
+    task.check(K.task_arithmetic(task.base, task.xs, task.kind, task.weights, cfg.normalize,
+                                 np.float32(cfg.lambda_), task.out, task.out_kind))
+    return _all_kept(task)
+
+
+def _all_kept(task: TensorTask) -> np.ndarray:
+    n, numel = task.xs.shape
+    stats = np.zeros((n, 3), np.int64)
+    stats[:, 0] = numel
+    return stats
+
+
+@register("ties", "ties_sv", "dare_ties", "dare_linear")
+def ties_family(task: TensorTask) -> np.ndarray:
+    cfg = task.config
+    n, numel = task.xs.shape
+    keep_all = np.zeros(n, np.bool_)
+    threshold = np.zeros(n, np.uint32)
+    quota = np.full((K.GROUPS, n), np.iinfo(np.int64).max, np.int64)
+    density = np.array(cfg.densities(), np.float64)
+    seeds = np.zeros(n, np.uint64)
+    if cfg.method.startswith("dare"):
+        sparsify = K.SPARSIFY_RANDOM
+        keep_all[:] = density >= 1
+        # one stream per (seed, tensor, model), drawn by index: independent of threads and order
+        seeds[:] = [(cfg.seed << 32) ^ zlib.crc32(task.name.encode()) ^ (i << 56) for i in range(n)]
+    else:
+        sparsify = K.SPARSIFY_MAGNITUDE
+        selections = task.trim if task.trim is not None else trim_selection(task)
+        for i, sel in enumerate(selections):
+            if sel is None:
+                keep_all[i] = True
+            else:
+                threshold[i] = sel.threshold
+                if sel.quota is not None:
+                    quota[:, i] = sel.quota
+    vote = K.VOTE_UNWEIGHTED if cfg.vote == "unweighted" else K.VOTE_WEIGHTED
+    if cfg.method == "dare_linear":
+        vote = -1  # no sign election: every kept entry agrees
+    protect = cfg.names.index(cfg.protect) if cfg.method == "ties_sv" else -1
+    weights = task.weights
+    lam = np.float32(cfg.lambda_)
+    stats = np.zeros((K.GROUPS, n, 3), np.int64)
+    no_hist = np.zeros((1, 1, 1), np.int64)
+    no_quota = np.zeros(K.GROUPS, np.int64)
+
+    def run(sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist):
+        return K.ties(task.base, task.xs, task.kind, weights, sparsify, keep_all, threshold, quota,
+                      density, seeds, vote, cfg.normalize, lam, protect, sv_mode,
+                      np.uint32(sv_bucket), np.uint32(sv_threshold), sv_quota, sv_hist, task.out,
+                      task.out_kind, stats, task.workers)
+
+    sv_threshold, sv_quota = 0, no_quota  # reserve nothing
+    if protect >= 0 and cfg.slack > 0:
+
+        def sv_pass(mode, bucket, thr):
+            if mode == K.COUNT_EQUAL:
+                hist = np.zeros((K.GROUPS, 1, 1), np.int64)
+                run(mode, bucket[0], thr[0], no_quota, hist)
+                return hist[:, :, 0]
+            hist = np.zeros((task.workers, 1, 65536), np.int64)
+            run(mode, bucket[0], thr[0], no_quota, hist)
+            return hist.sum(axis=0)
+
+        wanted = []
+
+        def reserve_count(totals):
+            wanted.append((math.floor(cfg.slack * int(totals[0])), int(totals[0])))
+            return np.array([wanted[0][0]], np.int64)
+
+        (sel,) = radix_select(sv_pass, 1, reserve_count, largest=False)
+        m, candidates = wanted[0]
+        if sel is not None:
+            sv_threshold = sel.threshold
+            if sel.quota is not None:
+                sv_quota = sel.quota
+            else:
+                sv_quota = np.full(K.GROUPS, np.iinfo(np.int64).max, np.int64)
+        elif m >= candidates and m > 0:
+            sv_threshold = 0xFFFFFFFF  # every candidate
+    task.check(run(-1, 0, sv_threshold, sv_quota, no_hist))
+    return stats.sum(axis=0)
