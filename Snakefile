@@ -9,7 +9,7 @@ min_version("9.0")
 # default only then keeps a --configfile from being merged key by key into the paper's config.
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -1,0 +1,288 @@
+"""The Snakemake workflow: dry runs of both presets, config errors at start, and (slow) a tiny
+variant of the mini preset end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+ENV = {
+    **os.environ,
+    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def snakemake(*args, cwd=REPO, timeout=120):
+    return subprocess.run(
+        [SNAKEMAKE, *map(str, args)],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The job-stats table of a dry run."""
+    table = output.split("Job stats:")[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def expected_counts(config: dict, built_base: bool) -> dict[str, int]:
+    langs = config["languages"]
+    ct = sum(len(f["budgets"]) for f in langs.values())
+    variants = sum(len(s.get("weights", [[1, 1]])) for s in config["merge"]["methods"].values())
+    multi = 0
+    for entry in config["merge"]["multi"]:
+        common = set.intersection(*(set(langs[lg]["budgets"]) for lg in entry["languages"]))
+        tokens = entry.get("tokens", "max")
+        multi += 1 if tokens == "max" else len(common) if tokens == "all" else len(tokens)
+    merges = variants * ct + multi
+    counts = {
+        "prepare_corpus": len(langs) + 1,
+        "prepare_eval_data": len(langs) + 1,
+        "prepare_sft_data": 1,
+        "continual_pretrain": ct,
+        "finetune_sft": 1,
+        "ct_then_sft": ct,
+        "merge": merges,
+        "evaluate": 2 + 2 * ct + merges,
+        "aggregate": 1,
+        "plot": 1,
+        "all": 1,
+        "total": 0,
+    }
+    if built_base:
+        counts["pretrain_base"] = 1
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def write_config(tmp_path: Path, mutate=None, name="config.yaml") -> Path:
+    cfg = yaml.safe_load((REPO / "config" / "mini.yaml").read_text())
+    if mutate:
+        mutate(cfg)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def test_paper_sweep_plans_on_slurm_profile_fast():
+    start = time.monotonic()
+    result = snakemake("-n", "--profile", "profiles/slurm", "--quiet", "rules")
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert job_counts(result.stdout + result.stderr) == expected_counts(config, built_base=False)
+    assert elapsed < 10, f"planning the paper sweep took {elapsed:.1f} s"
+
+
+def test_mini_preset_plans_every_stage(tmp_path):
+    # A fresh working directory, so that an earlier `make demo` does not shorten the plan.
+    result = snakemake(
+        "-n",
+        "-s",
+        REPO / "Snakefile",
+        "-d",
+        tmp_path,
+        "--configfile",
+        REPO / "config" / "mini.yaml",
+        "--quiet",
+        "rules",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((REPO / "config" / "mini.yaml").read_text())
+    assert job_counts(result.stdout + result.stderr) == expected_counts(config, built_base=True)
+
+
+def test_mini_profile_parses():
+    result = snakemake("-n", "--profile", "profiles/mini", "--quiet", "all")
+    assert result.returncode == 0, result.stderr
+
+
+def test_ct_chain_continues_from_previous_budget(tmp_path):
+    config = write_config(tmp_path)
+    result = snakemake(
+        "-n", "-p", "-s", REPO / "Snakefile", "-d", tmp_path, "--configfile", config, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    inits = dict(
+        re.findall(
+            r"lrmerge train ct .*?--tokens (\d+) --init (\S+) .*?--out results/mini/models/ct/bn/",
+            result.stdout,
+        )
+    )
+    assert inits == {
+        "100000": "results/mini/models/base",
+        "200000": "results/mini/models/ct/bn/100000",
+        "400000": "results/mini/models/ct/bn/200000",
+    }
+    merges = re.findall(r"lrmerge merge-config (.*?) --out (\S+)\.merge\.yaml", result.stdout)
+    by_out = {out: args for args, out in merges}
+    ties_sv = by_out["results/mini/models/merge/ties_sv/bo/200000"]
+    assert "--model ct=results/mini/models/ct/bo/200000@1" in ties_sv
+    assert "--model sft=results/mini/models/sft@1" in ties_sv
+    assert "--protect sft" in ties_sv and "--slack 0.1" in ties_sv
+    multi = by_out["results/mini/models/merge/ties/bn+bo/400000"]
+    assert "--model ct_bn=results/mini/models/ct/bn/400000@1" in multi
+    assert "--model ct_bo=results/mini/models/ct/bo/400000@1" in multi
+    assert "--base" not in by_out["results/mini/models/merge/average/bn/100000"]
+    evals = re.findall(r"lrmerge evaluate .*?--model (\S+) ((?:--lang \S+ )+)", result.stdout)
+    langs = {model: args.split()[1::2] for model, args in evals}
+    assert langs["results/mini/models/base"] == ["bn", "bo", "en"]
+    assert langs["results/mini/models/ct_sft/bo/100000"] == ["bo", "en"]
+    assert langs["results/mini/models/merge/ties/bn+bo/400000"] == ["bn", "bo", "en"]
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c.update(colour="blue"), r"'colour' was unexpected"),
+        (
+            lambda c: c["languages"]["bn"].update(budgets=[200000, 100000]),
+            r"languages\.bn\.budgets",
+        ),
+        (lambda c: c["languages"]["bo"].pop("corpus"), r"'corpus' is a required property"),
+        (lambda c: c["merge"]["methods"].update(slerp={}), r"merge\.methods\.slerp"),
+        (lambda c: c.update(seed="x"), r"'x' is not of type 'integer'"),
+        (lambda c: c["languages"]["bo"].update(budgets=[0]), r"less than the minimum of 1"),
+    ],
+)
+def test_bad_config_fails_at_start(tmp_path, mutate, message):
+    config = write_config(tmp_path, mutate)
+    start = time.monotonic()
+    result = snakemake(
+        "-n", "-s", REPO / "Snakefile", "-d", tmp_path, "--configfile", config, cwd=tmp_path
+    )
+    assert result.returncode != 0
+    assert re.search(message, result.stdout + result.stderr), result.stderr[-2000:]
+    assert time.monotonic() - start < 20
+    assert not (tmp_path / "results").exists()
+
+
+def test_one_config_file_only(tmp_path):
+    a, b = write_config(tmp_path, name="a.yaml"), write_config(tmp_path, name="b.yaml")
+    result = snakemake("-n", "-s", REPO / "Snakefile", "-d", tmp_path, "--configfile", a, b)
+    assert result.returncode != 0 and "pass one --configfile" in result.stdout + result.stderr
+    result = snakemake(
+        "-n", "-s", REPO / "Snakefile", "-d", tmp_path, "--config", "seed=3", "--configfile", a
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "--config overrides are not supported" in out
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end
+
+
+def tiny(cfg: dict) -> None:
+    """The mini preset cut down to minutes: two budgets per language, smaller steps."""
+    cfg["run_name"] = "tiny"
+    for facts in cfg["languages"].values():
+        facts["budgets"] = [20000, 40000]
+
+
+@pytest.mark.slow
+def test_tiny_preset_end_to_end(tmp_path):
+    config = write_config(tmp_path, tiny)
+    cfg = yaml.safe_load(config.read_text())
+    result = snakemake(
+        "-s",
+        REPO / "Snakefile",
+        "-d",
+        tmp_path,
+        "--configfile",
+        config,
+        "--cores",
+        "2",
+        "--set-threads",
+        "pretrain_base=2",
+        "continual_pretrain=2",
+        "finetune_sft=2",
+        "ct_then_sft=2",
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    run = tmp_path / "results" / "tiny"
+    models = run / "models"
+    # results layout and CT chain
+    for lang, facts in cfg["languages"].items():
+        previous = None
+        for tokens in facts["budgets"]:
+            summary = json.loads(
+                (models / "ct" / lang / str(tokens) / "train_summary.json").read_text()
+            )
+            assert summary["tokens_seen"] == tokens
+            if previous is None:
+                assert summary["resumed_from"] is None
+            else:
+                assert Path(summary["resumed_from"]).resolve() == previous.resolve()
+            previous = models / "ct" / lang / str(tokens)
+            assert (models / "ct_sft" / lang / str(tokens) / "train_summary.json").is_file()
+            for method in cfg["merge"]["methods"]:
+                folder = models / "merge" / method / lang / str(tokens)
+                assert (folder / "merge_stats.json").is_file()
+                assert (folder / "merge.yaml").is_file()
+                assert (folder / "config.json").is_file()
+                assert (run / "eval" / "merge" / method / lang / f"{tokens}.json").is_file()
+    assert (models / "base" / "train_summary.json").is_file()
+    assert (models / "sft" / "train_summary.json").is_file()
+    assert (models / "merge" / "ties" / "bn+bo" / "40000" / "merge_stats.json").is_file()
+    assert not list(models.rglob("*.merge.yaml"))
+    # tables
+    scores = pd.read_csv(run / "tables" / "scores.csv")
+    assert {"model", "method", "language", "tokens", "task", "score"} <= set(scores.columns)
+    assert set(scores["method"]) == {"base", "sft", "ct", "ct_sft", "average", "ties", "ties_sv"}
+    assert scores["score"].between(0, 1).all()
+    discarded = pd.read_csv(run / "tables" / "discarded.csv")
+    sft = discarded[(discarded["input"] == "sft") & (discarded["method"] == "ties")]
+    assert set(sft["language"]) == {"bn", "bo", "bn+bo"}
+    assert (sft["discarded_fraction"] > 0).all() and (sft["discarded_fraction"] < 1).all()
+    # ties_sv reserves some of SFT-flan's entries that ties discards
+    sv = discarded[(discarded["input"] == "sft") & (discarded["method"] == "ties_sv")]
+    assert (sv["reserved"] > 0).all()
+    # figures
+    for name in ("saturation", "discarded"):
+        assert (run / "figures" / f"{name}.png").stat().st_size > 1000
+        assert (run / "figures" / f"{name}.pdf").stat().st_size > 1000
+    # redrawing the figures re-runs nothing upstream
+    redo = snakemake(
+        "-n",
+        "-s",
+        REPO / "Snakefile",
+        "-d",
+        tmp_path,
+        "--configfile",
+        config,
+        "-R",
+        "plot",
+        "--quiet",
+        "rules",
+        cwd=tmp_path,
+    )
+    assert redo.returncode == 0, redo.stderr
+    assert job_counts(redo.stdout + redo.stderr) == {"plot": 1, "all": 1, "total": 2}
