@@ -199,10 +199,21 @@ def test_one_config_file_only(tmp_path):
 
 
 def tiny(cfg: dict) -> None:
-    """The mini preset cut down to minutes: two budgets per language, smaller steps."""
+    """The mini preset cut down to a few minutes: two budgets per language, a smaller model, fewer
+    steps and examples. Everything else (languages, merges, tasks) is the mini preset's."""
     cfg["run_name"] = "tiny"
     for facts in cfg["languages"].values():
         facts["budgets"] = [20000, 40000]
+    cfg["mini"].update(english_docs=600, sft_examples=200, eval_examples=12, fewshot_examples=4)
+    cfg["mini"]["model"] = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    }
+    cfg["pretrain"].update(steps=40, warmup_steps=5, checkpoint_every=0)
+    cfg["sft"].update(steps=15, checkpoint_every=0)
+    cfg["continual_pretrain"].update(checkpoint_every=0)
 
 
 @pytest.mark.slow
