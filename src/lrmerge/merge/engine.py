@@ -163,18 +163,6 @@ def _read_tensor(inputs: Inputs, name: str, hashers: dict) -> tuple[np.ndarray |
     return base, xs
 
 
-def _check_finite(inputs: Inputs, name: str, kind: int, base, xs) -> None:
-    from . import kernels as K
-
-    for ckpt, arr in ([(inputs.base, base)] if base is not None else []) + [(None, xs)]:
-        found = K.first_nonfinite(arr, kind)
-        for row, idx in enumerate(found):
-            if idx >= 0:
-                who = ckpt.name if ckpt is not None else inputs.models[row].name
-                raise MergeError(f"tensor {name} of model '{who}' holds a non-finite value "
-                                 f"at flat index {idx}")
-
-
 def _model_scope_trim(inputs: Inputs, order: list[str], workers: int) -> dict[str, list]:
     """One top-k of |tau| over all tensors of each model (the original TIES code's trim)."""
     from . import kernels as K
@@ -319,7 +307,6 @@ def run_merge(
                     pending = reader.submit(_read_tensor, inputs, order[t + 1], hashers)
                 info = ref.tensors[name]
                 kind = DTYPES[info.dtype][1]
-                _check_finite(inputs, name, kind, base, xs)
                 out_storage, out_kind = DTYPES[out_dtypes[name]]
                 out = np.empty((1, info.numel), out_storage)
                 task = TensorTask(name, cfg, base, xs, kind, out, out_kind, workers,

@@ -22,6 +22,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 GROUPS = 64
+BLOCK = 1024  # elements per step of the blocked kernels
 KIND_F32, KIND_BF16, KIND_F16 = 0, 1, 2
 # pass modes of the selection kernels
 HIST_HIGH, HIST_LOW, COUNT_EQUAL = 0, 1, 2
@@ -232,7 +233,8 @@ def trim_histogram(base, xs, kind, mode, bucket, threshold, hist):
 
     hist has one slab per worker thread. mode HIST_HIGH: hist[w, i, key >> 16] counts; HIST_LOW:
     hist[w, i, key & 0xFFFF] counts among keys whose high half equals bucket[i]; COUNT_EQUAL (hist
-    then has GROUPS slabs): hist[g, i, 0] counts keys equal to threshold[i] in group g. key = the bit pattern of |tau| (ordered like the value, since it is non-negative).
+    then has GROUPS slabs): hist[g, i, 0] counts keys equal to threshold[i] in group g.
+    key = the bit pattern of |tau| (ordered like the value, since it is non-negative).
     """
     n_models, n = xs.shape
     workers = hist.shape[0]
@@ -260,17 +262,36 @@ def _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, w, g):
                 hist[slab, i, 0] += 1
 
 
-@njit(inline="always")
-def _trimmed(tau, key, i, g, keep_all, threshold, quota, used):
-    """tau if it survives the trim, else a zero with tau's sign (mergekit's tau * 0 mask)."""
-    if keep_all[i]:
-        return tau, True
-    if key > threshold[i]:
-        return tau, True
-    if key == threshold[i] and used[i] < quota[g, i]:
-        used[i] += 1
-        return tau, True
-    return np.float32(tau * np.float32(0)), False
+@njit(parallel=True, cache=True)
+def trim_scan(base, xs, kind, window_lo, window_hi, hist, cand_keys, cand_count):
+    """HIST_HIGH of trim_histogram, and in the same pass the keys whose high half lies in
+    [window_lo[i], window_hi[i]] (a window around the expected threshold) copied per group into
+    cand_keys[g, i, :], counted in cand_count[g, i] (counting goes on past the capacity, to tell an
+    overflow). From these the exact threshold follows without a second pass in the usual case.
+    """
+    n_models, n = xs.shape
+    workers = hist.shape[0]
+    cap = cand_keys.shape[2]
+    for w in prange(workers):
+        keys = np.empty(BLOCK, np.uint32)
+        for g in range(w, GROUPS, workers):
+            lo, hi = _group_range(g, n)
+            for start in range(lo, hi, BLOCK):
+                m = min(BLOCK, hi - start)
+                for i in range(n_models):
+                    for j in range(m):
+                        tau = np.float32(load(xs, i, start + j, kind) - load(base, 0, start + j, kind))
+                        keys[j] = f32_bits(abs(tau))
+                    wlo, whi = window_lo[i], window_hi[i]
+                    c = cand_count[g, i]
+                    for j in range(m):
+                        high = keys[j] >> np.uint32(16)
+                        hist[w, i, high] += 1
+                        if wlo <= high and high <= whi:
+                            if c < cap:
+                                cand_keys[g, i, c] = keys[j]
+                            c += 1
+                    cand_count[g, i] = c
 
 
 # --- TIES family ----------------------------------------------------------------------------------
@@ -302,11 +323,12 @@ def ties(
     stats,
     workers,
 ):
-    """TIES (and TIES-SV, DARE-TIES) over one tensor.
+    """TIES (and TIES-SV, DARE-TIES, DARE-linear) over one tensor.
 
     Per element: trim (magnitude: keep/threshold/quota from the selection passes; random: DARE with a
     counter-based draw), u_i = w_i * trimmed_i, elected sign = sign of sum_i u_i (or of the unweighted
-    trimmed values), mean of the agreeing u_i over the agreeing weights (or their count).
+    trimmed values; vote < 0: no election), mean of the agreeing u_i over the agreeing weights (or
+    their count).
 
     TIES-SV (protect >= 0): the protected model's entries that survive the trim but disagree with the
     elected sign are candidates; key = orderable(|sum agreeing u| - |u_p|). sv_mode HIST_HIGH /
@@ -314,57 +336,76 @@ def ties(
     -1 merges, and candidates with key < sv_threshold (or equal, within sv_quota) are reserved: their
     elected sign becomes sign(u_p).
 
+    The work runs in blocks of BLOCK elements, one simple loop per step, so that the compiler can
+    vectorise the steps; only the rare sequential decisions (ties at a threshold) loop element-wise.
     stats[g, i] = (kept, discarded, reserved). Returns an index holding a non-finite result, or -1.
     """
     n_models, n = xs.shape
     bad = np.full(GROUPS, -1, np.int64)
+    unweighted = vote == VOTE_UNWEIGHTED
     for w in prange(workers):
+        bb = np.empty(BLOCK, np.float32)
+        tr = np.empty((n_models, BLOCK), np.float32)  # trimmed task vectors
+        u = np.empty((n_models, BLOCK), np.float32)  # weighted
+        keep = np.empty((n_models, BLOCK), np.bool_)
+        agree = np.empty((n_models, BLOCK), np.bool_)
+        vote_sum = np.empty(BLOCK, np.float32)
+        positive = np.empty(BLOCK, np.bool_)
+        mixed = np.empty(BLOCK, np.float32)
+        divisor = np.empty(BLOCK, np.float32)
         for g in range(w, GROUPS, workers):
             slab = np.int64(g) if sv_mode == COUNT_EQUAL else np.int64(w)
             lo, hi = _group_range(g, n)
             used = np.zeros(n_models, np.int64)
             sv_used = 0
-            u = np.empty(n_models, np.float32)
-            t = np.empty(n_models, np.float32)
-            kept = np.empty(n_models, np.bool_)
-            for j in range(lo, hi):
-                b = load(base, 0, j, kind)
-                vote_sum = np.float32(0)
+            for start in range(lo, hi, BLOCK):
+                m = min(BLOCK, hi - start)
+                for j in range(m):
+                    bb[j] = load(base, 0, start + j, kind)
                 for i in range(n_models):
-                    tau = np.float32(load(xs, i, j, kind) - b)
-                    if sparsify == SPARSIFY_MAGNITUDE:
-                        key = f32_bits(abs(tau))
-                        trimmed, k = _trimmed(tau, key, i, g, keep_all, threshold, quota, used)
-                    elif sparsify == SPARSIFY_RANDOM:
-                        k = keep_all[i] or _random_unit(seeds[i], i, j) < density[i]
-                        if keep_all[i]:
-                            trimmed = tau
-                        elif k:
-                            trimmed = np.float32(tau / np.float32(density[i]))
-                        else:
-                            trimmed = np.float32(tau * np.float32(0))
+                    for j in range(m):
+                        tr[i, j] = np.float32(load(xs, i, start + j, kind) - bb[j])
+                    if sparsify == SPARSIFY_MAGNITUDE and not keep_all[i]:
+                        thr = threshold[i]
+                        ties_left = 0
+                        for j in range(m):
+                            key = f32_bits(abs(tr[i, j]))
+                            keep[i, j] = key > thr
+                            ties_left += key == thr
+                        if ties_left:  # lowest flat indices first, up to this group's quota
+                            for j in range(m):
+                                if f32_bits(abs(tr[i, j])) == thr and used[i] < quota[g, i]:
+                                    keep[i, j] = True
+                                    used[i] += 1
+                        for j in range(m):
+                            # a trimmed entry stays a signed zero, as mergekit's tau * mask
+                            tr[i, j] = tr[i, j] if keep[i, j] else np.float32(tr[i, j] * np.float32(0))
+                    elif sparsify == SPARSIFY_RANDOM and not keep_all[i]:
+                        scale = np.float32(density[i])
+                        for j in range(m):
+                            k = _random_unit(seeds[i], i, start + j) < density[i]
+                            keep[i, j] = k
+                            tr[i, j] = np.float32(tr[i, j] / scale) if k else np.float32(tr[i, j] * np.float32(0))
                     else:
-                        trimmed, k = tau, True
-                    t[i] = trimmed
-                    u[i] = np.float32(trimmed * weights[i])
-                    kept[i] = k
-                    contribution = u[i] if vote == VOTE_WEIGHTED else trimmed
-                    vote_sum = contribution if i == 0 else np.float32(vote_sum + contribution)
-                positive = vote_sum >= 0
-
-                reserved = False
-                if protect >= 0:
-                    up = t[protect] if vote == VOTE_UNWEIGHTED else u[protect]
-                    p_agrees = (up > 0) if positive else (up < 0)
-                    if kept[protect] and not p_agrees and up != 0:
-                        agree_sum = np.float32(0)
-                        first = True
-                        for i in range(n_models):
-                            s = t[i] if vote == VOTE_UNWEIGHTED else u[i]
-                            if (s > 0) if positive else (s < 0):
-                                agree_sum = u[i] if first else np.float32(agree_sum + u[i])
-                                first = False
-                        key = _orderable(np.float32(abs(agree_sum) - abs(u[protect])))
+                        for j in range(m):
+                            keep[i, j] = True
+                    wi = weights[i]
+                    for j in range(m):
+                        u[i, j] = np.float32(tr[i, j] * wi)
+                # sign election over the models, summed in model order
+                for i in range(n_models):
+                    for j in range(m):
+                        c = tr[i, j] if unweighted else u[i, j]
+                        vote_sum[j] = c if i == 0 else np.float32(vote_sum[j] + c)
+                for j in range(m):
+                    positive[j] = vote_sum[j] >= 0
+                _agree_and_mix(tr, u, weights, vote, positive, agree, mixed, divisor, m)
+                if protect >= 0 and (sv_mode >= 0 or sv_threshold > 0):
+                    p = protect
+                    for j in range(m):
+                        if not keep[p, j] or agree[p, j] or u[p, j] == 0:
+                            continue
+                        key = _orderable(np.float32(abs(mixed[j]) - abs(u[p, j])))
                         if sv_mode == HIST_HIGH:
                             sv_hist[slab, 0, key >> np.uint32(16)] += 1
                         elif sv_mode == HIST_LOW:
@@ -373,45 +414,76 @@ def ties(
                         elif sv_mode == COUNT_EQUAL:
                             if key == sv_threshold:
                                 sv_hist[slab, 0, 0] += 1
-                        elif key < sv_threshold:
-                            reserved = True
-                        elif key == sv_threshold and sv_used < sv_quota[g]:
-                            sv_used += 1
-                            reserved = True
+                        else:
+                            reserve = key < sv_threshold
+                            if not reserve and key == sv_threshold and sv_used < sv_quota[g]:
+                                sv_used += 1
+                                reserve = True
+                            if reserve:
+                                # the protected model's sign wins here
+                                _remix_one(tr, u, weights, vote, (tr[p, j] if unweighted else u[p, j]) > 0,
+                                           agree, mixed, divisor, j)
+                                stats[g, p, 2] += 1
                 if sv_mode >= 0:
                     continue
-                if reserved:
-                    positive = (t[protect] if vote == VOTE_UNWEIGHTED else u[protect]) > 0
-                    stats[g, protect, 2] += 1
-
-                mixed = np.float32(0)
-                divisor = np.float32(0)
                 for i in range(n_models):
-                    s = t[i] if vote == VOTE_UNWEIGHTED else u[i]
-                    # vote < 0: no sign election (DARE-linear), every entry counts
-                    agree = vote < 0 or ((s > 0) if positive else (s < 0))
-                    if agree:
-                        c = u[i]
-                        d = np.float32(1) if vote == VOTE_UNWEIGHTED else weights[i]
-                    else:
-                        c = np.float32(u[i] * np.float32(0))
-                        d = np.float32(0)
-                        if vote != VOTE_UNWEIGHTED:
-                            d = np.float32(weights[i] * np.float32(0))
-                    mixed = c if i == 0 else np.float32(mixed + c)
-                    divisor = d if i == 0 else np.float32(divisor + d)
-                    if kept[i]:
-                        stats[g, i, 0] += 1
-                        if not agree:
-                            stats[g, i, 1] += 1
-                if normalize:
-                    if divisor == 0 or (vote < 0 and abs(divisor) < 1e-8):
-                        divisor = np.float32(1)
-                    mixed = np.float32(mixed / divisor)
-                if lam != 1:
-                    mixed = np.float32(mixed * lam)
-                res = np.float32(b + mixed)
-                if not np.isfinite(res) and bad[g] < 0:
-                    bad[g] = j
-                store(out, j, res, out_kind)
+                    kept_count = 0
+                    discarded = 0
+                    for j in range(m):
+                        kept_count += keep[i, j]
+                        discarded += keep[i, j] and not agree[i, j]
+                    stats[g, i, 0] += kept_count
+                    stats[g, i, 1] += discarded
+                for j in range(m):
+                    mix = mixed[j]
+                    if normalize:
+                        d = divisor[j]
+                        if d == 0 or (vote < 0 and abs(d) < 1e-8):
+                            d = np.float32(1)
+                        mix = np.float32(mix / d)
+                    if lam != 1:
+                        mix = np.float32(mix * lam)
+                    mixed[j] = np.float32(bb[j] + mix)
+                for j in range(m):
+                    store(out, start + j, mixed[j], out_kind)
+                for j in range(m):
+                    if not np.isfinite(mixed[j]) and bad[g] < 0:
+                        bad[g] = start + j
     return bad.max()
+
+
+@njit(inline="always")
+def _agree_and_mix(tr, u, weights, vote, positive, agree, mixed, divisor, m):
+    """Agreement with the elected sign, and the sums of agreeing u and weights (mergekit's order)."""
+    n_models = u.shape[0]
+    unweighted = vote == VOTE_UNWEIGHTED
+    for i in range(n_models):
+        wi = weights[i]
+        d_agree = np.float32(1) if unweighted else wi
+        d_not = np.float32(0) if unweighted else np.float32(wi * np.float32(0))
+        for j in range(m):
+            s = tr[i, j] if unweighted else u[i, j]
+            a = vote < 0 or ((s > 0) if positive[j] else (s < 0))
+            agree[i, j] = a
+            c = u[i, j] if a else np.float32(u[i, j] * np.float32(0))
+            d = d_agree if a else d_not
+            mixed[j] = c if i == 0 else np.float32(mixed[j] + c)
+            divisor[j] = d if i == 0 else np.float32(divisor[j] + d)
+
+
+@njit(inline="always")
+def _remix_one(tr, u, weights, vote, positive, agree, mixed, divisor, j):
+    """_agree_and_mix for one element, with the elected sign given."""
+    n_models = u.shape[0]
+    unweighted = vote == VOTE_UNWEIGHTED
+    for i in range(n_models):
+        s = tr[i, j] if unweighted else u[i, j]
+        a = (s > 0) if positive else (s < 0)
+        agree[i, j] = a
+        c = u[i, j] if a else np.float32(u[i, j] * np.float32(0))
+        if unweighted:
+            d = np.float32(1) if a else np.float32(0)
+        else:
+            d = weights[i] if a else np.float32(weights[i] * np.float32(0))
+        mixed[j] = c if i == 0 else np.float32(mixed[j] + c)
+        divisor[j] = d if i == 0 else np.float32(divisor[j] + d)

@@ -17,7 +17,7 @@ import numpy as np
 from . import kernels as K
 from .config import MergeConfig
 from .errors import MergeError
-from .select import Selection, radix_select
+from .select import Selection, radix_select, sample_window, select_from_candidates
 
 REGISTRY: dict[str, Callable[[TensorTask], np.ndarray]] = {}
 
@@ -48,8 +48,21 @@ class TensorTask:
         return np.array([m.weight for m in self.config.models], np.float32)
 
     def check(self, bad: int) -> None:
-        if bad >= 0:
-            raise MergeError(f"tensor {self.name}: the merged value at flat index {bad} is not finite")
+        """Raise if the result holds a non-finite value, naming the input that caused it.
+
+        Every method turns a non-finite input into a non-finite result (inf * 0 and inf - inf are
+        NaN), so inputs need no pass of their own: they are searched only when a result is bad.
+        """
+        if bad < 0:
+            return
+        rows = [(self.config.base_name, self.base)] if self.base is not None else []
+        rows += [(name, self.xs[i : i + 1]) for i, name in enumerate(self.config.names)]
+        for who, row in rows:
+            found = int(K.first_nonfinite(row, self.kind)[0])
+            if found >= 0:
+                raise MergeError(f"tensor {self.name} of model '{who}' holds a non-finite value "
+                                 f"at flat index {found}")
+        raise MergeError(f"tensor {self.name}: the merged value at flat index {bad} is not finite")
 
 
 def trim_counts(numel: int, densities: list[float]) -> np.ndarray:
@@ -57,9 +70,50 @@ def trim_counts(numel: int, densities: list[float]) -> np.ndarray:
     return np.array([numel if d >= 1 else max(1, math.floor(d * numel)) for d in densities], np.int64)
 
 
-def trim_selection(task: TensorTask) -> list[Selection | None]:
-    """Per-tensor radix select of the k largest |tau| of each model."""
+SAMPLE = 1 << 16  # keys sampled to place the candidate window; tensors this small get exact passes
+
+
+def _decode(a: np.ndarray, kind: int) -> np.ndarray:
+    if kind == K.KIND_F32:
+        return a
+    if kind == K.KIND_BF16:
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a.view(np.float16).astype(np.float32)
+
+
+def _windowed_selection(task: TensorTask, ks: np.ndarray) -> list[Selection | None] | None:
+    """One pass: exact high histogram plus the keys near each expected threshold."""
     n, numel = task.xs.shape
+    stride = numel // SAMPLE
+    base = _decode(task.base[:, ::stride], task.kind)
+    windows = np.zeros((n, 2), np.uint32)
+    expected = 0.0
+    for i in range(n):
+        keys = np.abs(_decode(task.xs[i : i + 1, ::stride], task.kind) - base).view(np.uint32)
+        lo, hi, inside = sample_window(keys.reshape(-1), int(ks[i]), numel)
+        windows[i] = lo, hi
+        expected = max(expected, inside)
+    cap = int(expected * numel / K.GROUPS * 1.25) + 4096
+    hist = np.zeros((task.workers, n, 65536), np.int64)
+    cand_keys = np.empty((K.GROUPS, n, cap), np.uint32)
+    cand_count = np.zeros((K.GROUPS, n), np.int64)
+    K.trim_scan(task.base, task.xs, task.kind, windows[:, 0].copy(), windows[:, 1].copy(), hist,
+                cand_keys, cand_count)
+    return select_from_candidates(hist.sum(axis=0), ks, windows, cand_keys, cand_count)
+
+
+def trim_selection(task: TensorTask) -> list[Selection | None]:
+    """Per-tensor exact select of the k largest |tau| of each model.
+
+    Large tensors: one pass (high histogram + candidates near a sampled threshold); if the sample
+    misled (very rare), or for small tensors, the plain radix passes.
+    """
+    n, numel = task.xs.shape
+    ks = trim_counts(numel, task.config.densities())
+    if numel >= 4 * SAMPLE and ((ks > 0) & (ks < numel)).any():
+        found = _windowed_selection(task, ks)
+        if found is not None:
+            return found
 
     def count_pass(mode, bucket, threshold):
         if mode == K.COUNT_EQUAL:
@@ -70,7 +124,7 @@ def trim_selection(task: TensorTask) -> list[Selection | None]:
         K.trim_histogram(task.base, task.xs, task.kind, mode, bucket, threshold, hist)
         return hist.sum(axis=0)
 
-    return radix_select(count_pass, n, trim_counts(numel, task.config.densities()), largest=True)
+    return radix_select(count_pass, n, ks, largest=True)
 
 
 @register("average")

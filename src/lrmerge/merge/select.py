@@ -84,3 +84,64 @@ def radix_select(
             quota = np.clip(need[i] - before, 0, per_group[:, i]).astype(np.int64)
         results[i] = Selection(int(thresholds[i]), quota, int(ks[i]), int(totals[i]))
     return results
+
+
+def sample_window(sample_keys: np.ndarray, k: int, numel: int) -> tuple[int, int, float]:
+    """A window of high-half buckets that very likely holds the k-th largest key, from a sample.
+
+    Returns (low bucket, high bucket, the sample's fraction of keys inside the window).
+    """
+    s = np.sort(sample_keys)[::-1]
+    size = len(s)
+    q = k / numel
+    rank = q * size
+    # six standard deviations of a sample quantile, plus slack for small samples
+    margin = 6 * np.sqrt(size * q * (1 - q)) + 16
+    top = int(np.clip(np.floor(rank - margin), 0, size - 1))
+    bottom = int(np.clip(np.ceil(rank + margin), 0, size - 1))
+    hi_bucket = int(s[top]) >> 16
+    lo_bucket = int(s[bottom]) >> 16
+    high = s >> 16
+    inside = float(np.mean((high >= lo_bucket) & (high <= hi_bucket)))
+    return lo_bucket, hi_bucket, inside
+
+
+def select_from_candidates(
+    high: np.ndarray,
+    ks: np.ndarray,
+    windows: np.ndarray,
+    cand_keys: np.ndarray,
+    cand_count: np.ndarray,
+) -> list[Selection | None] | None:
+    """Finish a largest-k radix select from one pass's high histogram and the window candidates.
+
+    high: (n, 65536) counts; windows: (n, 2) bucket ranges; cand_keys (segments, n, cap) with
+    cand_count (segments, n). Returns None when a threshold falls outside its window or a
+    candidate buffer overflowed: the caller then runs the plain passes.
+    """
+    n = high.shape[0]
+    cap = cand_keys.shape[2]
+    if (cand_count > cap).any():
+        return None
+    totals = high.sum(axis=1)
+    results: list[Selection | None] = [None] * n
+    for i in range(n):
+        k = int(ks[i])
+        if not 0 < k < totals[i]:
+            continue
+        bucket, beyond = _bucket(high[i], k, largest=True)
+        if not windows[i, 0] <= bucket <= windows[i, 1]:
+            return None
+        per_segment = [cand_keys[g, i, : cand_count[g, i]] for g in range(cand_keys.shape[0])]
+        pool = np.concatenate(per_segment)
+        low = np.bincount(pool[(pool >> 16) == bucket] & 0xFFFF, minlength=65536)
+        low_bucket, low_beyond = _bucket(low, k - beyond, largest=True)
+        threshold = (bucket << 16) | low_bucket
+        need = k - beyond - low_beyond
+        quota = None
+        if need < low[low_bucket]:
+            equal = np.array([int(np.count_nonzero(seg == threshold)) for seg in per_segment])
+            before = np.concatenate(([0], np.cumsum(equal)[:-1]))
+            quota = np.clip(need - before, 0, equal).astype(np.int64)
+        results[i] = Selection(int(threshold), quota, k, int(totals[i]))
+    return results
