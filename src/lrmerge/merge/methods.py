@@ -17,7 +17,13 @@ import numpy as np
 from . import kernels as K
 from .config import MergeConfig
 from .errors import MergeError
-from .select import Selection, radix_select, sample_window, select_from_candidates
+from .select import (
+    Selection,
+    radix_select,
+    sample_window,
+    select_direct,
+    select_from_candidates,
+)
 
 REGISTRY: dict[str, Callable[[TensorTask], np.ndarray]] = {}
 
@@ -110,10 +116,14 @@ def trim_selection(task: TensorTask) -> list[Selection | None]:
     """
     n, numel = task.xs.shape
     ks = trim_counts(numel, task.config.densities())
-    if numel >= 4 * SAMPLE and ((ks > 0) & (ks < numel)).any():
-        found = _windowed_selection(task, ks)
-        if found is not None:
-            return found
+    if numel < 4 * SAMPLE:
+        base = _decode(task.base, task.kind)
+        keys = np.abs(_decode(task.xs, task.kind) - base).view(np.uint32)
+        segments = np.arange(K.GROUPS + 1, dtype=np.int64) * numel // K.GROUPS
+        return select_direct(keys, ks, segments)
+    found = _windowed_selection(task, ks)
+    if found is not None:
+        return found
 
     def count_pass(mode, bucket, threshold):
         if mode == K.COUNT_EQUAL:

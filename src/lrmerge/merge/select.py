@@ -91,17 +91,18 @@ def sample_window(sample_keys: np.ndarray, k: int, numel: int) -> tuple[int, int
 
     Returns (low bucket, high bucket, the sample's fraction of keys inside the window).
     """
-    s = np.sort(sample_keys)[::-1]
-    size = len(s)
+    size = len(sample_keys)
     q = k / numel
-    rank = q * size
+    rank = q * size  # from the top
     # six standard deviations of a sample quantile, plus slack for small samples
     margin = 6 * np.sqrt(size * q * (1 - q)) + 16
     top = int(np.clip(np.floor(rank - margin), 0, size - 1))
     bottom = int(np.clip(np.ceil(rank + margin), 0, size - 1))
-    hi_bucket = int(s[top]) >> 16
-    lo_bucket = int(s[bottom]) >> 16
-    high = s >> 16
+    # positions counted from the top are size-1-pos from the bottom of an ascending order
+    picked = np.partition(sample_keys, [size - 1 - bottom, size - 1 - top])
+    hi_bucket = int(picked[size - 1 - top]) >> 16
+    lo_bucket = int(picked[size - 1 - bottom]) >> 16
+    high = sample_keys >> 16
     inside = float(np.mean((high >= lo_bucket) & (high <= hi_bucket)))
     return lo_bucket, hi_bucket, inside
 
@@ -144,4 +145,27 @@ def select_from_candidates(
             before = np.concatenate(([0], np.cumsum(equal)[:-1]))
             quota = np.clip(need - before, 0, equal).astype(np.int64)
         results[i] = Selection(int(threshold), quota, k, int(totals[i]))
+    return results
+
+
+def select_direct(keys: np.ndarray, ks: np.ndarray, segments: np.ndarray) -> list[Selection | None]:
+    """The same selection for keys held in memory (small tensors): keys (n, N) uint32; segments:
+    the GROUPS + 1 boundaries of the kernels' index groups."""
+    n, numel = keys.shape
+    results: list[Selection | None] = [None] * n
+    for i in range(n):
+        k = int(ks[i])
+        if not 0 < k < numel:
+            continue
+        row = keys[i]
+        threshold = int(np.partition(row, numel - k)[numel - k])
+        beyond = int(np.count_nonzero(row > threshold))
+        positions = np.flatnonzero(row == threshold)
+        need = k - beyond
+        quota = None
+        if need < len(positions):
+            equal = np.diff(np.searchsorted(positions, segments))
+            before = np.concatenate(([0], np.cumsum(equal)[:-1]))
+            quota = np.clip(need - before, 0, equal).astype(np.int64)
+        results[i] = Selection(threshold, quota, k, numel)
     return results
