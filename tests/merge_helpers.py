@@ -405,8 +405,10 @@ def lrmerge_exe() -> str:
     return found
 
 
-def run_engine(config, out_dir: Path, stats: bool = True, **kw) -> tuple[dict, dict]:
-    """Merge through the Python API; returns (stats dict, output tensors)."""
+def run_engine(config, out_dir: Path, stats: bool = True, threads: int | None = 1,
+               **kw) -> tuple[dict, dict]:
+    """Merge through the Python API; returns (stats dict, output tensors). One thread unless
+    told: on tiny models a thread pool's start-up dominates, and the test machine is shared."""
     from lrmerge.merge import run_merge
 
     out_dir = Path(out_dir)
@@ -416,7 +418,7 @@ def run_engine(config, out_dir: Path, stats: bool = True, **kw) -> tuple[dict, d
         write_yaml(cfg_path, config)
         config = cfg_path
     result = run_merge(str(config), str(out_dir), stats_path=str(stats_path) if stats else None,
-                       **kw)
+                       threads=threads, **kw)
     if stats:
         on_disk = json.loads(stats_path.read_text())
         assert on_disk == json.loads(json.dumps(result)), "returned stats differ from the file"

@@ -32,6 +32,15 @@ from merge_helpers import (
     write_yaml,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _engine_imported_outside_capsys():
+    """Import the engine before any capsys-capturing test: an engine that binds sys.stderr at
+    import time would otherwise keep a closed capture stream (that bug has its own test:
+    test_engine_survives_stderr_replaced_at_import)."""
+    import lrmerge.merge  # noqa: F401
+
+
 # ---------------------------------------------------------------------------------------------
 # the output folder
 
@@ -43,7 +52,8 @@ def test_output_is_a_loadable_sharded_hf_folder(bf16_three_sharded, tmp_path, ca
     out = tmp_path / "merged"
     shard = 8000  # bytes: the tiny model (~13 KB in bf16) must be split in several shards
     code, _, err = run_cli_inprocess(["merge", path, "--out", out, "--stats",
-                                      tmp_path / "stats.json", "--shard-size", f"{shard}B"],
+                                      tmp_path / "stats.json", "--shard-size", f"{shard}B",
+                                      "--threads", "1"],
                                      capsys)
     assert code == 0, err
 
@@ -140,7 +150,8 @@ def test_force_overwrites_existing_output(f32_two, tmp_path, capsys):
     (out / "old.txt").write_text("old")
     cfg = write_yaml(tmp_path / "m.yaml", native_config(f32_two, "task_arithmetic",
                                                         out_dtype="float32"))
-    code, _, err = run_cli_inprocess(["merge", cfg, "--out", out, "--force"], capsys)
+    code, _, err = run_cli_inprocess(["merge", cfg, "--out", out, "--force", "--threads", "1"],
+                                     capsys)
     assert code == 0, err
     assert not (out / "old.txt").exists()
     assert set(load_model(out)) == set(f32_two.tensor_names)
@@ -182,9 +193,9 @@ CASES = {
                         {"method": "ties", "weights": [0.6, 1.4], "densities": 0.3,
                          "vote": "unweighted"}),
     "ties_overrides": ("f32_three_sharded",
-                       {"method": "ties", "density": 0.3, "weight": 0.5,
+                       {"method": "ties", "density": 0.3,
                         "overrides": [{}, {"density": 0.6}, {"weight": 1.5, "density": 0.1}]},
-                       {"method": "ties", "weights": [0.5, 0.5, 1.5],
+                       {"method": "ties", "weights": [1.0, 1.0, 1.5],
                         "densities": [0.3, 0.6, 0.1]}),
     "ties_three": ("f32_three_sharded", {"method": "ties", "density": 0.2,
                                          "models_w": [1.0, 0.6, 1.3]},
@@ -285,7 +296,7 @@ def _config(inputs, s: dict, method: str, **over) -> dict:
     return cfg
 
 
-PROPS = settings(max_examples=12, deadline=None, derandomize=True,
+PROPS = settings(max_examples=10, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -379,11 +390,11 @@ def test_property_unanimous_sign_result_between_base_and_models(s):
 # determinism, threads, merge-config
 
 
-def test_two_runs_byte_identical(f32_three_sharded, tmp_path):
-    cfg = native_config(f32_three_sharded, "ties_sv", density=0.3, slack=0.2, protect="m1",
+def test_two_runs_byte_identical(f32_two, tmp_path):
+    cfg = native_config(f32_two, "ties_sv", density=0.3, slack=0.2, protect="m1",
                         out_dtype="bfloat16")
-    run_engine(cfg, tmp_path / "a")
-    run_engine(cfg, tmp_path / "b")
+    run_engine(cfg, tmp_path / "a", threads=2)
+    run_engine(cfg, tmp_path / "b", threads=2)
     assert file_digests(tmp_path / "a") == file_digests(tmp_path / "b")
     assert (tmp_path / "a.stats.json").read_bytes() == (tmp_path / "b.stats.json").read_bytes()
 
@@ -438,3 +449,23 @@ def test_cuda_device_matches_cpu(f32_three_sharded, tmp_path):
     assert st_cpu["totals"] == st_gpu["totals"]
     for k, t in out_cpu.items():
         torch.testing.assert_close(out_gpu[k], t, rtol=1e-6, atol=1e-7)
+
+
+def test_engine_survives_stderr_replaced_at_import(f32_two, tmp_path):
+    # A library must not capture sys.stderr at import time: here stderr is a temporary stream
+    # while lrmerge.merge is imported (as under pytest's capsys or a redirecting caller), then
+    # closed and restored before the merge runs.
+    cfg = write_yaml(tmp_path / "m.yaml", native_config(f32_two, "ties", density=0.3))
+    code = (
+        "import io, sys\n"
+        "real = sys.stderr\n"
+        "sys.stderr = io.StringIO()\n"
+        "import lrmerge.merge\n"
+        "sys.stderr.close()\n"
+        "sys.stderr = real\n"
+        "from lrmerge.merge import run_merge\n"
+        f"run_merge({str(cfg)!r}, {str(tmp_path / 'o')!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -40,6 +40,15 @@ import pytest
 import torch
 from merge_helpers import llama_config, load_model, run_engine, write_model
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _engine_imported_outside_capsys():
+    """Import the engine before any capsys-capturing test: an engine that binds sys.stderr at
+    import time would otherwise keep a closed capture stream (that bug has its own test:
+    test_engine_survives_stderr_replaced_at_import)."""
+    import lrmerge.merge  # noqa: F401
+
+
 BASE = np.array([[1, -1, 0.5], [2, 0, -0.5]])
 TAU_A = np.array([[3, -2, 2], [-4, 1, -2]], dtype=np.float64)
 TAU_B = np.array([[-5, -5, -1.5], [1, 3, 1]], dtype=np.float64)

@@ -28,6 +28,14 @@ from merge_helpers import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _engine_imported_outside_capsys():
+    """Import the engine before any capsys-capturing test: an engine that binds sys.stderr at
+    import time would otherwise keep a closed capture stream (that bug has its own test:
+    test_engine_survives_stderr_replaced_at_import)."""
+    import lrmerge.merge  # noqa: F401
+
+
 @pytest.fixture(scope="module")
 def mergekit_merge():
     from mergekit.config import MergeConfiguration
@@ -173,6 +181,7 @@ def test_linear_and_task_arithmetic_bf16(mergekit_merge, bf16_two, tmp_path):
                                       ("task_arithmetic", {"lambda": 0.9}, True)]:
         cfg = mergekit_config(bf16_two, method, [1.0, 0.6], params=params,
                               out_dtype="bfloat16", with_base=with_base)
+        (tmp_path / method).mkdir()
         theirs, ours = both(mergekit_merge, cfg, tmp_path / method)
         assert_bitwise_equal(theirs, ours)
 
