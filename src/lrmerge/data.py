@@ -642,46 +642,55 @@ def build_eval(cfg: dict, lang: str, out_dir: str | Path) -> list[str]:
     n_test = int(mini.get("eval_examples", 100))
     n_shot = int(mini.get("fewshot_examples", 20))
     written = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for task in tasks:
-        spec = sources.get(task)
-        if spec is None and (entry.get("corpus") or {}).get("kind") != "generated":
-            raise ValueError(f"task {task!r} ({where_tasks}) has no evaluate.sources.{task} "
-                             "entry and the language is not generated")
-        if spec is not None and spec.get("kind") == "builtin":
-            continue
-        family = task_family(cfg, task)
-        where = f"evaluate.sources.{task}"
-        if spec is None:
-            test = _generated_task_rows(cfg, lang, task, family, "test", n_test)
-            shots = _generated_task_rows(cfg, lang, task, family, "train", n_shot)
-        else:
-            if spec.get("kind", "hf") != "hf":
-                raise ValueError(f"{where}.kind: {spec.get('kind')!r} is not one of hf, builtin")
-            test = _source_task_rows(spec, "test", where)
-            shots = _source_task_rows(spec, "fewshot", where) if spec.get("fewshot") else []
-        generative = family == "math" and math_format == "generate"
-        if spec is not None and spec.get("format"):
-            generative = spec["format"] == "generate"
-        if generative:
-            test = [_as_generative(r) for r in test]
-            shots = [_as_generative(r) for r in shots]
-        files = {"test": str(out_dir / f"{task}.test.jsonl")}
-        fsutil.write_jsonl(files["test"], test)
-        if shots:
-            files["train"] = str(out_dir / f"{task}.train.jsonl")
-            fsutil.write_jsonl(files["train"], shots)
-        if generative:
-            y = gen_task_yaml(task, files, bool(shots), int(ev.get("max_gen_toks", 16)))
-        else:
-            y = mc_task_yaml(task, files, bool(shots))
-        fsutil.write_text(out_dir / f"{task}.yaml", yaml.safe_dump(y, allow_unicode=True,
-                                                                    sort_keys=False))
-        written.append(task)
-    if written:
-        group = {"group": f"lrmerge_{lang}", "task": written}
-        fsutil.write_text(out_dir / f"_group_{lang}.yaml", yaml.safe_dump(group, sort_keys=False))
+    # Files are written into a temporary folder and the folder renamed at the end; the YAMLs
+    # name the final (absolute) paths, since lm-eval resolves data_files against the cwd.
+    with fsutil.atomic_dir(out_dir) as tmp:
+        for task in tasks:
+            written += _write_task(cfg, lang, task, entry, sources, where_tasks, math_format,
+                                   n_test, n_shot, out_dir, tmp, ev)
+        if written:
+            group = {"group": f"lrmerge_{lang}", "task": written}
+            fsutil.write_text(tmp / f"_group_{lang}.yaml", yaml.safe_dump(group, sort_keys=False))
     return written
+
+
+def _write_task(cfg, lang, task, entry, sources, where_tasks, math_format, n_test, n_shot,
+                out_dir: Path, tmp: Path, ev: dict) -> list[str]:
+    """Write one task's data and YAML into `tmp` (paths in the YAML under `out_dir`)."""
+    spec = sources.get(task)
+    if spec is None and (entry.get("corpus") or {}).get("kind") != "generated":
+        raise ValueError(f"task {task!r} ({where_tasks}) has no evaluate.sources.{task} "
+                         "entry and the language is not generated")
+    if spec is not None and spec.get("kind") == "builtin":
+        return []
+    family = task_family(cfg, task)
+    where = f"evaluate.sources.{task}"
+    if spec is None:
+        test = _generated_task_rows(cfg, lang, task, family, "test", n_test)
+        shots = _generated_task_rows(cfg, lang, task, family, "train", n_shot)
+    else:
+        if spec.get("kind", "hf") != "hf":
+            raise ValueError(f"{where}.kind: {spec.get('kind')!r} is not one of hf, builtin")
+        test = _source_task_rows(spec, "test", where)
+        shots = _source_task_rows(spec, "fewshot", where) if spec.get("fewshot") else []
+    generative = family == "math" and math_format == "generate"
+    if spec is not None and spec.get("format"):
+        generative = spec["format"] == "generate"
+    if generative:
+        test = [_as_generative(r) for r in test]
+        shots = [_as_generative(r) for r in shots]
+    files = {"test": str(out_dir / f"{task}.test.jsonl")}
+    fsutil.write_jsonl(tmp / f"{task}.test.jsonl", test)
+    if shots:
+        files["train"] = str(out_dir / f"{task}.train.jsonl")
+        fsutil.write_jsonl(tmp / f"{task}.train.jsonl", shots)
+    if generative:
+        y = gen_task_yaml(task, files, bool(shots), int(ev.get("max_gen_toks", 16)))
+    else:
+        y = mc_task_yaml(task, files, bool(shots))
+    fsutil.write_text(tmp / f"{task}.yaml", yaml.safe_dump(y, allow_unicode=True,
+                                                            sort_keys=False))
+    return [task]
 
 
 # --------------------------------------------------------------------------------------------

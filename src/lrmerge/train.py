@@ -79,7 +79,7 @@ def build_model(mini: dict, tokenizer, seed: int):
         intermediate_size=int(m.get("intermediate_size", 4 * hidden)),
         num_hidden_layers=int(m.get("num_hidden_layers", 4)),
         num_attention_heads=heads,
-        num_key_value_heads=int(m.get("num_key_value_heads", heads)),
+        num_key_value_heads=int(m.get("num_key_value_heads") or heads),
         max_position_embeddings=int(m.get("max_position_embeddings", 512)),
         tie_word_embeddings=bool(m.get("tie_word_embeddings", False)),
         bos_token_id=tokenizer.bos_token_id,
@@ -150,9 +150,12 @@ class Source:
         return (torch.tensor(self.ids[s:s + self.seq_len]),
                 torch.tensor(self.loss[s:s + self.seq_len]))
 
-    def epochs(self, used: int) -> float:
-        return used / max(1, self.n_blocks) if self.exhausted else min(1.0, used / max(1,
-                                                                                     self.n_blocks))
+    def usage(self, used: int) -> dict:
+        """How much of the corpus `used` blocks took (passes > 1: the corpus was repeated)."""
+        out = {"rows": len(self.rows), "blocks_used": used}
+        if self.exhausted:
+            out["passes"] = round(used / max(1, self.n_blocks), 4)
+        return out
 
 
 class Stream:
@@ -604,11 +607,9 @@ def train(*, stage: str, cfg: dict, init: str, out: str, rows: list[dict],
                             "lr_last": lr_at(step - 1, lr_max, lr_min, warmup, decay)},
             "final_loss": losses[-1] if losses else (chain or {}).get("final_loss"),
             "loss_history": history,
-            "data": {"target_rows": len(rows), "target_epochs": round(target.epochs(
-                         stream.counts(seen // seq_len)[0]), 4),
-                     "english_rows": len(english_rows or []),
-                     "english_epochs": round(english.epochs(stream.counts(seen // seq_len)[1]), 4)
-                     if english else 0.0},
+            "data": {"target": target.usage(stream.counts(math.ceil(seen / seq_len))[0]),
+                     "english": english.usage(stream.counts(math.ceil(seen / seq_len))[1])
+                     if english else None},
             "save_dtype": save_dtype,
             "device": str(backend.device),
             "world_size": backend.world_size,
