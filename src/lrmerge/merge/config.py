@@ -268,11 +268,8 @@ def _from_mergekit(data: dict, label: str) -> MergeConfig:
         raise MergeError(f"{label}: parameters.normalize: expected true or false")
     config.normalize = normalize
     dtype = data.get("dtype")
-    if dtype is not None and dtype != "float32":
-        config.notes.append(
-            f"mergekit dtype {dtype} was computed in float32 (more precise than mergekit's {dtype} "
-            "arithmetic); the output dtype follows it"
-        )
+    if method != "average" and dtype is not None:
+        config.dtype = dtype  # mergekit rounds every step to it; its linear always uses float32
     config.out_dtype = data.get("out_dtype") or dtype
     return config
 
@@ -295,8 +292,9 @@ def _validate(config: MergeConfig, label: str) -> None:
         raise MergeError(f"{label}: key 'trim_scope': expected tensor or model, got {config.trim_scope!r}")
     if config.vote not in ("weighted", "unweighted"):
         raise MergeError(f"{label}: key 'vote': expected weighted or unweighted, got {config.vote!r}")
-    if config.dtype != "float32":
-        raise MergeError(f"{label}: key 'dtype': only float32 arithmetic is supported, got {config.dtype!r}")
+    if config.dtype not in OUT_DTYPES:
+        raise MergeError(f"{label}: key 'dtype': expected one of {', '.join(OUT_DTYPES)} "
+                         f"(the arithmetic dtype), got {config.dtype!r}")
     if config.out_dtype is not None and config.out_dtype not in OUT_DTYPES:
         raise MergeError(f"{label}: key 'out_dtype': expected one of {', '.join(OUT_DTYPES)}, "
                          f"got {config.out_dtype!r}")

@@ -116,7 +116,8 @@ def _check_compatible(inputs: Inputs) -> None:
 class Progress:
     """A bar on a terminal, a plain line every few seconds in a log."""
 
-    def __init__(self, total_tensors: int, total_bytes: int, stream=sys.stderr, enabled=True):
+    def __init__(self, total_tensors: int, total_bytes: int, stream=None, enabled=True):
+        stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced since import
         self.total, self.total_bytes, self.stream = total_tensors, total_bytes, stream
         self.enabled = enabled
         self.tty = enabled and stream.isatty()
@@ -166,10 +167,11 @@ def _read_tensor(inputs: Inputs, name: str, hashers: dict) -> tuple[np.ndarray |
 def _model_scope_trim(inputs: Inputs, order: list[str], workers: int) -> dict[str, list]:
     """One top-k of |tau| over all tensors of each model (the original TIES code's trim)."""
     from . import kernels as K
-    from .methods import trim_counts
-    from .select import Selection, radix_select
+    from .methods import ARITH, trim_counts
+    from .topk import Selection, radix_select
 
     n = len(inputs.models)
+    arith = ARITH[inputs.config.dtype]
     total = sum(inputs.reference.tensors[t].numel for t in order)
 
     def count_pass(mode, bucket, threshold):
@@ -180,11 +182,11 @@ def _model_scope_trim(inputs: Inputs, order: list[str], workers: int) -> dict[st
             base, xs = _read_tensor(inputs, name, _NullHashers())
             if mode == K.COUNT_EQUAL:
                 hist = np.zeros((K.GROUPS, n, 1), np.int64)
-                K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist)
+                K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist, arith)
                 rows.append(hist[:, :, 0])
             else:
                 hist = np.zeros((workers, n, 65536), np.int64)
-                K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist)
+                K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist, arith)
                 acc += hist.sum(axis=0)
         return np.concatenate(rows) if mode == K.COUNT_EQUAL else acc
 

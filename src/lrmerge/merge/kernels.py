@@ -122,6 +122,18 @@ def _store_impl(a, j, value, kind):
 
 
 @njit(inline="always")
+def rnd(x, arith):
+    """Round a float32 to the arithmetic dtype (mergekit computes each step in it) and back."""
+    if arith == KIND_BF16:
+        bits = f32_bits(x)
+        bits = np.uint32(bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+        return _bf16_bits_to_f32(np.uint16(bits >> np.uint32(16)))
+    if arith == KIND_F16:
+        return _f16_bits_to_f32(_f32_to_f16_bits(x))
+    return x
+
+
+@njit(inline="always")
 def _orderable(x):
     """Map a float32 to a uint32 whose unsigned order is the float order."""
     bits = f32_bits(x)
@@ -196,12 +208,17 @@ def linear(xs, kind, weights, normalize, out, out_kind):
 
 
 @njit(parallel=True, cache=True)
-def task_arithmetic(base, xs, kind, weights, normalize, lam, out, out_kind):
-    """base + lambda * sum_i w_i (x_i - base) [/ sum_i w_i], in mergekit's operation order."""
+def task_arithmetic(base, xs, kind, weights, normalize, lam, arith, out, out_kind):
+    """base + lambda * sum_i w_i (x_i - base) [/ sum_i w_i], in mergekit's operation order.
+
+    arith: the dtype each step is rounded to (KIND_F32: none; sums accumulate in float32 and are
+    rounded once, as torch sums low-precision tensors).
+    """
     n_models, n = xs.shape
     divisor = np.float32(0)
     for i in range(n_models):
         divisor = np.float32(divisor + weights[i])
+    divisor = rnd(divisor, arith)
     if abs(divisor) < 1e-8:
         divisor = np.float32(1)
     bad = np.full(GROUPS, -1, np.int64)
@@ -211,13 +228,14 @@ def task_arithmetic(base, xs, kind, weights, normalize, lam, out, out_kind):
             b = load(base, 0, j, kind)
             mixed = np.float32(0)
             for i in range(n_models):
-                u = np.float32((load(xs, i, j, kind) - b) * weights[i])
+                u = rnd(np.float32(rnd(np.float32(load(xs, i, j, kind) - b), arith) * weights[i]), arith)
                 mixed = u if i == 0 else np.float32(mixed + u)
+            mixed = rnd(mixed, arith)
             if normalize:
-                mixed = np.float32(mixed / divisor)
+                mixed = rnd(np.float32(mixed / divisor), arith)
             if lam != 1:
-                mixed = np.float32(mixed * lam)
-            res = np.float32(b + mixed)
+                mixed = rnd(np.float32(mixed * lam), arith)
+            res = rnd(np.float32(b + mixed), arith)
             if not np.isfinite(res) and bad[g] < 0:
                 bad[g] = j
             store(out, j, res, out_kind)
@@ -228,7 +246,7 @@ def task_arithmetic(base, xs, kind, weights, normalize, lam, out, out_kind):
 
 
 @njit(parallel=True, cache=True)
-def trim_histogram(base, xs, kind, mode, bucket, threshold, hist):
+def trim_histogram(base, xs, kind, mode, bucket, threshold, hist, arith):
     """One pass of the radix select of the largest |x_i - base| per model.
 
     hist has one slab per worker thread. mode HIST_HIGH: hist[w, i, key >> 16] counts; HIST_LOW:
@@ -240,11 +258,11 @@ def trim_histogram(base, xs, kind, mode, bucket, threshold, hist):
     workers = hist.shape[0]
     for w in prange(workers):
         for g in range(w, GROUPS, workers):
-            _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, w, g)
+            _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, w, g, arith)
 
 
 @njit(inline="always")
-def _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, w, g):
+def _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, w, g, arith):
     n_models, n = xs.shape
     lo, hi = _group_range(g, n)
     # equal counts are kept per group: they set each group's share of the ties
@@ -252,7 +270,7 @@ def _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, w, g):
     for j in range(lo, hi):
         b = load(base, 0, j, kind)
         for i in range(n_models):
-            key = f32_bits(abs(np.float32(load(xs, i, j, kind) - b)))
+            key = f32_bits(abs(rnd(np.float32(load(xs, i, j, kind) - b), arith)))
             if mode == HIST_HIGH:
                 hist[slab, i, key >> np.uint32(16)] += 1
             elif mode == HIST_LOW:
@@ -263,7 +281,7 @@ def _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, w, g):
 
 
 @njit(parallel=True, cache=True)
-def trim_scan(base, xs, kind, window_lo, window_hi, hist, cand_keys, cand_count):
+def trim_scan(base, xs, kind, window_lo, window_hi, hist, cand_keys, cand_count, arith):
     """HIST_HIGH of trim_histogram, and in the same pass the keys whose high half lies in
     [window_lo[i], window_hi[i]] (a window around the expected threshold) copied per group into
     cand_keys[g, i, :], counted in cand_count[g, i] (counting goes on past the capacity, to tell an
@@ -280,7 +298,7 @@ def trim_scan(base, xs, kind, window_lo, window_hi, hist, cand_keys, cand_count)
                 m = min(BLOCK, hi - start)
                 for i in range(n_models):
                     for j in range(m):
-                        tau = np.float32(load(xs, i, start + j, kind) - load(base, 0, start + j, kind))
+                        tau = rnd(np.float32(load(xs, i, start + j, kind) - load(base, 0, start + j, kind)), arith)
                         keys[j] = f32_bits(abs(tau))
                     wlo, whi = window_lo[i], window_hi[i]
                     c = cand_count[g, i]
@@ -322,6 +340,7 @@ def ties(
     out_kind,
     stats,
     workers,
+    arith,
 ):
     """TIES (and TIES-SV, DARE-TIES, DARE-linear) over one tensor.
 
@@ -335,6 +354,8 @@ def ties(
     HIST_LOW / COUNT_EQUAL fill sv_hist for the radix select of the smallest keys (no output); sv_mode
     -1 merges, and candidates with key < sv_threshold (or equal, within sv_quota) are reserved: their
     elected sign becomes sign(u_p).
+
+    arith: the dtype each step is rounded to, as in task_arithmetic (weights come pre-rounded).
 
     The work runs in blocks of BLOCK elements, one simple loop per step, so that the compiler can
     vectorise the steps; only the rare sequential decisions (ties at a threshold) loop element-wise.
@@ -364,7 +385,7 @@ def ties(
                     bb[j] = load(base, 0, start + j, kind)
                 for i in range(n_models):
                     for j in range(m):
-                        tr[i, j] = np.float32(load(xs, i, start + j, kind) - bb[j])
+                        tr[i, j] = rnd(np.float32(load(xs, i, start + j, kind) - bb[j]), arith)
                     if sparsify == SPARSIFY_MAGNITUDE and not keep_all[i]:
                         thr = threshold[i]
                         ties_left = 0
@@ -385,13 +406,13 @@ def ties(
                         for j in range(m):
                             k = _random_unit(seeds[i], i, start + j) < density[i]
                             keep[i, j] = k
-                            tr[i, j] = np.float32(tr[i, j] / scale) if k else np.float32(tr[i, j] * np.float32(0))
+                            tr[i, j] = rnd(np.float32(tr[i, j] / scale), arith) if k else np.float32(tr[i, j] * np.float32(0))
                     else:
                         for j in range(m):
                             keep[i, j] = True
                     wi = weights[i]
                     for j in range(m):
-                        u[i, j] = np.float32(tr[i, j] * wi)
+                        u[i, j] = rnd(np.float32(tr[i, j] * wi), arith)
                 # sign election over the models, summed in model order
                 for i in range(n_models):
                     for j in range(m):
@@ -435,15 +456,15 @@ def ties(
                     stats[g, i, 0] += kept_count
                     stats[g, i, 1] += discarded
                 for j in range(m):
-                    mix = mixed[j]
+                    mix = rnd(mixed[j], arith)
                     if normalize:
-                        d = divisor[j]
+                        d = rnd(divisor[j], arith)
                         if d == 0 or (vote < 0 and abs(d) < 1e-8):
                             d = np.float32(1)
-                        mix = np.float32(mix / d)
+                        mix = rnd(np.float32(mix / d), arith)
                     if lam != 1:
-                        mix = np.float32(mix * lam)
-                    mixed[j] = np.float32(bb[j] + mix)
+                        mix = rnd(np.float32(mix * lam), arith)
+                    mixed[j] = rnd(np.float32(bb[j] + mix), arith)
                 for j in range(m):
                     store(out, start + j, mixed[j], out_kind)
                 for j in range(m):

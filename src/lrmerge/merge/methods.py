@@ -17,7 +17,7 @@ import numpy as np
 from . import kernels as K
 from .config import MergeConfig
 from .errors import MergeError
-from .select import (
+from .topk import (
     Selection,
     radix_select,
     sample_window,
@@ -50,8 +50,13 @@ class TensorTask:
     trim: list[Selection | None] | None = None  # model-scope trim, precomputed for this tensor
 
     @property
+    def arith(self) -> int:
+        return ARITH[self.config.dtype]
+
+    @property
     def weights(self) -> np.ndarray:
-        return np.array([m.weight for m in self.config.models], np.float32)
+        """Weights as float32, rounded to the arithmetic dtype (mergekit makes them tensors of it)."""
+        return np.array([round_weight(m.weight, self.arith) for m in self.config.models], np.float32)
 
     def check(self, bad: int) -> None:
         """Raise if the result holds a non-finite value, naming the input that caused it.
@@ -69,6 +74,37 @@ class TensorTask:
                 raise MergeError(f"tensor {self.name} of model '{who}' holds a non-finite value "
                                  f"at flat index {found}")
         raise MergeError(f"tensor {self.name}: the merged value at flat index {bad} is not finite")
+
+
+ARITH = {"float32": K.KIND_F32, "bfloat16": K.KIND_BF16, "float16": K.KIND_F16}
+
+
+def round_weight(x: float, arith: int) -> float:
+    """A Python float rounded once, to nearest even, into the arithmetic dtype."""
+    if arith == K.KIND_F16:
+        return float(np.float16(x))
+    if arith == K.KIND_BF16:
+        f = abs(np.float32(x))
+        lower = (np.array(f).view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+        upper = (np.array(f).view(np.uint32) + np.uint32(0x10000) & np.uint32(0xFFFF0000)).view(np.float32)
+        lo_gap, hi_gap = abs(x) - float(lower), float(upper) - abs(x)
+        if lo_gap < hi_gap or (lo_gap == hi_gap and not int(lower.view(np.uint32)) & 0x10000):
+            nearest = float(lower)
+        else:
+            nearest = float(upper)
+        return nearest if x >= 0 else -nearest
+    return float(np.float32(x))
+
+
+def round_array(a: np.ndarray, arith: int) -> np.ndarray:
+    """float32 values rounded to the arithmetic dtype (as the kernels' rnd), back in float32."""
+    if arith == K.KIND_BF16:
+        bits = a.view(np.uint32)
+        bits = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+        return (bits & np.uint32(0xFFFF0000)).view(np.float32)
+    if arith == K.KIND_F16:
+        return a.astype(np.float16).astype(np.float32)
+    return a
 
 
 def trim_counts(numel: int, densities: list[float]) -> np.ndarray:
@@ -95,7 +131,8 @@ def _windowed_selection(task: TensorTask, ks: np.ndarray) -> list[Selection | No
     windows = np.zeros((n, 2), np.uint32)
     expected = 0.0
     for i in range(n):
-        keys = np.abs(_decode(task.xs[i : i + 1, ::stride], task.kind) - base).view(np.uint32)
+        tau = round_array(_decode(task.xs[i : i + 1, ::stride], task.kind) - base, task.arith)
+        keys = np.abs(tau).view(np.uint32)
         lo, hi, inside = sample_window(keys.reshape(-1), int(ks[i]), numel)
         windows[i] = lo, hi
         expected = max(expected, inside)
@@ -104,7 +141,7 @@ def _windowed_selection(task: TensorTask, ks: np.ndarray) -> list[Selection | No
     cand_keys = np.empty((K.GROUPS, n, cap), np.uint32)
     cand_count = np.zeros((K.GROUPS, n), np.int64)
     K.trim_scan(task.base, task.xs, task.kind, windows[:, 0].copy(), windows[:, 1].copy(), hist,
-                cand_keys, cand_count)
+                cand_keys, cand_count, task.arith)
     return select_from_candidates(hist.sum(axis=0), ks, windows, cand_keys, cand_count)
 
 
@@ -118,7 +155,7 @@ def trim_selection(task: TensorTask) -> list[Selection | None]:
     ks = trim_counts(numel, task.config.densities())
     if numel < 4 * SAMPLE:
         base = _decode(task.base, task.kind)
-        keys = np.abs(_decode(task.xs, task.kind) - base).view(np.uint32)
+        keys = np.abs(round_array(_decode(task.xs, task.kind) - base, task.arith)).view(np.uint32)
         segments = np.arange(K.GROUPS + 1, dtype=np.int64) * numel // K.GROUPS
         return select_direct(keys, ks, segments)
     found = _windowed_selection(task, ks)
@@ -128,10 +165,10 @@ def trim_selection(task: TensorTask) -> list[Selection | None]:
     def count_pass(mode, bucket, threshold):
         if mode == K.COUNT_EQUAL:
             hist = np.zeros((K.GROUPS, n, 1), np.int64)
-            K.trim_histogram(task.base, task.xs, task.kind, mode, bucket, threshold, hist)
+            K.trim_histogram(task.base, task.xs, task.kind, mode, bucket, threshold, hist, task.arith)
             return hist[:, :, 0]
         hist = np.zeros((task.workers, n, 65536), np.int64)
-        K.trim_histogram(task.base, task.xs, task.kind, mode, bucket, threshold, hist)
+        K.trim_histogram(task.base, task.xs, task.kind, mode, bucket, threshold, hist, task.arith)
         return hist.sum(axis=0)
 
     return radix_select(count_pass, n, ks, largest=True)
@@ -148,7 +185,7 @@ def average(task: TensorTask) -> np.ndarray:
 def task_arithmetic(task: TensorTask) -> np.ndarray:
     cfg = task.config
     task.check(K.task_arithmetic(task.base, task.xs, task.kind, task.weights, cfg.normalize,
-                                 np.float32(cfg.lambda_), task.out, task.out_kind))
+                                 np.float32(cfg.lambda_), task.arith, task.out, task.out_kind))
     return _all_kept(task)
 
 
@@ -197,7 +234,7 @@ def ties_family(task: TensorTask) -> np.ndarray:
         return K.ties(task.base, task.xs, task.kind, weights, sparsify, keep_all, threshold, quota,
                       density, seeds, vote, cfg.normalize, lam, protect, sv_mode,
                       np.uint32(sv_bucket), np.uint32(sv_threshold), sv_quota, sv_hist, task.out,
-                      task.out_kind, stats, task.workers)
+                      task.out_kind, stats, task.workers, task.arith)
 
     sv_threshold, sv_quota = 0, no_quota  # reserve nothing
     if protect >= 0 and cfg.slack > 0:
