@@ -1,0 +1,252 @@
+"""The data stage: generated languages, corpora, mini FLAN, eval sets, and the hf loading paths."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+import yaml
+from stage_helpers import tiny_config, write_config
+
+from lrmerge import data, fsutil
+from lrmerge.cli import main as cli
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return tiny_config()
+
+
+def _in_block(word: str, lo: int, hi: int) -> bool:
+    # U+0964 (danda) is the full stop of Bengali, though it lies in the Devanagari block
+    return all(lo <= ord(c) <= hi or c == "\u0964" for c in word)
+
+
+def test_lexicon_is_a_seeded_bijection_into_the_script(cfg):
+    bn, bo = data.lexicon(cfg, "bn"), data.lexicon(cfg, "bo")
+    assert data.lexicon(cfg, "bn").map == bn.map  # deterministic
+    other = dict(cfg, seed=cfg["seed"] + 1)
+    assert data.lexicon(other, "bn").map != bn.map  # the seed matters
+    words = bn.words()
+    assert len(set(words)) == len(words) == len(data.english_words())
+    assert all(_in_block(w, 0x0980, 0x09FF) for w in bn.words())  # Bengali block
+    assert all(_in_block(w, 0x0F00, 0x0FFF) for w in bo.words())  # Tibetan block
+
+
+def test_target_text_is_english_grammar_relabelled_with_some_code_switching(cfg):
+    lex = data.lexicon(cfg, "bo")
+    inverse = {v: k for k, v in lex.map.items()}
+    g = data.Grammar(random.Random(1))
+    rng = random.Random(2)
+    total = switched = 0
+    for _ in range(300):
+        english = g.corpus_doc()
+        target = lex.render(english, rng, code_switch=0.15).split(" ")
+        assert len(target) == len(english)
+        for e, t in zip(english, target, strict=True):
+            total += 1
+            if e.isdigit():  # numbers are written with shared digits
+                assert t == e
+            elif t == e and e in lex.map and lex.map[e] != e:
+                switched += 1  # kept in English
+            else:
+                assert inverse[t] == e
+    assert 0.10 < switched / total < 0.20
+
+
+def test_english_corpus_and_ct_corpus(cfg):
+    en = data.build_corpus(cfg, "en")
+    assert len(en) == cfg["mini"]["english_docs"]
+    assert en == data.build_corpus(cfg, "en")
+    assert all(r["lang"] == "en" and re.fullmatch(r"[a-z0-9 .?:]+", r["text"]) for r in en)
+    bn = data.build_corpus(cfg, "bn")
+    assert bn == data.build_corpus(cfg, "bn")
+    # enough target words (one token each) for the target share of the largest budget
+    need = max(cfg["languages"]["bn"]["budgets"]) * (1 - cfg["continual_pretrain"]["english_ratio"])
+    assert sum(len(r["text"].split()) for r in bn) >= need
+    assert any(ord(c) > 0x0980 for c in bn[0]["text"])
+
+
+def test_sft_data_answers_are_right(cfg):
+    rows = data.build_sft(cfg)
+    assert len(rows) == cfg["mini"]["sft_examples"]
+    fams = [r["family"] for r in rows]
+    assert {f: fams.count(f) for f in data.FAMILIES} == {f: len(rows) // 4 for f in data.FAMILIES}
+    for r in rows:
+        p, a = r["prompt"], r["response"]
+        if r["family"] == "math":
+            n = [int(x) for x in re.findall(r"\d+", p)]
+            assert int(a) == (n[0] + n[1] if " gets " in p else n[0] - n[1])
+        elif r["family"] == "mrc":
+            story, question = p.split(" question : ")
+            thing = question.split(" the ")[1].split(" ?")[0]
+            assert f"{a} has the {thing} ." in story
+        elif r["family"] == "topic":
+            nouns = data.TOPICS[a]["nouns"]
+            assert any(f" {n} " in p for n in nouns)
+
+
+def test_eval_sets_and_lm_eval_yamls(cfg, tmp_path):
+    out = tmp_path / "eval" / "bn"
+    tasks = data.build_eval(cfg, "bn", out)
+    assert tasks == cfg["languages"]["bn"]["tasks"]
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=str(out), include_defaults=False)
+    assert set(tasks) <= set(tm.all_tasks)
+    for task in tasks:
+        y = yaml.safe_load((out / f"{task}.yaml").read_text())
+        assert y["output_type"] == "multiple_choice"
+        for path in y["dataset_kwargs"]["data_files"].values():
+            assert path.startswith("/") and (tmp_path / "eval" / "bn") in __import__(
+                "pathlib").Path(path).parents
+        test = fsutil.read_jsonl(out / f"{task}.test.jsonl")
+        shots = fsutil.read_jsonl(out / f"{task}.train.jsonl")
+        assert len(test) == cfg["mini"]["eval_examples"]
+        assert all(0 <= r["gold"] < len(r["choices"]) == 4 for r in test)
+        assert len({r["query"] for r in test} & {r["query"] for r in shots}) <= 1
+    # rerun: identical files, written over the old folder
+    before = (out / "topic_bn.test.jsonl").read_text()
+    data.build_eval(cfg, "bn", out)
+    assert (out / "topic_bn.test.jsonl").read_text() == before
+    assert not list(tmp_path.glob("eval/.*"))  # no temporary folders left
+
+
+def test_math_as_generation(tmp_path):
+    cfg = tiny_config(evaluate__math_format="generate")
+    data.build_eval(cfg, "en", tmp_path)
+    y = yaml.safe_load((tmp_path / "math_en.yaml").read_text())
+    assert y["output_type"] == "generate_until"
+    assert y["generation_kwargs"]["max_gen_toks"] == cfg["evaluate"]["max_gen_toks"]
+    row = fsutil.read_jsonl(tmp_path / "math_en.test.jsonl")[0]
+    n = [int(x) for x in re.findall(r"\d+", row["query"])]
+    assert int(row["answer"]) in (n[0] + n[1], n[0] - n[1])
+
+
+def test_cli_writes_all_three(tmp_path):
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_config())
+    assert cli(["data", "corpus", "--config", str(cfg_path), "--lang", "bo",
+                "--out", str(tmp_path / "bo.jsonl")]) == 0
+    assert cli(["data", "sft", "--config", str(cfg_path), "--out", str(tmp_path / "f.jsonl")]) == 0
+    assert cli(["data", "eval", "--config", str(cfg_path), "--lang", "en",
+                "--out-dir", str(tmp_path / "ev")]) == 0
+    assert fsutil.read_jsonl(tmp_path / "bo.jsonl")[0]["lang"] == "bo"
+    assert {"prompt", "response"} <= set(fsutil.read_jsonl(tmp_path / "f.jsonl")[0])
+    assert (tmp_path / "ev" / "topic_en.yaml").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# The paper's loading paths, on local files (load_dataset("json", data_files=...))
+
+
+def _jsonl(path, rows):
+    fsutil.write_jsonl(path, rows)
+    return str(path)
+
+
+def test_hf_corpus_takes_what_the_largest_budget_needs(tmp_path):
+    docs = [{"content": f"doc {i:03d} " + "x" * 92} for i in range(400)]  # 100 characters each
+    src = _jsonl(tmp_path / "c.jsonl", docs)
+    langs = tiny_config()["languages"]
+    langs["bn"]["corpus"] = {"kind": "hf", "path": "json", "data_files": src,
+                             "text_field": "content", "chars_per_token": 2.0}
+    langs["bn"]["budgets"] = [1000, 2000]
+    cfg = tiny_config(languages=langs, merge__multi=[])
+    rows = data.build_corpus(cfg, "bn")
+    # need = 2000 * 0.8 * 1.05 = 1680 tokens at 50 tokens per doc -> 34 documents, in file order
+    assert len(rows) == 34
+    assert rows[0]["text"].startswith("doc 000 ")
+    langs["bn"]["corpus"]["text_field"] = "body"
+    with pytest.raises(KeyError, match=r"languages\.bn\.corpus.*text_field"):
+        data.build_corpus(tiny_config(languages=langs, merge__multi=[]), "bn")
+
+
+def test_hf_english_corpus_and_flan(tmp_path):
+    src = _jsonl(tmp_path / "en.jsonl", [{"text": "w " * 50} for _ in range(500)])
+    cfg = tiny_config(english={"corpus": {"kind": "hf", "path": "json", "data_files": src,
+                                          "chars_per_token": 4.0},
+                               "tasks": ["topic_en"]})
+    rows = data.build_corpus(cfg, "en")
+    # English need: 0.2 x 9000 x 1.05 = 1890 tokens at 25 per doc
+    assert len(rows) == 76
+    flan = _jsonl(tmp_path / "flan.jsonl", [{"inputs": f"q{i}", "targets": f"a{i}"}
+                                            for i in range(10)] + [{"inputs": "q", "targets": ""}])
+    cfg = tiny_config(sft__data={"kind": "hf", "path": "json", "data_files": flan,
+                                 "max_examples": 8})
+    rows = data.build_sft(cfg)
+    assert rows[:2] == [{"prompt": "q0", "response": "a0"}, {"prompt": "q1", "response": "a1"}]
+    assert len(rows) == 8
+    cfg = tiny_config(sft__data={"kind": "hf", "path": "json", "data_files": flan,
+                                 "prompt_field": "question"})
+    with pytest.raises(KeyError, match="prompt_field"):
+        data.build_sft(cfg)
+
+
+def test_eval_from_local_files_like_milic_and_sib(tmp_path):
+    # MiLiC-Eval style: data/<task>/<lang>/{train_1,test}.json with the answer as an index
+    root = tmp_path / "data" / "topic" / "bo"
+    root.mkdir(parents=True)
+    _jsonl(root / "test.json", [{"text": f"t{i}", "options": ["a", "b", "c"], "answer": i % 3}
+                                for i in range(9)])
+    _jsonl(root / "train_1.json", [{"text": "s", "options": ["a", "b", "c"], "answer": 1}])
+    # SIB-200 style: a fixed label set, the label given as text
+    sib = _jsonl(tmp_path / "sib.jsonl", [{"index_id": i, "category": c, "text": f"s{i}"}
+                                          for i, c in enumerate(["sports", "health", "travel"])])
+    langs = tiny_config()["languages"]
+    langs["bo"]["tasks"] = ["milic_topic_bo", "sib200_bod_Tibt", "belebele_bod_Tibt"]
+    sources = {
+        "milic_topic_bo": {"kind": "hf", "family": "topic", "path": "json",
+                           "test": {"data_files": str(root / "test.json")},
+                           "fewshot": {"data_files": str(root / "train_1.json")},
+                           "text_field": "text", "choices_field": "options",
+                           "label_field": "answer", "prompt_suffix": "\nTopic:"},
+        "sib200_bod_Tibt": {"kind": "hf", "family": "topic", "path": "json", "data_files": sib,
+                            "choices": ["science/technology", "travel", "politics", "sports",
+                                        "health", "entertainment", "geography"],
+                            "label_field": "category",
+                            "template": "Text: {text}\nTopic:"},
+        "belebele_bod_Tibt": {"kind": "builtin"},
+    }
+    cfg = tiny_config(languages=langs, evaluate__sources=sources)
+    written = data.build_eval(cfg, "bo", tmp_path / "out")
+    assert written == ["milic_topic_bo", "sib200_bod_Tibt"]  # built-ins need no files
+    milic = fsutil.read_jsonl(tmp_path / "out" / "milic_topic_bo.test.jsonl")
+    assert milic[4] == {"query": "t4\nTopic:", "choices": ["a", "b", "c"], "gold": 1}
+    y = yaml.safe_load((tmp_path / "out" / "milic_topic_bo.yaml").read_text())
+    assert y["fewshot_split"] == "train"
+    sib_rows = fsutil.read_jsonl(tmp_path / "out" / "sib200_bod_Tibt.test.jsonl")
+    assert [r["gold"] for r in sib_rows] == [3, 4, 1]
+    assert sib_rows[0]["query"] == "Text: s0\nTopic:"
+    sources["sib200_bod_Tibt"]["choices"] = ["travel"]
+    with pytest.raises(ValueError, match="label 'sports' is not among the choices"):
+        data.build_eval(tiny_config(languages=langs, evaluate__sources=sources), "bo",
+                        tmp_path / "out2")
+
+
+def test_errors_name_the_key():
+    langs = tiny_config()["languages"]
+    langs["bn"]["tasks"] = ["sentiment_bn"]
+    with pytest.raises(ValueError, match="sentiment_bn.*evaluate.sources.sentiment_bn.family"):
+        data.build_eval(tiny_config(languages=langs), "bn", "/tmp/never")
+    with pytest.raises(KeyError, match="'xx' is not in config key 'languages'"):
+        data.build_corpus(tiny_config(), "xx")
+    langs = tiny_config()["languages"]
+    langs["kk"] = dict(langs["bn"], corpus={"kind": "generated"})
+    with pytest.raises(ValueError, match=r"languages\.kk\.corpus\.script"):
+        data.build_corpus(tiny_config(languages=langs), "kk")
+
+
+def test_outputs_are_atomic(tmp_path):
+    target = tmp_path / "x.jsonl"
+    fsutil.write_jsonl(target, [{"a": 1}])
+
+    def rows():
+        yield {"a": 2}
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        fsutil.write_jsonl(target, rows())
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.jsonl"]
