@@ -225,6 +225,31 @@ def test_eval_from_local_files_like_milic_and_sib(tmp_path):
                         tmp_path / "out2")
 
 
+def test_milic_source_reads_the_benchmark_layout(tmp_path):
+    repo = tmp_path / "milic"
+    folder = repo / "data" / "math" / "ug"
+    folder.mkdir(parents=True)
+    _jsonl(folder / "test.json", [{"question": f"{i} + 1 = ?", "options": [str(i + 1), "0"],
+                                   "answer": 0} for i in range(1, 4)])
+    _jsonl(folder / "train_2.json", [{"question": "1 + 1 = ?", "options": ["2", "0"],
+                                      "answer": 0}])
+    langs = tiny_config()["languages"]
+    langs["bo"]["tasks"] = ["milic_math_ug"]
+    sources = {"milic_math_ug": {"kind": "milic", "repo": str(repo), "task": "math", "lang": "ug",
+                                 "family": "math", "fewshot_file": "train_2",
+                                 "text_field": "question", "format": "generate"}}
+    data.build_eval(tiny_config(languages=langs, evaluate__sources=sources), "bo", tmp_path / "o")
+    rows = fsutil.read_jsonl(tmp_path / "o" / "milic_math_ug.test.jsonl")
+    assert rows[0] == {"query": "1 + 1 = ?", "answer": "2"}
+    assert fsutil.read_jsonl(tmp_path / "o" / "milic_math_ug.train.jsonl") == [rows[0]]
+    y = yaml.safe_load((tmp_path / "o" / "milic_math_ug.yaml").read_text())
+    assert y["output_type"] == "generate_until"
+    del sources["milic_math_ug"]["lang"]
+    with pytest.raises(ValueError, match=r"evaluate\.sources\.milic_math_ug\.lang"):
+        data.build_eval(tiny_config(languages=langs, evaluate__sources=sources), "bo",
+                        tmp_path / "o2")
+
+
 def test_errors_name_the_key():
     langs = tiny_config()["languages"]
     langs["bn"]["tasks"] = ["sentiment_bn"]

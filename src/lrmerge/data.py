@@ -621,6 +621,29 @@ def _source_task_rows(spec: dict, split_key: str, where: str) -> list[dict]:
     return rows
 
 
+# MiLiC-Eval (hub pkupie/milic-eval): files data/<task>/<lang>/{train_1..3,dev,test}.json. The
+# record fields are not documented offline; these defaults are ours and each is a config key.
+MILIC_DEFAULTS = {"repo": "pkupie/milic-eval", "fewshot_file": "train_1", "test_file": "test",
+                  "text_field": "text", "choices_field": "options", "label_field": "answer"}
+
+
+def milic_spec(spec: dict, where: str) -> dict:
+    """A `kind: milic` source as `kind: hf` load arguments (json files of the MiLiC repo)."""
+    s = dict(MILIC_DEFAULTS, **spec)
+    for key in ("task", "lang"):
+        if not s.get(key):
+            raise ValueError(f"config key {where}.{key} is required for kind: milic "
+                             "(the folder data/<task>/<lang>/ of the benchmark)")
+    folder = f"data/{s['task']}/{s['lang']}"
+    out = {k: v for k, v in s.items() if k not in ("repo", "task", "lang", "fewshot_file",
+                                                    "test_file")}
+    out.update(kind="hf", path=s["repo"], split="train",
+               test={"data_files": f"{folder}/{s['test_file']}.json"})
+    if s.get("fewshot_file"):
+        out["fewshot"] = {"data_files": f"{folder}/{s['fewshot_file']}.json"}
+    return out
+
+
 def build_eval(cfg: dict, lang: str, out_dir: str | Path) -> list[str]:
     """Write the task data (jsonl) and lm-eval task YAMLs of a language into `out_dir`.
 
@@ -669,8 +692,11 @@ def _write_task(cfg, lang, task, entry, sources, where_tasks, math_format, n_tes
         test = _generated_task_rows(cfg, lang, task, family, "test", n_test)
         shots = _generated_task_rows(cfg, lang, task, family, "train", n_shot)
     else:
+        if spec.get("kind") == "milic":
+            spec = milic_spec(spec, where)
         if spec.get("kind", "hf") != "hf":
-            raise ValueError(f"{where}.kind: {spec.get('kind')!r} is not one of hf, builtin")
+            raise ValueError(f"{where}.kind: {spec.get('kind')!r} is not one of hf, milic, "
+                             "builtin")
         test = _source_task_rows(spec, "test", where)
         shots = _source_task_rows(spec, "fewshot", where) if spec.get("fewshot") else []
     generative = family == "math" and math_format == "generate"
