@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from .checkpoint import DTYPE_NAMES, DTYPES, Checkpoint, OutputTensor, ShardedWriter
+from .checkpoint import DTYPE_NAMES, DTYPES, ITEMSIZE, Checkpoint, OutputTensor, ShardedWriter
 from .config import MergeConfig, load_merge_config
 from .errors import MergeError
 from .stats import summarize
@@ -146,14 +146,20 @@ class Progress:
                   file=self.stream, flush=True)
 
 
-def _read_tensor(inputs: Inputs, name: str, hashers: dict) -> tuple[np.ndarray | None, np.ndarray]:
+def _read_tensor(inputs: Inputs, name: str, hashers: dict,
+                 buffer: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """Read one tensor of every input, into `buffer` (reused bytes) when given."""
     info = inputs.reference.tensors[name]
     storage = DTYPES[info.dtype][0]
+    rows = len(inputs.all)
+    if buffer is None:
+        buffer = np.empty(rows * info.nbytes, np.uint8)
+    block = buffer[: rows * info.nbytes].view(storage).reshape(rows, info.numel)
     base = None
     if inputs.base is not None:
-        base = np.empty((1, info.numel), storage)
+        base = block[:1]
         inputs.base.read_into(name, base)
-    xs = np.empty((len(inputs.models), info.numel), storage)
+    xs = block[rows - len(inputs.models):]
     for i, model in enumerate(inputs.models):
         model.read_into(name, xs[i])
     tag = f"{name}|{info.dtype}|{list(info.shape)}".encode()
@@ -174,12 +180,15 @@ def _model_scope_trim(inputs: Inputs, order: list[str], workers: int) -> dict[st
     arith = ARITH[inputs.config.dtype]
     total = sum(inputs.reference.tensors[t].numel for t in order)
 
+    buffer = np.empty(len(inputs.all) * max(inputs.reference.tensors[t].nbytes for t in order),
+                      np.uint8)
+
     def count_pass(mode, bucket, threshold):
         rows = []
         acc = np.zeros((n, 65536), np.int64)
         for name in order:
             kind = DTYPES[inputs.reference.tensors[name].dtype][1]
-            base, xs = _read_tensor(inputs, name, _NullHashers())
+            base, xs = _read_tensor(inputs, name, _NullHashers(), buffer)
             if mode == K.COUNT_EQUAL:
                 hist = np.zeros((K.GROUPS, n, 1), np.int64)
                 K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist, arith)
@@ -274,7 +283,7 @@ def run_merge(
 
     import numba
 
-    from .methods import REGISTRY, TensorTask
+    from .methods import REGISTRY, Scratch, TensorTask
 
     workers = max(1, min(threads or os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(workers)
@@ -300,19 +309,30 @@ def run_merge(
             partial, [OutputTensor(t, out_dtypes[t], ref.tensors[t].shape) for t in order],
             parse_size(shard_size), {"lrmerge_method": cfg.method},
         )
+        # two of each buffer, reused in turn: one being read (or written) while the other is merged
+        largest_in = max((ref.tensors[t].nbytes for t in order), default=0)
+        largest_out = max((ITEMSIZE[out_dtypes[t]] * ref.tensors[t].numel for t in order), default=0)
+        in_buffers = [np.empty(len(inputs.all) * largest_in, np.uint8) for _ in range(2)]
+        out_buffers = [np.empty(largest_out, np.uint8) for _ in range(2)]
+        scratch = Scratch()
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as write_pool:
-            pending = reader.submit(_read_tensor, inputs, order[0], hashers) if order else None
+            pending = (reader.submit(_read_tensor, inputs, order[0], hashers, in_buffers[0])
+                       if order else None)
             writes = []
             for t, name in enumerate(order):
                 base, xs = pending.result()
                 if t + 1 < len(order):
-                    pending = reader.submit(_read_tensor, inputs, order[t + 1], hashers)
+                    pending = reader.submit(_read_tensor, inputs, order[t + 1], hashers,
+                                            in_buffers[(t + 1) % 2])
+                if t >= 2:
+                    writes[t - 2].result()  # its output buffer is about to be reused
                 info = ref.tensors[name]
                 kind = DTYPES[info.dtype][1]
                 out_storage, out_kind = DTYPES[out_dtypes[name]]
-                out = np.empty((1, info.numel), out_storage)
+                out_bytes = np.dtype(out_storage).itemsize * info.numel
+                out = out_buffers[t % 2][:out_bytes].view(out_storage).reshape(1, info.numel)
                 task = TensorTask(name, cfg, base, xs, kind, out, out_kind, workers,
-                                  trims[name] if trims else None)
+                                  trims[name] if trims else None, scratch)
                 per_tensor[name] = method(task)
                 writes.append(write_pool.submit(writer.write, name, out))
                 bar.update(info.nbytes * len(inputs.all))

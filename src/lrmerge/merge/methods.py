@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +37,24 @@ def register(*names: str):
     return wrap
 
 
+class Scratch:
+    """Grow-only work buffers reused from tensor to tensor: fresh allocations of this size would pay
+    for their page faults on every tensor."""
+
+    def __init__(self):
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype, zero: bool = False) -> np.ndarray:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        buf = self._buffers.get(name)
+        if buf is None or buf.nbytes < nbytes:
+            buf = self._buffers[name] = np.empty(nbytes, np.uint8)
+        view = buf[:nbytes].view(dtype).reshape(shape)
+        if zero:
+            view.fill(0)
+        return view
+
+
 @dataclass
 class TensorTask:
     name: str
@@ -48,6 +66,7 @@ class TensorTask:
     out_kind: int
     workers: int
     trim: list[Selection | None] | None = None  # model-scope trim, precomputed for this tensor
+    scratch: Scratch = field(default_factory=Scratch)
 
     @property
     def arith(self) -> int:
@@ -137,8 +156,8 @@ def _windowed_selection(task: TensorTask, ks: np.ndarray) -> list[Selection | No
         windows[i] = lo, hi
         expected = max(expected, inside)
     cap = int(expected * numel / K.GROUPS * 1.25) + 4096
-    hist = np.zeros((task.workers, n, 65536), np.int64)
-    cand_keys = np.empty((K.GROUPS, n, cap), np.uint32)
+    hist = task.scratch.get("hist", (task.workers, n, 65536), np.int64, zero=True)
+    cand_keys = task.scratch.get("candidates", (K.GROUPS, n, cap), np.uint32)
     cand_count = np.zeros((K.GROUPS, n), np.int64)
     K.trim_scan(task.base, task.xs, task.kind, windows[:, 0].copy(), windows[:, 1].copy(), hist,
                 cand_keys, cand_count, task.arith)
@@ -167,7 +186,7 @@ def trim_selection(task: TensorTask) -> list[Selection | None]:
             hist = np.zeros((K.GROUPS, n, 1), np.int64)
             K.trim_histogram(task.base, task.xs, task.kind, mode, bucket, threshold, hist, task.arith)
             return hist[:, :, 0]
-        hist = np.zeros((task.workers, n, 65536), np.int64)
+        hist = task.scratch.get("hist", (task.workers, n, 65536), np.int64, zero=True)
         K.trim_histogram(task.base, task.xs, task.kind, mode, bucket, threshold, hist, task.arith)
         return hist.sum(axis=0)
 
@@ -244,7 +263,7 @@ def ties_family(task: TensorTask) -> np.ndarray:
                 hist = np.zeros((K.GROUPS, 1, 1), np.int64)
                 run(mode, bucket[0], thr[0], no_quota, hist)
                 return hist[:, :, 0]
-            hist = np.zeros((task.workers, 1, 65536), np.int64)
+            hist = task.scratch.get("hist", (task.workers, 1, 65536), np.int64, zero=True)
             run(mode, bucket[0], thr[0], no_quota, hist)
             return hist.sum(axis=0)
 
