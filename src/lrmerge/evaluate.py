@@ -12,10 +12,15 @@ runs `lm_eval.simple_evaluate` on the tasks of the given languages (task YAMLs w
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
 from lrmerge import fsutil
+
+# Idle OpenMP threads sleep instead of spinning (see lrmerge.train: spinning is 10x slower on
+# shared cores). Set before lm-eval imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # The headline metric of a task, first present wins (the report reads "score").
 METRIC_ORDER = ("acc", "exact_match", "f1", "acc_norm")
