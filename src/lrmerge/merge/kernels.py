@@ -281,14 +281,14 @@ def _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, w, g, a
 
 
 @njit(parallel=True, cache=True)
-def trim_scan(base, xs, kind, window_lo, window_hi, hist, cand_keys, cand_count, arith):
-    """HIST_HIGH of trim_histogram, and in the same pass the keys whose high half lies in
-    [window_lo[i], window_hi[i]] (a window around the expected threshold) copied per group into
-    cand_keys[g, i, :], counted in cand_count[g, i] (counting goes on past the capacity, to tell an
-    overflow). From these the exact threshold follows without a second pass in the usual case.
+def trim_scan(base, xs, kind, window_lo, window_hi, above, cand_keys, cand_count, arith, workers):
+    """One pass of the windowed top-k select: per group g and model i, above[g, i] counts the keys
+    beyond window_hi[i], and the keys inside [window_lo[i], window_hi[i]] (a window around the
+    threshold expected from a sample) are copied into cand_keys[g, i, :], counted in
+    cand_count[g, i] (counting goes on past the capacity, to tell an overflow). The exact threshold
+    then follows from the candidates alone in the usual case.
     """
     n_models, n = xs.shape
-    workers = hist.shape[0]
     cap = cand_keys.shape[2]
     for w in prange(workers):
         keys = np.empty(BLOCK, np.uint32)
@@ -301,11 +301,13 @@ def trim_scan(base, xs, kind, window_lo, window_hi, hist, cand_keys, cand_count,
                         tau = rnd(np.float32(load(xs, i, start + j, kind) - load(base, 0, start + j, kind)), arith)
                         keys[j] = f32_bits(abs(tau))
                     wlo, whi = window_lo[i], window_hi[i]
+                    beyond = 0
+                    for j in range(m):
+                        beyond += keys[j] > whi
+                    above[g, i] += beyond
                     c = cand_count[g, i]
                     for j in range(m):
-                        high = keys[j] >> np.uint32(16)
-                        hist[w, i, high] += 1
-                        if wlo <= high and high <= whi:
+                        if keys[j] >= wlo and keys[j] <= whi:
                             if c < cap:
                                 cand_keys[g, i, c] = keys[j]
                             c += 1

@@ -143,7 +143,7 @@ def _decode(a: np.ndarray, kind: int) -> np.ndarray:
 
 
 def _windowed_selection(task: TensorTask, ks: np.ndarray) -> list[Selection | None] | None:
-    """One pass: exact high histogram plus the keys near each expected threshold."""
+    """One pass: counts beyond, and keys inside, a window around each sampled threshold."""
     n, numel = task.xs.shape
     stride = numel // SAMPLE
     base = _decode(task.base[:, ::stride], task.kind)
@@ -155,13 +155,13 @@ def _windowed_selection(task: TensorTask, ks: np.ndarray) -> list[Selection | No
         lo, hi, inside = sample_window(keys.reshape(-1), int(ks[i]), numel)
         windows[i] = lo, hi
         expected = max(expected, inside)
-    cap = int(expected * numel / K.GROUPS * 1.25) + 4096
-    hist = task.scratch.get("hist", (task.workers, n, 65536), np.int64, zero=True)
+    cap = int(expected * numel / K.GROUPS * 1.5) + 4096
+    above = np.zeros((K.GROUPS, n), np.int64)
     cand_keys = task.scratch.get("candidates", (K.GROUPS, n, cap), np.uint32)
     cand_count = np.zeros((K.GROUPS, n), np.int64)
-    K.trim_scan(task.base, task.xs, task.kind, windows[:, 0].copy(), windows[:, 1].copy(), hist,
-                cand_keys, cand_count, task.arith)
-    return select_from_candidates(hist.sum(axis=0), ks, windows, cand_keys, cand_count)
+    K.trim_scan(task.base, task.xs, task.kind, windows[:, 0].copy(), windows[:, 1].copy(), above,
+                cand_keys, cand_count, task.arith, task.workers)
+    return select_from_candidates(ks, numel, above, cand_keys, cand_count)
 
 
 def trim_selection(task: TensorTask) -> list[Selection | None]:

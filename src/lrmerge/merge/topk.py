@@ -87,9 +87,9 @@ def radix_select(
 
 
 def sample_window(sample_keys: np.ndarray, k: int, numel: int) -> tuple[int, int, float]:
-    """A window of high-half buckets that very likely holds the k-th largest key, from a sample.
+    """A key range that very likely holds the k-th largest key, estimated from a sample.
 
-    Returns (low bucket, high bucket, the sample's fraction of keys inside the window).
+    Returns (low key, high key, the sample's fraction of keys inside the range).
     """
     size = len(sample_keys)
     q = k / numel
@@ -100,51 +100,47 @@ def sample_window(sample_keys: np.ndarray, k: int, numel: int) -> tuple[int, int
     bottom = int(np.clip(np.ceil(rank + margin), 0, size - 1))
     # positions counted from the top are size-1-pos from the bottom of an ascending order
     picked = np.partition(sample_keys, [size - 1 - bottom, size - 1 - top])
-    hi_bucket = int(picked[size - 1 - top]) >> 16
-    lo_bucket = int(picked[size - 1 - bottom]) >> 16
-    high = sample_keys >> 16
-    inside = float(np.mean((high >= lo_bucket) & (high <= hi_bucket)))
-    return lo_bucket, hi_bucket, inside
+    high = int(picked[size - 1 - top])
+    low = int(picked[size - 1 - bottom])
+    inside = float(np.mean((sample_keys >= low) & (sample_keys <= high)))
+    return low, high, inside
 
 
 def select_from_candidates(
-    high: np.ndarray,
     ks: np.ndarray,
-    windows: np.ndarray,
+    numel: int,
+    above: np.ndarray,
     cand_keys: np.ndarray,
     cand_count: np.ndarray,
 ) -> list[Selection | None] | None:
-    """Finish a largest-k radix select from one pass's high histogram and the window candidates.
-
-    high: (n, 65536) counts; windows: (n, 2) bucket ranges; cand_keys (segments, n, cap) with
-    cand_count (segments, n). Returns None when a threshold falls outside its window or a
-    candidate buffer overflowed: the caller then runs the plain passes.
+    """Finish a largest-k select from one windowed pass: above (segments, n) counts of keys beyond
+    each window, cand_keys (segments, n, cap) with cand_count (segments, n) the keys inside it.
+    Returns None when a threshold falls outside its window or a candidate buffer overflowed: the
+    caller then runs the plain radix passes.
     """
-    n = high.shape[0]
+    n = above.shape[1]
     cap = cand_keys.shape[2]
     if (cand_count > cap).any():
         return None
-    totals = high.sum(axis=1)
     results: list[Selection | None] = [None] * n
     for i in range(n):
         k = int(ks[i])
-        if not 0 < k < totals[i]:
+        if not 0 < k < numel:
             continue
-        bucket, beyond = _bucket(high[i], k, largest=True)
-        if not windows[i, 0] <= bucket <= windows[i, 1]:
-            return None
+        beyond_window = int(above[:, i].sum())
         per_segment = [cand_keys[g, i, : cand_count[g, i]] for g in range(cand_keys.shape[0])]
         pool = np.concatenate(per_segment)
-        low = np.bincount(pool[(pool >> 16) == bucket] & 0xFFFF, minlength=65536)
-        low_bucket, low_beyond = _bucket(low, k - beyond, largest=True)
-        threshold = (bucket << 16) | low_bucket
-        need = k - beyond - low_beyond
+        rank = k - beyond_window  # the threshold is the rank-th largest candidate
+        if not 0 < rank <= len(pool):
+            return None
+        threshold = int(np.partition(pool, len(pool) - rank)[len(pool) - rank])
+        need = rank - int(np.count_nonzero(pool > threshold))
+        equal = np.array([int(np.count_nonzero(seg == threshold)) for seg in per_segment])
         quota = None
-        if need < low[low_bucket]:
-            equal = np.array([int(np.count_nonzero(seg == threshold)) for seg in per_segment])
+        if need < equal.sum():
             before = np.concatenate(([0], np.cumsum(equal)[:-1]))
             quota = np.clip(need - before, 0, equal).astype(np.int64)
-        results[i] = Selection(int(threshold), quota, k, int(totals[i]))
+        results[i] = Selection(threshold, quota, k, numel)
     return results
 
 
