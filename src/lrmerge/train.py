@@ -526,7 +526,8 @@ def train(*, stage: str, cfg: dict, init: str, out: str, rows: list[dict],
         # The step's token range cut at block edges: pieces (block, start, stop) of the stream.
         pieces = [(b, max(seen, b * seq_len) - b * seq_len, min(end, (b + 1) * seq_len) - b * seq_len)
                   for b in range(seen // seq_len, (end - 1) // seq_len + 1)]
-        n_pred = max(1, sum(hi - lo - 1 for _, lo, hi in pieces))
+        # Tokens whose prediction is in the loss (all processes): the step's mean divides by it.
+        n_pred = max(1, sum(int(stream.block(b)[1][lo + 1:hi].sum()) for b, lo, hi in pieces))
         mine = pieces[backend.rank::backend.world_size]
         # Every process runs the same number of micro-batches (collectives must match); one
         # whose share ran out runs a zero-weight batch.
