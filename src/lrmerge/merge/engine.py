@@ -170,7 +170,7 @@ def _read_tensor(inputs: Inputs, name: str, hashers: dict,
     return base, xs
 
 
-def _model_scope_trim(inputs: Inputs, order: list[str], workers: int) -> dict[str, list]:
+def _model_scope_trim(inputs: Inputs, order: list[str]) -> dict[str, list]:
     """One top-k of |tau| over all tensors of each model (the original TIES code's trim)."""
     from . import kernels as K
     from .methods import ARITH, trim_counts
@@ -194,7 +194,7 @@ def _model_scope_trim(inputs: Inputs, order: list[str], workers: int) -> dict[st
                 K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist, arith)
                 rows.append(hist[:, :, 0])
             else:
-                hist = np.zeros((workers, n, 65536), np.int64)
+                hist = np.zeros((K.thread_slabs(), n, 65536), np.int64)
                 K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist, arith)
                 acc += hist.sum(axis=0)
         return np.concatenate(rows) if mode == K.COUNT_EQUAL else acc
@@ -281,6 +281,9 @@ def run_merge(
         raise MergeError(f"{out_dir} already exists; pass --force to replace it")
     inputs = open_inputs(cfg)
 
+    # Threads that spin between the kernels' many short parallel regions steal the cores the
+    # other threads need on a shared machine; sleeping costs microseconds per region.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numba
 
     from .methods import REGISTRY, Scratch, TensorTask
@@ -293,7 +296,7 @@ def run_merge(
                   for name in order}
     trims = None
     if cfg.method in ("ties", "ties_sv") and cfg.trim_scope == "model":
-        trims = _model_scope_trim(inputs, order, workers)
+        trims = _model_scope_trim(inputs, order)
 
     partial = out_dir.parent / f".{out_dir.name}.partial"
     if partial.exists():
@@ -331,7 +334,7 @@ def run_merge(
                 out_storage, out_kind = DTYPES[out_dtypes[name]]
                 out_bytes = np.dtype(out_storage).itemsize * info.numel
                 out = out_buffers[t % 2][:out_bytes].view(out_storage).reshape(1, info.numel)
-                task = TensorTask(name, cfg, base, xs, kind, out, out_kind, workers,
+                task = TensorTask(name, cfg, base, xs, kind, out, out_kind,
                                   trims[name] if trims else None, scratch)
                 per_tensor[name] = method(task)
                 writes.append(write_pool.submit(writer.write, name, out))

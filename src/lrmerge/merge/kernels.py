@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_num_threads, get_thread_id, njit, prange, types
 from numba.extending import intrinsic, overload
 
 GROUPS = 64
@@ -131,6 +131,11 @@ def rnd(x, arith):
     if arith == KIND_F16:
         return _f16_bits_to_f32(_f32_to_f16_bits(x))
     return x
+
+
+def thread_slabs() -> int:
+    """How many per-thread histogram slabs a kernel call needs."""
+    return get_num_threads()
 
 
 @njit(inline="always")
@@ -249,24 +254,21 @@ def task_arithmetic(base, xs, kind, weights, normalize, lam, arith, out, out_kin
 def trim_histogram(base, xs, kind, mode, bucket, threshold, hist, arith):
     """One pass of the radix select of the largest |x_i - base| per model.
 
-    hist has one slab per worker thread. mode HIST_HIGH: hist[w, i, key >> 16] counts; HIST_LOW:
+    hist has one slab per thread (thread_slabs()). mode HIST_HIGH: hist[w, i, key >> 16] counts; HIST_LOW:
     hist[w, i, key & 0xFFFF] counts among keys whose high half equals bucket[i]; COUNT_EQUAL (hist
     then has GROUPS slabs): hist[g, i, 0] counts keys equal to threshold[i] in group g.
     key = the bit pattern of |tau| (ordered like the value, since it is non-negative).
     """
-    n_models, n = xs.shape
-    workers = hist.shape[0]
-    for w in prange(workers):
-        for g in range(w, GROUPS, workers):
-            _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, w, g, arith)
+    for g in prange(GROUPS):
+        _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, g, arith)
 
 
 @njit(inline="always")
-def _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, w, g, arith):
+def _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, g, arith):
     n_models, n = xs.shape
     lo, hi = _group_range(g, n)
     # equal counts are kept per group: they set each group's share of the ties
-    slab = np.int64(g) if mode == COUNT_EQUAL else np.int64(w)
+    slab = np.int64(g) if mode == COUNT_EQUAL else np.int64(get_thread_id())
     for j in range(lo, hi):
         b = load(base, 0, j, kind)
         for i in range(n_models):
@@ -281,7 +283,7 @@ def _trim_histogram_group(base, xs, kind, mode, bucket, threshold, hist, w, g, a
 
 
 @njit(parallel=True, cache=True)
-def trim_scan(base, xs, kind, window_lo, window_hi, above, cand_keys, cand_count, arith, workers):
+def trim_scan(base, xs, kind, window_lo, window_hi, above, cand_keys, cand_count, arith):
     """One pass of the windowed top-k select: per group g and model i, above[g, i] counts the keys
     beyond window_hi[i], and the keys inside [window_lo[i], window_hi[i]] (a window around the
     threshold expected from a sample) are copied into cand_keys[g, i, :], counted in
@@ -290,28 +292,27 @@ def trim_scan(base, xs, kind, window_lo, window_hi, above, cand_keys, cand_count
     """
     n_models, n = xs.shape
     cap = cand_keys.shape[2]
-    for w in prange(workers):
+    for g in prange(GROUPS):
         keys = np.empty(BLOCK, np.uint32)
-        for g in range(w, GROUPS, workers):
-            lo, hi = _group_range(g, n)
-            for start in range(lo, hi, BLOCK):
-                m = min(BLOCK, hi - start)
-                for i in range(n_models):
-                    for j in range(m):
-                        tau = rnd(np.float32(load(xs, i, start + j, kind) - load(base, 0, start + j, kind)), arith)
-                        keys[j] = f32_bits(abs(tau))
-                    wlo, whi = window_lo[i], window_hi[i]
-                    beyond = 0
-                    for j in range(m):
-                        beyond += keys[j] > whi
-                    above[g, i] += beyond
-                    c = cand_count[g, i]
-                    for j in range(m):
-                        if keys[j] >= wlo and keys[j] <= whi:
-                            if c < cap:
-                                cand_keys[g, i, c] = keys[j]
-                            c += 1
-                    cand_count[g, i] = c
+        lo, hi = _group_range(g, n)
+        for start in range(lo, hi, BLOCK):
+            m = min(BLOCK, hi - start)
+            for i in range(n_models):
+                for j in range(m):
+                    tau = rnd(np.float32(load(xs, i, start + j, kind) - load(base, 0, start + j, kind)), arith)
+                    keys[j] = f32_bits(abs(tau))
+                wlo, whi = window_lo[i], window_hi[i]
+                beyond = 0
+                for j in range(m):
+                    beyond += keys[j] > whi
+                above[g, i] += beyond
+                c = cand_count[g, i]
+                for j in range(m):
+                    if keys[j] >= wlo and keys[j] <= whi:
+                        if c < cap:
+                            cand_keys[g, i, c] = keys[j]
+                        c += 1
+                cand_count[g, i] = c
 
 
 # --- TIES family ----------------------------------------------------------------------------------
@@ -341,7 +342,6 @@ def ties(
     out,
     out_kind,
     stats,
-    workers,
     arith,
 ):
     """TIES (and TIES-SV, DARE-TIES, DARE-linear) over one tensor.
@@ -366,7 +366,7 @@ def ties(
     n_models, n = xs.shape
     bad = np.full(GROUPS, -1, np.int64)
     unweighted = vote == VOTE_UNWEIGHTED
-    for w in prange(workers):
+    for g in prange(GROUPS):
         bb = np.empty(BLOCK, np.float32)
         tr = np.empty((n_models, BLOCK), np.float32)  # trimmed task vectors
         u = np.empty((n_models, BLOCK), np.float32)  # weighted
@@ -376,102 +376,101 @@ def ties(
         positive = np.empty(BLOCK, np.bool_)
         mixed = np.empty(BLOCK, np.float32)
         divisor = np.empty(BLOCK, np.float32)
-        for g in range(w, GROUPS, workers):
-            slab = np.int64(g) if sv_mode == COUNT_EQUAL else np.int64(w)
-            lo, hi = _group_range(g, n)
-            used = np.zeros(n_models, np.int64)
-            sv_used = 0
-            for start in range(lo, hi, BLOCK):
-                m = min(BLOCK, hi - start)
+        slab = np.int64(g) if sv_mode == COUNT_EQUAL else np.int64(get_thread_id())
+        lo, hi = _group_range(g, n)
+        used = np.zeros(n_models, np.int64)
+        sv_used = 0
+        for start in range(lo, hi, BLOCK):
+            m = min(BLOCK, hi - start)
+            for j in range(m):
+                bb[j] = load(base, 0, start + j, kind)
+            for i in range(n_models):
                 for j in range(m):
-                    bb[j] = load(base, 0, start + j, kind)
-                for i in range(n_models):
+                    tr[i, j] = rnd(np.float32(load(xs, i, start + j, kind) - bb[j]), arith)
+                if sparsify == SPARSIFY_MAGNITUDE and not keep_all[i]:
+                    thr = threshold[i]
+                    ties_left = 0
                     for j in range(m):
-                        tr[i, j] = rnd(np.float32(load(xs, i, start + j, kind) - bb[j]), arith)
-                    if sparsify == SPARSIFY_MAGNITUDE and not keep_all[i]:
-                        thr = threshold[i]
-                        ties_left = 0
+                        key = f32_bits(abs(tr[i, j]))
+                        keep[i, j] = key > thr
+                        ties_left += key == thr
+                    if ties_left:  # lowest flat indices first, up to this group's quota
                         for j in range(m):
-                            key = f32_bits(abs(tr[i, j]))
-                            keep[i, j] = key > thr
-                            ties_left += key == thr
-                        if ties_left:  # lowest flat indices first, up to this group's quota
-                            for j in range(m):
-                                if f32_bits(abs(tr[i, j])) == thr and used[i] < quota[g, i]:
-                                    keep[i, j] = True
-                                    used[i] += 1
-                        for j in range(m):
-                            # a trimmed entry stays a signed zero, as mergekit's tau * mask
-                            tr[i, j] = tr[i, j] if keep[i, j] else np.float32(tr[i, j] * np.float32(0))
-                    elif sparsify == SPARSIFY_RANDOM and not keep_all[i]:
-                        scale = np.float32(density[i])
-                        for j in range(m):
-                            k = _random_unit(seeds[i], i, start + j) < density[i]
-                            keep[i, j] = k
-                            tr[i, j] = rnd(np.float32(tr[i, j] / scale), arith) if k else np.float32(tr[i, j] * np.float32(0))
+                            if f32_bits(abs(tr[i, j])) == thr and used[i] < quota[g, i]:
+                                keep[i, j] = True
+                                used[i] += 1
+                    for j in range(m):
+                        # a trimmed entry stays a signed zero, as mergekit's tau * mask
+                        tr[i, j] = tr[i, j] if keep[i, j] else np.float32(tr[i, j] * np.float32(0))
+                elif sparsify == SPARSIFY_RANDOM and not keep_all[i]:
+                    scale = np.float32(density[i])
+                    for j in range(m):
+                        k = _random_unit(seeds[i], i, start + j) < density[i]
+                        keep[i, j] = k
+                        tr[i, j] = rnd(np.float32(tr[i, j] / scale), arith) if k else np.float32(tr[i, j] * np.float32(0))
+                else:
+                    for j in range(m):
+                        keep[i, j] = True
+                wi = weights[i]
+                for j in range(m):
+                    u[i, j] = rnd(np.float32(tr[i, j] * wi), arith)
+            # sign election over the models, summed in model order
+            for i in range(n_models):
+                for j in range(m):
+                    c = tr[i, j] if unweighted else u[i, j]
+                    vote_sum[j] = c if i == 0 else np.float32(vote_sum[j] + c)
+            for j in range(m):
+                positive[j] = vote_sum[j] >= 0
+            _agree_and_mix(tr, u, weights, vote, positive, agree, mixed, divisor, m)
+            if protect >= 0 and (sv_mode >= 0 or sv_threshold > 0):
+                p = protect
+                for j in range(m):
+                    if not keep[p, j] or agree[p, j] or u[p, j] == 0:
+                        continue
+                    key = _orderable(np.float32(abs(mixed[j]) - abs(u[p, j])))
+                    if sv_mode == HIST_HIGH:
+                        sv_hist[slab, 0, key >> np.uint32(16)] += 1
+                    elif sv_mode == HIST_LOW:
+                        if (key >> np.uint32(16)) == sv_bucket:
+                            sv_hist[slab, 0, key & np.uint32(0xFFFF)] += 1
+                    elif sv_mode == COUNT_EQUAL:
+                        if key == sv_threshold:
+                            sv_hist[slab, 0, 0] += 1
                     else:
-                        for j in range(m):
-                            keep[i, j] = True
-                    wi = weights[i]
-                    for j in range(m):
-                        u[i, j] = rnd(np.float32(tr[i, j] * wi), arith)
-                # sign election over the models, summed in model order
-                for i in range(n_models):
-                    for j in range(m):
-                        c = tr[i, j] if unweighted else u[i, j]
-                        vote_sum[j] = c if i == 0 else np.float32(vote_sum[j] + c)
+                        reserve = key < sv_threshold
+                        if not reserve and key == sv_threshold and sv_used < sv_quota[g]:
+                            sv_used += 1
+                            reserve = True
+                        if reserve:
+                            # the protected model's sign wins here
+                            _remix_one(tr, u, weights, vote, (tr[p, j] if unweighted else u[p, j]) > 0,
+                                       agree, mixed, divisor, j)
+                            stats[g, p, 2] += 1
+            if sv_mode >= 0:
+                continue
+            for i in range(n_models):
+                kept_count = 0
+                discarded = 0
                 for j in range(m):
-                    positive[j] = vote_sum[j] >= 0
-                _agree_and_mix(tr, u, weights, vote, positive, agree, mixed, divisor, m)
-                if protect >= 0 and (sv_mode >= 0 or sv_threshold > 0):
-                    p = protect
-                    for j in range(m):
-                        if not keep[p, j] or agree[p, j] or u[p, j] == 0:
-                            continue
-                        key = _orderable(np.float32(abs(mixed[j]) - abs(u[p, j])))
-                        if sv_mode == HIST_HIGH:
-                            sv_hist[slab, 0, key >> np.uint32(16)] += 1
-                        elif sv_mode == HIST_LOW:
-                            if (key >> np.uint32(16)) == sv_bucket:
-                                sv_hist[slab, 0, key & np.uint32(0xFFFF)] += 1
-                        elif sv_mode == COUNT_EQUAL:
-                            if key == sv_threshold:
-                                sv_hist[slab, 0, 0] += 1
-                        else:
-                            reserve = key < sv_threshold
-                            if not reserve and key == sv_threshold and sv_used < sv_quota[g]:
-                                sv_used += 1
-                                reserve = True
-                            if reserve:
-                                # the protected model's sign wins here
-                                _remix_one(tr, u, weights, vote, (tr[p, j] if unweighted else u[p, j]) > 0,
-                                           agree, mixed, divisor, j)
-                                stats[g, p, 2] += 1
-                if sv_mode >= 0:
-                    continue
-                for i in range(n_models):
-                    kept_count = 0
-                    discarded = 0
-                    for j in range(m):
-                        kept_count += keep[i, j]
-                        discarded += keep[i, j] and not agree[i, j]
-                    stats[g, i, 0] += kept_count
-                    stats[g, i, 1] += discarded
-                for j in range(m):
-                    mix = rnd(mixed[j], arith)
-                    if normalize:
-                        d = rnd(divisor[j], arith)
-                        if d == 0 or (vote < 0 and abs(d) < 1e-8):
-                            d = np.float32(1)
-                        mix = rnd(np.float32(mix / d), arith)
-                    if lam != 1:
-                        mix = rnd(np.float32(mix * lam), arith)
-                    mixed[j] = rnd(np.float32(bb[j] + mix), arith)
-                for j in range(m):
-                    store(out, start + j, mixed[j], out_kind)
-                for j in range(m):
-                    if not np.isfinite(mixed[j]) and bad[g] < 0:
-                        bad[g] = start + j
+                    kept_count += keep[i, j]
+                    discarded += keep[i, j] and not agree[i, j]
+                stats[g, i, 0] += kept_count
+                stats[g, i, 1] += discarded
+            for j in range(m):
+                mix = rnd(mixed[j], arith)
+                if normalize:
+                    d = rnd(divisor[j], arith)
+                    if d == 0 or (vote < 0 and abs(d) < 1e-8):
+                        d = np.float32(1)
+                    mix = rnd(np.float32(mix / d), arith)
+                if lam != 1:
+                    mix = rnd(np.float32(mix * lam), arith)
+                mixed[j] = rnd(np.float32(bb[j] + mix), arith)
+            for j in range(m):
+                store(out, start + j, mixed[j], out_kind)
+            for j in range(m):
+                if not np.isfinite(mixed[j]) and bad[g] < 0:
+                    bad[g] = start + j
     return bad.max()
 
 

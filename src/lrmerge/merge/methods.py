@@ -64,7 +64,6 @@ class TensorTask:
     kind: int
     out: np.ndarray  # (1, N)
     out_kind: int
-    workers: int
     trim: list[Selection | None] | None = None  # model-scope trim, precomputed for this tensor
     scratch: Scratch = field(default_factory=Scratch)
 
@@ -160,7 +159,7 @@ def _windowed_selection(task: TensorTask, ks: np.ndarray) -> list[Selection | No
     cand_keys = task.scratch.get("candidates", (K.GROUPS, n, cap), np.uint32)
     cand_count = np.zeros((K.GROUPS, n), np.int64)
     K.trim_scan(task.base, task.xs, task.kind, windows[:, 0].copy(), windows[:, 1].copy(), above,
-                cand_keys, cand_count, task.arith, task.workers)
+                cand_keys, cand_count, task.arith)
     return select_from_candidates(ks, numel, above, cand_keys, cand_count)
 
 
@@ -186,7 +185,7 @@ def trim_selection(task: TensorTask) -> list[Selection | None]:
             hist = np.zeros((K.GROUPS, n, 1), np.int64)
             K.trim_histogram(task.base, task.xs, task.kind, mode, bucket, threshold, hist, task.arith)
             return hist[:, :, 0]
-        hist = task.scratch.get("hist", (task.workers, n, 65536), np.int64, zero=True)
+        hist = task.scratch.get("hist", (K.thread_slabs(), n, 65536), np.int64, zero=True)
         K.trim_histogram(task.base, task.xs, task.kind, mode, bucket, threshold, hist, task.arith)
         return hist.sum(axis=0)
 
@@ -253,7 +252,7 @@ def ties_family(task: TensorTask) -> np.ndarray:
         return K.ties(task.base, task.xs, task.kind, weights, sparsify, keep_all, threshold, quota,
                       density, seeds, vote, cfg.normalize, lam, protect, sv_mode,
                       np.uint32(sv_bucket), np.uint32(sv_threshold), sv_quota, sv_hist, task.out,
-                      task.out_kind, stats, task.workers, task.arith)
+                      task.out_kind, stats, task.arith)
 
     sv_threshold, sv_quota = 0, no_quota  # reserve nothing
     if protect >= 0 and cfg.slack > 0:
@@ -263,7 +262,7 @@ def ties_family(task: TensorTask) -> np.ndarray:
                 hist = np.zeros((K.GROUPS, 1, 1), np.int64)
                 run(mode, bucket[0], thr[0], no_quota, hist)
                 return hist[:, :, 0]
-            hist = task.scratch.get("hist", (task.workers, 1, 65536), np.int64, zero=True)
+            hist = task.scratch.get("hist", (K.thread_slabs(), 1, 65536), np.int64, zero=True)
             run(mode, bucket[0], thr[0], no_quota, hist)
             return hist.sum(axis=0)
 
