@@ -26,6 +26,7 @@ from merge_helpers import (
     build_inputs,
     file_digests,
     load_model,
+    mergekit_config,
     native_config,
     run_cli_inprocess,
     run_engine,
@@ -469,3 +470,34 @@ def test_engine_survives_stderr_replaced_at_import(f32_two, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# dare_ties: random drops, so no reference values; seeded, and about d of each tensor kept
+
+
+def test_dare_ties_seeded_and_keeps_about_density(f32_two, tmp_path):
+    d = 0.3
+    cfg = native_config(f32_two, "dare_ties", density=d, seed=7, out_dtype="float32")
+    st1, out1 = run_engine(cfg, tmp_path / "a")
+    st2, out2 = run_engine(cfg, tmp_path / "b")
+    st3, out3 = run_engine(dict(cfg, seed=8), tmp_path / "c")
+    assert st1 == st2 and all(torch.equal(out1[k], out2[k]) for k in out1)
+    assert any(not torch.equal(out1[k], out3[k]) for k in out1), "seed has no effect"
+    for i in range(2):
+        kept = st1["totals"][i]["kept"]
+        n = sum(t.numel() for t in f32_two.base.values())
+        assert abs(kept - d * n) <= 5 * math.sqrt(n * d * (1 - d)), (kept, d * n)
+    # entries that no model kept stay at the base
+    for name, t in out1.items():
+        base = f32_two.base[name]
+        assert torch.isfinite(t).all()
+        assert (t == base).any(), name
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
+def test_mergekit_yaml_dare_accepted(f32_two, tmp_path, method):
+    cfg = mergekit_config(f32_two, method, [1.0, 0.5], [0.5, 0.5])
+    stats, out = run_engine(cfg, tmp_path / "o")
+    assert set(out) == set(f32_two.tensor_names)
+    assert all(torch.isfinite(t).all() for t in out.values())
