@@ -275,8 +275,10 @@ def run_merge(
     """Merge the models of `config` into the Hugging Face folder `out_dir`; return the stats dict."""
     cfg = config if isinstance(config, MergeConfig) else load_merge_config(config)
     out_dir = Path(out_dir)
-    if device != "cpu":
-        raise MergeError(f"--device {device}: only the cpu merge is built so far")
+    if device not in ("cpu", "cuda"):
+        raise MergeError(f"--device {device}: expected cpu or cuda")
+    if device == "cuda" and cfg.trim_scope == "model" and cfg.method in ("ties", "ties_sv"):
+        raise MergeError("trim_scope: model is merged on the CPU only; drop --device cuda")
     if out_dir.exists() and not force:
         raise MergeError(f"{out_dir} already exists; pass --force to replace it")
     inputs = open_inputs(cfg)
@@ -304,6 +306,13 @@ def run_merge(
     partial.mkdir(parents=True)
     hashers = {c.name: xxhash.xxh3_128() for c in inputs.all}
     method = REGISTRY[cfg.method]
+    if device == "cuda":
+        from . import torch_backend
+
+        torch_backend.check_device(device)
+
+        def method(task):
+            return torch_backend.merge_tensor(task, device)
     per_tensor: dict[str, np.ndarray] = {}
     total_bytes = sum(ref.tensors[t].nbytes * len(inputs.all) for t in order)
     bar = Progress(len(order), total_bytes, enabled=progress)
