@@ -165,7 +165,7 @@ def test_sft_masks_the_prompt_when_asked(cfg, files):
     src = train.Source("sft", rows, tok, 8, 0, mask_prompt=True)
     src.ensure(1)
     n_prompt = len(tok("how many ball ?")["input_ids"])
-    assert src.loss[:n_prompt] == [False] * n_prompt and all(src.loss[n_prompt:])
+    assert list(src.loss[:n_prompt]) == [0] * n_prompt and all(src.loss[n_prompt:])
     whole = train.Source("sft", rows, tok, 8, 0, mask_prompt=False)
     whole.ensure(1)
     assert all(whole.loss)
