@@ -125,7 +125,7 @@ def test_math_as_generation(tmp_path):
     assert int(row["answer"]) in (n[0] + n[1], n[0] - n[1])
 
 
-def test_cli_writes_all_three(tmp_path):
+def test_cli_writes_all_three(tmp_path, capsys):
     cfg_path = write_config(tmp_path / "c.yaml", tiny_config())
     assert cli(["data", "corpus", "--config", str(cfg_path), "--lang", "bo",
                 "--out", str(tmp_path / "bo.jsonl")]) == 0
@@ -135,6 +135,16 @@ def test_cli_writes_all_three(tmp_path):
     assert fsutil.read_jsonl(tmp_path / "bo.jsonl")[0]["lang"] == "bo"
     assert {"prompt", "response"} <= set(fsutil.read_jsonl(tmp_path / "f.jsonl")[0])
     assert (tmp_path / "ev" / "topic_en.yaml").exists()
+    # input errors: one line naming the key, exit 2
+    assert cli(["data", "corpus", "--config", str(cfg_path), "--lang", "xx",
+                "--out", str(tmp_path / "xx.jsonl")]) == 2
+    assert "'xx' is not in config key 'languages'" in capsys.readouterr().err
+    bad = tiny_config()
+    bad["mini"]["code_switch"] = 2
+    write_config(cfg_path, bad)
+    assert cli(["data", "sft", "--config", str(cfg_path), "--out", str(tmp_path / "g.jsonl")]) == 2
+    assert "mini.code_switch" in capsys.readouterr().err
+    assert not (tmp_path / "g.jsonl").exists() and not (tmp_path / "xx.jsonl").exists()
 
 
 # ------------------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ def test_sft_saves_in_the_configured_dtype(files, tmp_path):
     assert json.loads((tmp_path / "s" / "config.json").read_text())["dtype"] == "float16"
 
 
-def test_cli_ct_and_sft(files, tmp_path):
+def test_cli_ct_and_sft(files, tmp_path, capsys):
     cfg_path = write_config(tmp_path / "c.yaml", tiny_config())
     assert cli(["train", "ct", "--config", str(cfg_path), "--lang", "bn", "--tokens", "3000",
                 "--init", str(files["base"]), "--corpus", str(files["bn"]), "--english",
@@ -194,9 +194,13 @@ def test_cli_ct_and_sft(files, tmp_path):
     assert s["stage"] == "sft" and s["init"] == str(tmp_path / "ct")
     bad = tmp_path / "bad.jsonl"
     fsutil.write_jsonl(bad, [{"text": "no prompt"}])
-    with pytest.raises(ValueError, match="bad.jsonl: line 1 lacks prompt/response"):
-        cli(["train", "sft", "--config", str(cfg_path), "--init", str(files["base"]),
-             "--data", str(bad), "--out", str(tmp_path / "x")])
+    assert cli(["train", "sft", "--config", str(cfg_path), "--init", str(files["base"]),
+                "--data", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "bad.jsonl: line 1 lacks prompt/response" in capsys.readouterr().err
+    assert cli(["train", "ct", "--config", str(cfg_path), "--lang", "bn", "--tokens", "3000",
+                "--init", str(files["base"]), "--corpus", str(tmp_path / "none.jsonl"),
+                "--out", str(tmp_path / "y")]) == 2
+    assert "--corpus" in capsys.readouterr().err
 
 
 def test_deepspeed_is_optional_and_configured_from_the_section(files, tmp_path, monkeypatch):

@@ -728,6 +728,7 @@ def _load(path: str) -> dict:
     return load_config(path)
 
 
+@fsutil.cli_errors("data")
 def cmd_corpus(args) -> int:
     cfg = _load(args.config)
     n = fsutil.write_jsonl(args.out, build_corpus(cfg, args.lang))
@@ -735,6 +736,7 @@ def cmd_corpus(args) -> int:
     return 0
 
 
+@fsutil.cli_errors("data")
 def cmd_sft(args) -> int:
     cfg = _load(args.config)
     n = fsutil.write_jsonl(args.out, build_sft(cfg))
@@ -742,6 +744,7 @@ def cmd_sft(args) -> int:
     return 0
 
 
+@fsutil.cli_errors("data")
 def cmd_eval(args) -> int:
     cfg = _load(args.config)
     tasks = build_eval(cfg, args.lang, args.out_dir)

@@ -125,6 +125,7 @@ def evaluate(cfg: dict, model: str, langs: list[str], tasks_dir: str | None, out
     return doc
 
 
+@fsutil.cli_errors("evaluate")
 def cmd_evaluate(args) -> int:
     from lrmerge.config import load_config
 

@@ -88,3 +88,24 @@ def atomic_dir(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def cli_errors(prog: str):
+    """Wrap a command: input errors (bad config key, missing file, bad record) print one line
+    naming the fault and exit 2, instead of a traceback. Bugs still raise."""
+    import functools
+    import sys
+
+    def wrap(func):
+        @functools.wraps(func)
+        def run(args) -> int:
+            try:
+                return func(args)
+            except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+                msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+                print(f"lrmerge {prog}: error: {msg}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return wrap

@@ -668,11 +668,13 @@ def _read(path: str, what: str) -> list[dict]:
     return rows
 
 
+@fsutil.cli_errors("train")
 def cmd_pretrain(args) -> int:
     pretrain(_load_cfg(args.config), args.corpus, args.out, args.threads)
     return 0
 
 
+@fsutil.cli_errors("train")
 def cmd_ct(args) -> int:
     cfg = _load_cfg(args.config)
     rows = _read(args.corpus, "--corpus")
@@ -682,6 +684,7 @@ def cmd_ct(args) -> int:
     return 0
 
 
+@fsutil.cli_errors("train")
 def cmd_sft(args) -> int:
     cfg = _load_cfg(args.config)
     rows = _read(args.data, "--data")
