@@ -96,6 +96,7 @@ def test_eval_sets_and_lm_eval_yamls(cfg, tmp_path):
 
     tm = TaskManager(include_path=str(out), include_defaults=False)
     assert set(tasks) <= set(tm.all_tasks)
+    assert "lrmerge_bn" in tm.all_tasks  # the language's group
     for task in tasks:
         y = yaml.safe_load((out / f"{task}.yaml").read_text())
         assert y["output_type"] == "multiple_choice"
