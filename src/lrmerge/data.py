@@ -409,17 +409,19 @@ def _estimate_tokens(text: str, spec: dict) -> float:
 
 
 def _take_tokens(docs: Iterator[str], need: float, spec: dict, where: str,
-                 max_docs: int | None = None) -> list[str]:
-    out, have = [], 0.0
+                 max_docs: int | None = None) -> Iterator[str]:
+    """Documents in order until their estimated tokens reach `need` (streamed: a paper-scale
+    corpus never sits in memory)."""
+    n, have = 0, 0.0
     for doc in docs:
-        if have >= need or (max_docs is not None and len(out) >= max_docs):
-            break
-        out.append(doc)
+        if have >= need or (max_docs is not None and n >= max_docs):
+            return
+        yield doc
+        n += 1
         have += _estimate_tokens(doc, spec)
-    if have < need and not (max_docs is not None and len(out) >= max_docs):
+    if have < need:
         print(f"warning: {where} ran out after ~{int(have)} of {int(need)} estimated tokens; "
               "training will repeat it", file=sys.stderr)
-    return out
 
 
 def _docs(cfg: dict, lang: str, purpose: str) -> tuple[Iterator[str], dict, str]:
@@ -436,10 +438,11 @@ def _docs(cfg: dict, lang: str, purpose: str) -> tuple[Iterator[str], dict, str]
     raise ValueError(f"{where}.kind: {kind!r} is not one of generated, hf")
 
 
-def build_corpus(cfg: dict, lang: str) -> list[dict]:
+def iter_corpus(cfg: dict, lang: str) -> Iterator[dict]:
     """Rows {"text", "lang"}: a language's CT text (its share of the largest budget; training
     mixes in English from the English corpus), or the English corpus (lang "en"), which serves
-    both pre-training (mini) and the English part of every CT mix."""
+    both pre-training (mini) and the English part of every CT mix. Config errors raise here;
+    the rows are produced as they are consumed."""
     mini = cfg.get("mini") or {}
     ct = cfg.get("continual_pretrain") or {}
     ratio = float(ct.get("english_ratio", 0.2))
@@ -447,21 +450,24 @@ def build_corpus(cfg: dict, lang: str) -> list[dict]:
     if lang == "en":
         docs, spec, where = _docs(cfg, "en", "pretrain")
         if spec.get("kind") == "generated":
-            n = int(mini.get("english_docs", 5000))
-            return [{"text": t, "lang": "en"} for t in itertools.islice(docs, n)]
-        budgets = [max(e.get("budgets") or [0]) for e in (cfg.get("languages") or {}).values()]
-        need = float(spec.get("max_tokens") or max(budgets + [0]) * ratio * margin)
-        rows = _take_tokens(docs, need, spec, where, spec.get("max_docs"))
-        return [{"text": t, "lang": "en"} for t in rows]
+            texts = itertools.islice(docs, int(mini.get("english_docs", 5000)))
+        else:
+            budgets = [max(e.get("budgets") or [0]) for e in (cfg.get("languages") or {}).values()]
+            need = float(spec.get("max_tokens") or max(budgets + [0]) * ratio * margin)
+            texts = _take_tokens(docs, need, spec, where, spec.get("max_docs"))
+    else:
+        budgets = language_entry(cfg, lang).get("budgets") or []
+        if not budgets:
+            raise ValueError(f"config key languages.{lang}.budgets is empty")
+        docs, spec, where = _docs(cfg, lang, "ct")
+        need = float(spec.get("max_tokens") or max(budgets) * (1 - ratio) * margin)
+        texts = _take_tokens(docs, need, spec, where, spec.get("max_docs"))
+    return ({"text": t, "lang": lang} for t in texts)
 
-    entry = language_entry(cfg, lang)
-    budgets = entry.get("budgets") or []
-    if not budgets:
-        raise ValueError(f"config key languages.{lang}.budgets is empty")
-    docs, spec, where = _docs(cfg, lang, "ct")
-    need = float(spec.get("max_tokens") or max(budgets) * (1 - ratio) * margin)
-    return [{"text": t, "lang": lang} for t in _take_tokens(docs, need, spec, where,
-                                                           spec.get("max_docs"))]
+
+def build_corpus(cfg: dict, lang: str) -> list[dict]:
+    """`iter_corpus` as a list."""
+    return list(iter_corpus(cfg, lang))
 
 
 # --------------------------------------------------------------------------------------------
@@ -731,7 +737,7 @@ def _load(path: str) -> dict:
 @fsutil.cli_errors("data")
 def cmd_corpus(args) -> int:
     cfg = _load(args.config)
-    n = fsutil.write_jsonl(args.out, build_corpus(cfg, args.lang))
+    n = fsutil.write_jsonl(args.out, iter_corpus(cfg, args.lang))
     print(f"wrote {n} documents to {args.out}")
     return 0
 

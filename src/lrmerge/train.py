@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import shutil
 import sys
 import time
 from array import array
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -108,7 +110,8 @@ class Source:
 
     def __init__(self, name: str, rows, tokenizer, seq_len: int, seed: int, mask_prompt=False,
                  join: str = " "):
-        self.name, self.rows, self.tok, self.seq_len = name, rows, tokenizer, seq_len
+        # Rows are read as tokenization needs them (a list or any iterator, e.g. a file reader).
+        self.name, self.rows, self.tok, self.seq_len = name, iter(rows), tokenizer, seq_len
         self.seed, self.mask_prompt, self.join = seed, mask_prompt, join
         # Compact arrays: 5 bytes a token, where a list of ints costs about 36.
         self.ids = array("i")
@@ -117,7 +120,7 @@ class Source:
         self.exhausted = False
 
     def _tokenize_more(self, n_rows: int = 512) -> None:
-        batch = self.rows[self.next_row:self.next_row + n_rows]
+        batch = list(itertools.islice(self.rows, n_rows))
         self.next_row += len(batch)
         if not batch:
             self.exhausted = True
@@ -159,7 +162,7 @@ class Source:
 
     def usage(self, used: int) -> dict:
         """How much of the corpus `used` blocks took (passes > 1: the corpus was repeated)."""
-        out = {"rows": len(self.rows), "blocks_used": used}
+        out = {"rows_read": self.next_row, "blocks_used": used}
         if self.exhausted:
             out["passes"] = round(used / max(1, self.n_blocks), 4)
         return out
@@ -413,14 +416,16 @@ def _load_checkpoint(backend, folder: Path) -> dict | None:
     return state
 
 
-def train(*, stage: str, cfg: dict, init: str, out: str, rows: list[dict],
-          english_rows: list[dict] | None = None, tokens: int | None = None, lang: str | None = None,
-          tokenizer=None, model=None, threads: int | None = None, log=print) -> dict:
+def train(*, stage: str, cfg: dict, init: str, out: str, rows: Iterable[dict],
+          english_rows: Iterable[dict] | None = None, tokens: int | None = None, lang: str | None = None,
+          tokenizer=None, model=None, threads: int | None = None, data_id=None,
+          log=print) -> dict:
     """Run one training job and return its summary (also written to OUT/train_summary.json).
 
     stage: pretrain | ct | sft. `init` is a model folder (or hub id); for pretrain, `model` and
     `tokenizer` are given. For ct, `tokens` is the cumulative budget and `english_rows` the
-    English replay mixed in at continual_pretrain.english_ratio."""
+    English replay mixed in at continual_pretrain.english_ratio. `data_id` names the data in
+    the checkpoint fingerprint (a resumed job must train on the same data)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.time()
@@ -465,7 +470,7 @@ def train(*, stage: str, cfg: dict, init: str, out: str, rows: list[dict],
     english = None
     ratio = float(tc.get("english_ratio", 0.0)) if stage == "ct" else 0.0
     if ratio > 0:
-        if not english_rows:
+        if english_rows is None:
             raise ValueError(f"continual_pretrain.english_ratio is {ratio} but no English corpus "
                              "was given (--english)")
         english = Source("en", english_rows, tokenizer, seq_len, seed)
@@ -490,8 +495,10 @@ def train(*, stage: str, cfg: dict, init: str, out: str, rows: list[dict],
 
     backend = make_backend(model, tc, device)
     step, seen = 0, 0
+    if data_id is None:
+        data_id = len(rows) if hasattr(rows, "__len__") else None
     fingerprint = _fingerprint({"stage": stage, "init": str(init), "lang": lang, "tc": tc,
-                                "tokens": tokens, "seed": seed, "n_rows": len(rows)})
+                                "tokens": tokens, "seed": seed, "data": data_id})
     ckpt = out / CHECKPOINT_DIR
     if chain is not None:  # continue the previous budget's run
         if isinstance(backend, DeepSpeed):
@@ -659,13 +666,30 @@ def _load_cfg(path):
     return load_config(path)
 
 
-def _read(path: str, what: str) -> list[dict]:
+def _read(path: str, what: str, fields: tuple[str, ...] = ()) -> Iterator[dict]:
+    """Rows of a jsonl file, read lazily (a paper-scale corpus never sits in memory); a line
+    that is not JSON or lacks `fields` stops the run with the file and line."""
     if not Path(path).exists():
         raise FileNotFoundError(f"{what} {path} not found")
-    rows = fsutil.read_jsonl(path)
-    if not rows:
-        raise ValueError(f"{what} {path} is empty")
-    return rows
+
+    def rows():
+        with open(path, encoding="utf-8") as fh:
+            for i, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{what} {path}: line {i} is not JSON ({e.msg})") from None
+                if any(f not in row for f in fields):
+                    raise ValueError(f"{what} {path}: line {i} lacks {'/'.join(fields)}")
+                yield row
+
+    return rows()
+
+
+def _data_id(*paths) -> list:
+    return [(str(p), os.path.getsize(p)) for p in paths if p]
 
 
 @fsutil.cli_errors("train")
@@ -677,21 +701,20 @@ def cmd_pretrain(args) -> int:
 @fsutil.cli_errors("train")
 def cmd_ct(args) -> int:
     cfg = _load_cfg(args.config)
-    rows = _read(args.corpus, "--corpus")
-    english = _read(args.english, "--english") if args.english else None
+    rows = _read(args.corpus, "--corpus", ("text",))
+    english = _read(args.english, "--english", ("text",)) if args.english else None
     train(stage="ct", cfg=cfg, init=args.init, out=args.out, rows=rows, english_rows=english,
-          tokens=args.tokens, lang=args.lang, threads=args.threads)
+          tokens=args.tokens, lang=args.lang, threads=args.threads,
+          data_id=_data_id(args.corpus, args.english))
     return 0
 
 
 @fsutil.cli_errors("train")
 def cmd_sft(args) -> int:
     cfg = _load_cfg(args.config)
-    rows = _read(args.data, "--data")
-    bad = next((i for i, r in enumerate(rows) if "prompt" not in r or "response" not in r), None)
-    if bad is not None:
-        raise ValueError(f"--data {args.data}: line {bad + 1} lacks prompt/response")
-    train(stage="sft", cfg=cfg, init=args.init, out=args.out, rows=rows, threads=args.threads)
+    rows = _read(args.data, "--data", ("prompt", "response"))
+    train(stage="sft", cfg=cfg, init=args.init, out=args.out, rows=rows, threads=args.threads,
+          data_id=_data_id(args.data))
     return 0
 
 
