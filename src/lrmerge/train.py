@@ -275,11 +275,14 @@ class Plain:
                                      eps=float(tc.get("eps", 1e-8)))
         self.clip = float(tc.get("grad_clip", 1.0))
         prec = tc.get("precision", "fp32")
-        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
-                         if prec == "bf16" and device.type == "cuda" else None)
+        if prec == "fp16" and device.type == "cuda":
+            raise ValueError("precision fp16 needs loss scaling, which only the DeepSpeed path "
+                             "does; use bf16 (or set the stage's deepspeed key)")
+        # bf16 autocast on GPU only: on CPU it is slower than fp32 for small models.
+        self.autocast = prec == "bf16" and device.type == "cuda"
 
     def forward(self, ids):
-        if self.autocast is not None:
+        if self.autocast:
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 return self.model(input_ids=ids).logits
         return self.model(input_ids=ids).logits
@@ -338,7 +341,7 @@ class DeepSpeed(Plain):
         self.engine, self.opt, _, _ = deepspeed.initialize(model=model, optimizer=opt,
                                                            config=conf)
         self.model = self.engine.module
-        self.autocast = None
+        self.autocast = False
 
     def forward(self, ids):
         return self.engine(input_ids=ids).logits
