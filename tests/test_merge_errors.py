@@ -283,6 +283,7 @@ def test_interrupted_merge_leaves_nothing_and_rerun_is_identical(tmp_path):
     # re-run into the same OUT_DIR: the stale partial folder goes, the output is complete
     rerun = run_cli(["merge", path, "--out", out, "--stats", tmp_path / "a.json"])
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "\r" not in rerun.stderr, "progress to a log (not a terminal) must be plain lines"
     assert not list(tmp_path.glob(f".{out.name}.partial*"))
     clean = run_cli(["merge", path, "--out", tmp_path / "clean", "--stats", tmp_path / "b.json"])
     assert clean.returncode == 0, clean.stderr[-2000:]
