@@ -274,3 +274,40 @@ def test_refuses_unsupported_methods(f32_two, tmp_path, capsys, method):
     if method == "slerp":
         cfg["parameters"] = {"t": 0.5}
     _refused(tmp_path, capsys, cfg, method)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML shapes users bring
+
+
+def test_ties_base_also_listed_in_models(mergekit_merge, f32_two, tmp_path):
+    # mergekit's own TIES example lists the base among the models, without parameters
+    cfg = mergekit_config(f32_two, "ties", [1.0, 0.6], [0.5, 0.3])
+    cfg["models"].insert(0, {"model": str(f32_two.base_path)})
+    theirs, ours = both(mergekit_merge, cfg, tmp_path)
+    assert_bitwise_equal(theirs, ours)
+
+
+def test_top_level_weight_and_density_with_per_model_override(mergekit_merge, f32_three_sharded,
+                                                              tmp_path):
+    cfg = mergekit_config(f32_three_sharded, "ties", [1.0, 0.6, 1.3],
+                          params={"weight": 0.7, "density": 0.4, "lambda": 0.9})
+    for m in cfg["models"][:2]:
+        del m["parameters"]["weight"]  # these two take the top-level weight
+    cfg["models"][2]["parameters"]["density"] = 0.2
+    theirs, ours = both(mergekit_merge, cfg, tmp_path)
+    assert_bitwise_equal(theirs, ours)
+
+
+@pytest.mark.parametrize("method, params", [("task_arithmetic", {"lambda": 0.8}),
+                                            ("linear", None),
+                                            ("ties", {"normalize": False})])
+def test_bf16_arithmetic_dtype_other_methods(mergekit_merge, bf16_three_sharded, tmp_path,
+                                             method, params):
+    densities = [0.3, 0.5, 0.2] if method == "ties" else None
+    cfg = mergekit_config(bf16_three_sharded, method, [1.0, 0.6, 1.3], densities, params=params,
+                          dtype="bfloat16", with_base=method != "linear")
+    theirs, ours = both(mergekit_merge, cfg, tmp_path)
+    allowed = (tie_positions(bf16_three_sharded, densities, arith_dtype=torch.bfloat16)
+               if method == "ties" else None)
+    assert_bitwise_equal(theirs, ours, allowed=allowed)
