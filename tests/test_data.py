@@ -69,6 +69,16 @@ def test_english_corpus_and_ct_corpus(cfg):
     assert any(ord(c) > 0x0980 for c in bn[0]["text"])
 
 
+def test_sft_holds_out_the_english_test_items(tmp_path):
+    # 400 examples: drawn without the hold-out, 2 of them would be test items (checked)
+    cfg = tiny_config(mini__sft_examples=400)
+    rows = data.build_sft(cfg)
+    data.build_eval(cfg, "en", tmp_path)
+    tests = {r["query"] for t in cfg["english"]["tasks"]
+             for r in fsutil.read_jsonl(tmp_path / f"{t}.test.jsonl")}
+    assert len(rows) == 400 and not tests & {r["prompt"] for r in rows}
+
+
 def test_sft_data_answers_are_right(cfg):
     rows = data.build_sft(cfg)
     assert len(rows) == cfg["mini"]["sft_examples"]

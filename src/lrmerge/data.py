@@ -484,12 +484,23 @@ def build_sft(cfg: dict) -> list[dict]:
     spec = (cfg.get("sft") or {}).get("data") or {"kind": "generated"}
     kind = spec.get("kind", "generated")
     if kind == "generated":
-        n = int((cfg.get("mini") or {}).get("sft_examples", 2000))
+        mini = cfg.get("mini") or {}
+        n = int(mini.get("sft_examples", 2000))
         g = Grammar(random.Random(f"sft:{int(cfg.get('seed', 0))}"))
         lex = Lexicon("en", None, 0)
+        # The English test items stay unseen: an SFT prompt equal to one is drawn again.
+        held_out = set()
+        for task in (cfg.get("english") or {}).get("tasks") or []:
+            if task.split("_", 1)[0] in FAMILIES:
+                held_out |= {r["query"] for r in _generated_task_rows(
+                    cfg, "en", task, task_family(cfg, task), "test",
+                    int(mini.get("eval_examples", 100)))}
         rows = []
         for i in range(n):
-            item = _mc_item(FAMILIES[i % len(FAMILIES)], g, lex)
+            while True:
+                item = _mc_item(FAMILIES[i % len(FAMILIES)], g, lex)
+                if item["query"] not in held_out:
+                    break
             rows.append({"prompt": item["query"], "response": item["choices"][item["gold"]],
                          "family": item["family"]})
         return rows
