@@ -31,7 +31,8 @@ test-fast: venv
 ## the mini preset end to end on CPU
 demo: venv
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/mini
-	@echo "figures: results/mini/figures/saturation.png results/mini/figures/discarded.png"
+	@echo "figures: $(abspath results/mini/figures)/saturation.png and discarded.png (pdf beside them)"
+	@echo "tables:  $(abspath results/mini/tables)/scores.csv and discarded.csv"
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
