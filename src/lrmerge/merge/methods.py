@@ -158,8 +158,8 @@ def _windowed_selection(task: TensorTask, ks: np.ndarray) -> list[Selection | No
     above = np.zeros((K.GROUPS, n), np.int64)
     cand_keys = task.scratch.get("candidates", (K.GROUPS, n, cap), np.uint32)
     cand_count = np.zeros((K.GROUPS, n), np.int64)
-    K.trim_scan(task.base, task.xs, task.kind, windows[:, 0].copy(), windows[:, 1].copy(), above,
-                cand_keys, cand_count, task.arith)
+    K.TRIM_SCAN[task.arith](task.base, task.xs, task.kind, windows[:, 0].copy(),
+                            windows[:, 1].copy(), above, cand_keys, cand_count)
     return select_from_candidates(ks, numel, above, cand_keys, cand_count)
 
 
@@ -202,8 +202,9 @@ def average(task: TensorTask) -> np.ndarray:
 @register("task_arithmetic")
 def task_arithmetic(task: TensorTask) -> np.ndarray:
     cfg = task.config
-    task.check(K.task_arithmetic(task.base, task.xs, task.kind, task.weights, cfg.normalize,
-                                 np.float32(cfg.lambda_), task.arith, task.out, task.out_kind))
+    kernel = K.TASK_ARITHMETIC[task.arith]
+    task.check(kernel(task.base, task.xs, task.kind, task.weights, cfg.normalize,
+                      np.float32(cfg.lambda_), task.out, task.out_kind))
     return _all_kept(task)
 
 
@@ -248,11 +249,13 @@ def ties_family(task: TensorTask) -> np.ndarray:
     no_hist = np.zeros((1, 1, 1), np.int64)
     no_quota = np.zeros(K.GROUPS, np.int64)
 
+    kernel = K.TIES[task.arith]
+
     def run(sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist):
-        return K.ties(task.base, task.xs, task.kind, weights, sparsify, keep_all, threshold, quota,
+        return kernel(task.base, task.xs, task.kind, weights, sparsify, keep_all, threshold, quota,
                       density, seeds, vote, cfg.normalize, lam, protect, sv_mode,
                       np.uint32(sv_bucket), np.uint32(sv_threshold), sv_quota, sv_hist, task.out,
-                      task.out_kind, stats, task.arith)
+                      task.out_kind, stats)
 
     sv_threshold, sv_quota = 0, no_quota  # reserve nothing
     if protect >= 0 and cfg.slack > 0:
