@@ -134,6 +134,21 @@ def test_model_names_default_to_folder_names(f32_two, tmp_path):
     assert stats["models"] == [p.name for p in f32_two.model_paths]
 
 
+def test_top_level_weight_is_the_default_that_models_override(f32_two, tmp_path):
+    explicit = native_config(f32_two, "ties", density=0.5, out_dtype="float32")
+    explicit["models"][0]["weight"] = 0.4
+    explicit["models"][1]["weight"] = 1.5
+    defaulted = native_config(f32_two, "ties", density=0.5, out_dtype="float32")
+    defaulted["weight"] = 0.4
+    defaulted["models"][0].pop("weight", None)
+    defaulted["models"][1]["weight"] = 1.5
+    a_stats, a = run_engine(explicit, tmp_path / "a")
+    b_stats, b = run_engine(defaulted, tmp_path / "b")
+    assert b_stats["parameters"]["models"][0]["weight"] == 0.4
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 def test_no_partial_folder_left_and_stale_partial_removed(f32_two, tmp_path):
     out = tmp_path / "merged"
     stale = tmp_path / ".merged.partial"

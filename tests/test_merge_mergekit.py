@@ -172,6 +172,13 @@ def test_ties_float32_top_level_density_and_out_dtype(mergekit_merge, f32_two, t
     assert_bitwise_equal(theirs, ours)
 
 
+def test_ties_density_zero_keeps_nothing_as_mergekit(mergekit_merge, f32_two, tmp_path):
+    # mergekit drops a model whose density is 0 entirely (the native recipe keeps k = max(1, .))
+    cfg = mergekit_config(f32_two, "ties", [1.0, 0.6], [0.0, 0.4])
+    theirs, ours = both(mergekit_merge, cfg, tmp_path)
+    assert_bitwise_equal(theirs, ours)
+
+
 # ---------------------------------------------------------------------------------------------
 # bfloat16 inputs
 

@@ -17,8 +17,8 @@ import yaml
 from .errors import MergeError
 
 METHODS = ("average", "task_arithmetic", "ties", "ties_sv", "dare_ties", "dare_linear")
-NATIVE_KEYS = {"method", "base", "models", "density", "lambda", "slack", "protect", "trim_scope",
-               "vote", "seed", "dtype", "out_dtype"}
+NATIVE_KEYS = {"method", "base", "models", "weight", "density", "lambda", "slack", "protect",
+               "trim_scope", "vote", "seed", "dtype", "out_dtype"}
 MODEL_KEYS = {"path", "weight", "name", "density"}
 OUT_DTYPES = ("float32", "bfloat16", "float16")
 # mergekit method -> (our method, its default for `normalize`)
@@ -165,6 +165,7 @@ def _from_native(data: dict, label: str, root: Path) -> MergeConfig:
     models_raw = data.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         raise MergeError(f"{label}: key 'models': expected a non-empty list of {{path, weight}}")
+    default_weight = _number(data.get("weight", 1.0), f"{label}: key 'weight'")
     models = []
     for i, entry in enumerate(models_raw):
         where = f"{label}: models[{i}]"
@@ -180,7 +181,7 @@ def _from_native(data: dict, label: str, root: Path) -> MergeConfig:
         models.append(ModelSpec(
             path=path,
             name=str(name),
-            weight=_number(entry.get("weight", 1.0), f"{where}.weight"),
+            weight=_number(entry.get("weight", default_weight), f"{where}.weight"),
             density=(_number(entry["density"], f"{where}.density", 0, 1)
                      if entry.get("density") is not None else None),
         ))

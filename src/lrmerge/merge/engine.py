@@ -199,7 +199,8 @@ def _model_scope_trim(inputs: Inputs, order: list[str]) -> dict[str, list]:
                 acc += hist.sum(axis=0)
         return np.concatenate(rows) if mode == K.COUNT_EQUAL else acc
 
-    selections = radix_select(count_pass, n, trim_counts(total, inputs.config.densities()), True)
+    ks = trim_counts(total, inputs.config.densities(), inputs.config.source == "mergekit")
+    selections = radix_select(count_pass, n, ks, True)
     per_tensor = {}
     for t, name in enumerate(order):
         row = []

@@ -125,9 +125,11 @@ def round_array(a: np.ndarray, arith: int) -> np.ndarray:
     return a
 
 
-def trim_counts(numel: int, densities: list[float]) -> np.ndarray:
-    """k = max(1, floor(d * numel)) entries kept per model; d >= 1 keeps all."""
-    return np.array([numel if d >= 1 else max(1, math.floor(d * numel)) for d in densities], np.int64)
+def trim_counts(numel: int, densities: list[float], zero_keeps_none: bool = False) -> np.ndarray:
+    """k = max(1, floor(d * numel)) entries kept per model; d >= 1 keeps all. mergekit keeps none
+    at d = 0 (zero_keeps_none, for its configs)."""
+    return np.array([numel if d >= 1 else 0 if d <= 0 and zero_keeps_none
+                     else max(1, math.floor(d * numel)) for d in densities], np.int64)
 
 
 SAMPLE = 1 << 16  # keys sampled to place the candidate window; tensors this small get exact passes
@@ -170,7 +172,7 @@ def trim_selection(task: TensorTask) -> list[Selection | None]:
     misled (very rare), or for small tensors, the plain radix passes.
     """
     n, numel = task.xs.shape
-    ks = trim_counts(numel, task.config.densities())
+    ks = trim_counts(numel, task.config.densities(), task.config.source == "mergekit")
     if numel < 4 * SAMPLE:
         base = _decode(task.base, task.kind)
         keys = np.abs(round_array(_decode(task.xs, task.kind) - base, task.arith)).view(np.uint32)
@@ -233,7 +235,10 @@ def ties_family(task: TensorTask) -> np.ndarray:
         sparsify = K.SPARSIFY_MAGNITUDE
         selections = task.trim if task.trim is not None else trim_selection(task)
         for i, sel in enumerate(selections):
-            if sel is None:
+            if sel is None and density[i] <= 0 and cfg.source == "mergekit":
+                threshold[i] = 0xFFFFFFFF  # nothing kept: no |tau| lies beyond
+                quota[:, i] = 0
+            elif sel is None:
                 keep_all[i] = True
             else:
                 threshold[i] = sel.threshold

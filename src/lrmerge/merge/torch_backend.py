@@ -39,6 +39,8 @@ class _Rounder:
 def _keep_largest(keys: torch.Tensor, k: int) -> torch.Tensor:
     """Mask of the k largest keys; among keys equal to the k-th, the lowest indices."""
     numel = keys.numel()
+    if k <= 0:
+        return torch.zeros_like(keys, dtype=torch.bool)
     if k >= numel:
         return torch.ones_like(keys, dtype=torch.bool)
     threshold = torch.kthvalue(keys, numel - k + 1).values
@@ -133,7 +135,8 @@ def merge_tensor(task: TensorTask, device: str) -> np.ndarray:
                 t = torch.where(keep, rnd(tau / torch.tensor(densities[i], dtype=torch.float32,
                                                               device=device)), tau * 0)
         else:
-            keep = _keep_largest(tau.abs().view(torch.int32), int(trim_counts(numel, [densities[i]])[0]))
+            k = int(trim_counts(numel, [densities[i]], cfg.source == "mergekit")[0])
+            keep = _keep_largest(tau.abs().view(torch.int32), k)
             t = torch.where(keep, tau, tau * 0)
         keeps.append(keep)
         trimmed.append(t)
