@@ -457,20 +457,158 @@ def _ties(
                 stats[g, i, 0] += kept_count
                 stats[g, i, 1] += discarded
             for j in range(m):
-                mix = rnd(mixed[j], arith)
-                if normalize:
-                    d = rnd(divisor[j], arith)
-                    if d == 0 or (vote < 0 and abs(d) < 1e-8):
-                        d = np.float32(1)
-                    mix = rnd(np.float32(mix / d), arith)
-                if lam != 1:
-                    mix = rnd(np.float32(mix * lam), arith)
-                mixed[j] = rnd(np.float32(bb[j] + mix), arith)
+                mixed[j] = _finish(mixed[j], divisor[j], bb[j], normalize, lam, vote, arith)
             for j in range(m):
                 store(out, start + j, mixed[j], out_kind)
             for j in range(m):
                 if not np.isfinite(mixed[j]) and bad[g] < 0:
                     bad[g] = start + j
+    return bad.max()
+
+
+@njit(inline="always")
+def _finish(mixed, divisor, b, normalize, lam, vote, arith):
+    """base + lambda * (sum of agreeing u / their weight), each step rounded to `arith`."""
+    mix = rnd(mixed, arith)
+    if normalize:
+        d = rnd(divisor, arith)
+        if d == 0 or (vote < 0 and abs(d) < 1e-8):
+            d = np.float32(1)
+        mix = rnd(np.float32(mix / d), arith)
+    if lam != 1:
+        mix = rnd(np.float32(mix * lam), arith)
+    return rnd(np.float32(b + mix), arith)
+
+
+@njit(parallel=True, cache=True)
+def ties_window(base, xs, kind, weights, window_lo, window_hi, vote, normalize, lam, out, out_kind,
+                stats, above, cand_keys, cand_count, unsure, unsure_count):
+    """TIES in one pass, before the exact trim threshold is known (float32 arithmetic).
+
+    Each model's threshold is expected inside [window_lo[i], window_hi[i]] (from a sample): keys
+    beyond the window are kept, keys below it trimmed, and an element with any key inside some
+    window is "unsure": its index goes to unsure[g, :] and its keys to cand_keys[g, i, :] (as in
+    trim_scan, with above[g, i] counting the keys beyond). Every other element is merged and
+    counted in stats for good; ties_fixup later merges the unsure ones once the candidates have
+    given the exact thresholds. Counts run past the capacities, to tell an overflow.
+    """
+    n_models, n = xs.shape
+    cap = cand_keys.shape[2]
+    ucap = unsure.shape[1]
+    bad = np.full(GROUPS, -1, np.int64)
+    unweighted = vote == VOTE_UNWEIGHTED
+    for g in prange(GROUPS):
+        bb = np.empty(BLOCK, np.float32)
+        keys = np.empty(BLOCK, np.uint32)
+        tr = np.empty((n_models, BLOCK), np.float32)
+        u = np.empty((n_models, BLOCK), np.float32)
+        keep = np.empty((n_models, BLOCK), np.bool_)
+        agree = np.empty((n_models, BLOCK), np.bool_)
+        sure = np.empty(BLOCK, np.bool_)
+        vote_sum = np.empty(BLOCK, np.float32)
+        positive = np.empty(BLOCK, np.bool_)
+        mixed = np.empty(BLOCK, np.float32)
+        divisor = np.empty(BLOCK, np.float32)
+        lo, hi = _group_range(g, n)
+        for start in range(lo, hi, BLOCK):
+            m = min(BLOCK, hi - start)
+            for j in range(m):
+                bb[j] = load(base, 0, start + j, kind)
+                sure[j] = True
+            for i in range(n_models):
+                wlo, whi = window_lo[i], window_hi[i]
+                beyond = 0
+                for j in range(m):
+                    t = np.float32(load(xs, i, start + j, kind) - bb[j])
+                    key = f32_bits(abs(t))
+                    keys[j] = key
+                    k = key > whi
+                    keep[i, j] = k
+                    beyond += k
+                    tr[i, j] = t if k else np.float32(t * np.float32(0))
+                above[g, i] += beyond
+                c = cand_count[g, i]
+                for j in range(m):
+                    if keys[j] >= wlo and keys[j] <= whi:
+                        sure[j] = False
+                        if c < cap:
+                            cand_keys[g, i, c] = keys[j]
+                        c += 1
+                cand_count[g, i] = c
+                wi = weights[i]
+                for j in range(m):
+                    u[i, j] = np.float32(tr[i, j] * wi)
+            for i in range(n_models):
+                for j in range(m):
+                    c = tr[i, j] if unweighted else u[i, j]
+                    vote_sum[j] = c if i == 0 else np.float32(vote_sum[j] + c)
+            for j in range(m):
+                positive[j] = vote_sum[j] >= 0
+            _agree_and_mix(tr, u, weights, vote, positive, agree, mixed, divisor, m)
+            for i in range(n_models):
+                kept_count = 0
+                discarded = 0
+                for j in range(m):
+                    kept_count += keep[i, j] & sure[j]
+                    discarded += keep[i, j] & (not agree[i, j]) & sure[j]
+                stats[g, i, 0] += kept_count
+                stats[g, i, 1] += discarded
+            for j in range(m):
+                mixed[j] = _finish(mixed[j], divisor[j], bb[j], normalize, lam, vote, KIND_F32)
+            for j in range(m):
+                store(out, start + j, mixed[j], out_kind)
+            uc = unsure_count[g]
+            for j in range(m):
+                if not sure[j]:
+                    if uc < ucap:
+                        unsure[g, uc] = start + j
+                    uc += 1
+                elif not np.isfinite(mixed[j]) and bad[g] < 0:
+                    bad[g] = start + j
+            unsure_count[g] = uc
+    return bad.max()
+
+
+@njit(parallel=True, cache=True)
+def ties_fixup(base, xs, kind, weights, threshold, quota, vote, normalize, lam, out, out_kind, stats,
+               unsure, unsure_count):
+    """Merge the elements ties_window left unsure, now that the thresholds are exact: in index order
+    within each group, so that ties at a threshold go to the lowest indices, as everywhere else."""
+    n_models, n = xs.shape
+    bad = np.full(GROUPS, -1, np.int64)
+    unweighted = vote == VOTE_UNWEIGHTED
+    for g in prange(GROUPS):
+        used = np.zeros(n_models, np.int64)
+        tr = np.empty((n_models, 1), np.float32)
+        u = np.empty((n_models, 1), np.float32)
+        agree = np.empty((n_models, 1), np.bool_)
+        mixed = np.empty(1, np.float32)
+        divisor = np.empty(1, np.float32)
+        kept = np.empty(n_models, np.bool_)
+        for q in range(unsure_count[g]):
+            j = unsure[g, q]
+            b = load(base, 0, j, kind)
+            vote_sum = np.float32(0)
+            for i in range(n_models):
+                t = np.float32(load(xs, i, j, kind) - b)
+                key = f32_bits(abs(t))
+                k = key > threshold[i]
+                if not k and key == threshold[i] and used[i] < quota[g, i]:
+                    used[i] += 1
+                    k = True
+                kept[i] = k
+                tr[i, 0] = t if k else np.float32(t * np.float32(0))
+                u[i, 0] = np.float32(tr[i, 0] * weights[i])
+                c = tr[i, 0] if unweighted else u[i, 0]
+                vote_sum = c if i == 0 else np.float32(vote_sum + c)
+            _remix_one(tr, u, weights, vote, vote_sum >= 0, agree, mixed, divisor, 0)
+            for i in range(n_models):
+                stats[g, i, 0] += kept[i]
+                stats[g, i, 1] += kept[i] and not agree[i, 0]
+            res = _finish(mixed[0], divisor[0], b, normalize, lam, vote, KIND_F32)
+            store(out, j, res, out_kind)
+            if not np.isfinite(res) and bad[g] < 0:
+                bad[g] = j
     return bad.max()
 
 

@@ -146,6 +146,20 @@ def _decode(a: np.ndarray, kind: int) -> np.ndarray:
 def _windowed_selection(task: TensorTask, ks: np.ndarray) -> list[Selection | None] | None:
     """One pass: counts beyond, and keys inside, a window around each sampled threshold."""
     n, numel = task.xs.shape
+    windows, expected = _sample_windows(task, ks)
+    cap = int(expected * numel / K.GROUPS * 1.5) + 4096
+    above = np.zeros((K.GROUPS, n), np.int64)
+    cand_keys = task.scratch.get("candidates", (K.GROUPS, n, cap), np.uint32)
+    cand_count = np.zeros((K.GROUPS, n), np.int64)
+    K.TRIM_SCAN[task.arith](task.base, task.xs, task.kind, windows[:, 0].copy(),
+                            windows[:, 1].copy(), above, cand_keys, cand_count)
+    return select_from_candidates(ks, numel, above, cand_keys, cand_count)
+
+
+def _sample_windows(task: TensorTask, ks: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per model, a key window that very likely holds the k-th largest |tau| (from a sample), and
+    the largest share of keys a window is expected to hold."""
+    n, numel = task.xs.shape
     stride = numel // SAMPLE
     base = _decode(task.base[:, ::stride], task.kind)
     windows = np.zeros((n, 2), np.uint32)
@@ -156,13 +170,45 @@ def _windowed_selection(task: TensorTask, ks: np.ndarray) -> list[Selection | No
         lo, hi, inside = sample_window(keys.reshape(-1), int(ks[i]), numel)
         windows[i] = lo, hi
         expected = max(expected, inside)
+    return windows, expected
+
+
+def one_pass_ties(task: TensorTask, weights: np.ndarray, vote: int, stats: np.ndarray) -> bool:
+    """TIES in a single pass over the tensor: merge every element whose keys are clear of the
+    sampled threshold windows, then only the few unsure ones once the exact thresholds are known.
+    Returns False (nothing usable written) if a window missed or a buffer overflowed."""
+    cfg = task.config
+    n, numel = task.xs.shape
+    ks = trim_counts(numel, cfg.densities(), cfg.source == "mergekit")
+    if not ((ks > 0) & (ks < numel)).all():
+        return False
+    windows, expected = _sample_windows(task, ks)
     cap = int(expected * numel / K.GROUPS * 1.5) + 4096
     above = np.zeros((K.GROUPS, n), np.int64)
     cand_keys = task.scratch.get("candidates", (K.GROUPS, n, cap), np.uint32)
     cand_count = np.zeros((K.GROUPS, n), np.int64)
-    K.TRIM_SCAN[task.arith](task.base, task.xs, task.kind, windows[:, 0].copy(),
-                            windows[:, 1].copy(), above, cand_keys, cand_count)
-    return select_from_candidates(ks, numel, above, cand_keys, cand_count)
+    unsure = task.scratch.get("unsure", (K.GROUPS, n * cap), np.int64)
+    unsure_count = np.zeros(K.GROUPS, np.int64)
+    stats[:] = 0
+    lam = np.float32(cfg.lambda_)
+    bad = K.ties_window(task.base, task.xs, task.kind, weights, windows[:, 0].copy(),
+                        windows[:, 1].copy(), vote, cfg.normalize, lam, task.out, task.out_kind,
+                        stats, above, cand_keys, cand_count, unsure, unsure_count)
+    if (unsure_count > unsure.shape[1]).any():
+        return False
+    selections = select_from_candidates(ks, numel, above, cand_keys, cand_count)
+    if selections is None:
+        return False
+    task.check(bad)
+    threshold = np.array([sel.threshold for sel in selections], np.uint32)
+    quota = np.full((K.GROUPS, n), np.iinfo(np.int64).max, np.int64)
+    for i, sel in enumerate(selections):
+        if sel.quota is not None:
+            quota[:, i] = sel.quota
+    task.check(K.ties_fixup(task.base, task.xs, task.kind, weights, threshold, quota, vote,
+                            cfg.normalize, lam, task.out, task.out_kind, stats, unsure,
+                            unsure_count))
+    return True
 
 
 def trim_selection(task: TensorTask) -> list[Selection | None]:
@@ -233,6 +279,12 @@ def ties_family(task: TensorTask) -> np.ndarray:
         seeds[:] = [(cfg.seed << 32) ^ zlib.crc32(task.name.encode()) ^ (i << 56) for i in range(n)]
     else:
         sparsify = K.SPARSIFY_MAGNITUDE
+        if (cfg.method == "ties" and task.trim is None and task.arith == K.KIND_F32
+                and numel >= 4 * SAMPLE):
+            vote = K.VOTE_UNWEIGHTED if cfg.vote == "unweighted" else K.VOTE_WEIGHTED
+            stats = np.zeros((K.GROUPS, n, 3), np.int64)
+            if one_pass_ties(task, task.weights, vote, stats):
+                return stats.sum(axis=0)
         selections = task.trim if task.trim is not None else trim_selection(task)
         for i, sel in enumerate(selections):
             if sel is None and density[i] <= 0 and cfg.source == "mergekit":
