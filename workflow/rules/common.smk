@@ -55,7 +55,9 @@ def _alternatives(values):
 wildcard_constraints:
     lang=_alternatives(LANGS),
     corpus=_alternatives(LANGS + ["en"]),
-    tokens=r"\d+",
+    tokens=_alternatives(
+        sorted({n for f in config["languages"].values() for n in f["budgets"]})
+    ),
     method=_alternatives(sorted({m.variant for m in MERGES.values()}) or ["-"]),
     group=_alternatives(sorted({m.group for m in MERGES.values()}) or ["-"]),
     model=_alternatives(MODELS),
