@@ -26,6 +26,9 @@ def _inputs(kind: int, numel: int, n: int, seed: int):
     xs = [base + s * rng.standard_normal(numel).astype(np.float32) for s in (0.002, 0.003, 0.001)[:n]]
     if kind == K.KIND_BF16:
         return _bf16(base)[None], np.stack([_bf16(x) for x in xs])
+    if kind == K.KIND_F16:
+        return (base.astype(np.float16).view(np.int16)[None],
+                np.stack([x.astype(np.float16).view(np.int16) for x in xs]))
     return base[None], np.stack(xs)
 
 
@@ -42,9 +45,17 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kind", [K.KIND_F32, K.KIND_BF16])
+# every case on float32 and bfloat16 storage; float16 storage for a few (each storage dtype and
+# arithmetic dtype is a kernel compilation of its own, seconds each)
+MATRIX = [(kind, case) for kind in (K.KIND_F32, K.KIND_BF16) for case in CASES] + [
+    (K.KIND_F16, case) for case in CASES if case["method"] in ("average", "ties")
+]
+
+
 @pytest.mark.parametrize("numel", [1000, 300_000])  # in-memory and windowed selections
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
+@pytest.mark.parametrize("kind, case", MATRIX,
+                         ids=lambda v: "-".join(f"{x}" for x in v.values()) if isinstance(v, dict)
+                         else f"kind{v}")
 def test_torch_backend_equals_kernels(kind, numel, case):
     n = 3 if case["method"] != "ties_sv" else 2
     models = [{"path": f"/m{i}", "name": f"m{i}", "weight": (0.7, 1.3, 1.0)[i]} for i in range(n)]

@@ -19,7 +19,8 @@ import numpy as np
 from .errors import MergeError
 
 # safetensors dtype -> (numpy storage dtype, kernel kind)
-DTYPES = {"F32": (np.float32, 0), "BF16": (np.uint16, 1), "F16": (np.uint16, 2)}
+# bf16 and fp16 bits travel in different integer dtypes so the kernels know the format by type
+DTYPES = {"F32": (np.float32, 0), "BF16": (np.uint16, 1), "F16": (np.int16, 2)}
 DTYPE_NAMES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 ITEMSIZE = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
             "BOOL": 1}

@@ -23,7 +23,7 @@ from numba.extending import intrinsic, overload
 
 GROUPS = 64
 BLOCK = 1024  # elements per step of the blocked kernels
-KIND_F32, KIND_BF16, KIND_F16 = 0, 1, 2
+KIND_F32, KIND_BF16, KIND_F16 = 0, 1, 2  # storage: float32, uint16 (bf16 bits), int16 (fp16 bits)
 # pass modes of the selection kernels
 HIST_HIGH, HIST_LOW, COUNT_EQUAL = 0, 1, 2
 # vote rules
@@ -49,7 +49,7 @@ def _f16_bits_to_f32(typingctx, v):
     def codegen(context, builder, signature, args):
         return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
 
-    return types.float32(types.uint16), codegen
+    return types.float32(v), codegen  # v: any 16-bit integer holding the bits
 
 
 @intrinsic
@@ -58,7 +58,7 @@ def _f32_to_f16_bits(typingctx, v):
         # fptrunc rounds to nearest even, as torch's float -> half does
         return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
 
-    return types.uint16(types.float32), codegen
+    return types.int16(types.float32), codegen
 
 
 @intrinsic
@@ -85,15 +85,13 @@ def load(a, i, j, kind):  # pragma: no cover - replaced by the overload inside k
 
 @overload(load, inline="always")
 def _load_impl(a, i, j, kind):
+    # The storage dtype says the format at compile time (bfloat16 bits in uint16, float16 bits in
+    # int16), so no run-time branch stands in the way of vectorising the loops.
     if a.dtype == types.float32:
         return lambda a, i, j, kind: a[i, j]
-
-    def impl(a, i, j, kind):
-        if kind == KIND_BF16:
-            return _bf16_bits_to_f32(a[i, j])
-        return _f16_bits_to_f32(a[i, j])
-
-    return impl
+    if a.dtype == types.uint16:
+        return lambda a, i, j, kind: _bf16_bits_to_f32(a[i, j])
+    return lambda a, i, j, kind: _f16_bits_to_f32(a[i, j])
 
 
 def store(a, j, value, kind):  # pragma: no cover - replaced by the overload inside kernels
@@ -109,16 +107,20 @@ def _store_impl(a, j, value, kind):
 
         return impl_f32
 
-    def impl(a, j, value, kind):
-        if kind == KIND_BF16:
+    if a.dtype == types.uint16:
+
+        def impl_bf16(a, j, value, kind):
             bits = f32_bits(value)
             # round to nearest even, as torch's float -> bfloat16 does for finite values
             bits = np.uint32(bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
             a[0, j] = np.uint16(bits >> np.uint32(16))
-        else:
-            a[0, j] = _f32_to_f16_bits(value)
 
-    return impl
+        return impl_bf16
+
+    def impl_f16(a, j, value, kind):
+        a[0, j] = _f32_to_f16_bits(value)
+
+    return impl_f16
 
 
 @njit(inline="always")
