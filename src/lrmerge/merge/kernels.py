@@ -317,6 +317,69 @@ def _trim_scan(base, xs, kind, window_lo, window_hi, above, cand_keys, cand_coun
                 cand_count[g, i] = c
 
 
+@njit(cache=True)
+def select_candidates(ks, numel, above, cand_keys, cand_count):
+    """The exact k-th largest key per model from a windowed pass (see trim_scan / ties_window).
+
+    Returns (ok, threshold (n,), quota (GROUPS, n)); ok is False when some threshold lies outside
+    its window or a candidate buffer overflowed (the caller then runs the radix passes). quota[g, i]
+    is how many keys equal to the threshold group g keeps: the groups in index order, so the lowest
+    flat indices win.
+    """
+    n = above.shape[1]
+    cap = cand_keys.shape[2]
+    threshold = np.zeros(n, np.uint32)
+    quota = np.full((GROUPS, n), np.iinfo(np.int64).max, np.int64)
+    for i in range(n):
+        for g in range(GROUPS):
+            if cand_count[g, i] > cap:
+                return False, threshold, quota
+    for i in range(n):
+        k = ks[i]
+        if k <= 0 or k >= numel:
+            return False, threshold, quota
+        total = 0
+        beyond = 0
+        for g in range(GROUPS):
+            total += cand_count[g, i]
+            beyond += above[g, i]
+        rank = k - beyond  # the threshold is the rank-th largest candidate
+        if rank <= 0 or rank > total:
+            return False, threshold, quota
+        pool = np.empty(total, np.uint32)
+        at = 0
+        for g in range(GROUPS):
+            c = cand_count[g, i]
+            pool[at : at + c] = cand_keys[g, i, :c]
+            at += c
+        t = np.partition(pool, total - rank)[total - rank]
+        greater = 0
+        for v in pool:
+            greater += v > t
+        need = rank - greater
+        before = 0
+        for g in range(GROUPS):
+            equal = 0
+            for q in range(cand_count[g, i]):
+                equal += cand_keys[g, i, q] == t
+            quota[g, i] = min(max(need - before, 0), equal)
+            before += equal
+        threshold[i] = t
+    return True, threshold, quota
+
+
+@njit(cache=True)
+def sample_keys(base, xs, kind, stride, count, arith):
+    """|x_i - base| bit patterns at every stride-th index (count of them) for each model."""
+    n_models = xs.shape[0]
+    keys = np.empty((n_models, count), np.uint32)
+    for i in range(n_models):
+        for s in range(count):
+            j = s * stride
+            keys[i, s] = f32_bits(abs(rnd(np.float32(load(xs, i, j, kind) - load(base, 0, j, kind)), arith)))
+    return keys
+
+
 # --- TIES family ----------------------------------------------------------------------------------
 
 

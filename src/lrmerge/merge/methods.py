@@ -22,7 +22,6 @@ from .topk import (
     radix_select,
     sample_window,
     select_direct,
-    select_from_candidates,
 )
 
 REGISTRY: dict[str, Callable[[TensorTask], np.ndarray]] = {}
@@ -153,21 +152,24 @@ def _windowed_selection(task: TensorTask, ks: np.ndarray) -> list[Selection | No
     cand_count = np.zeros((K.GROUPS, n), np.int64)
     K.TRIM_SCAN[task.arith](task.base, task.xs, task.kind, windows[:, 0].copy(),
                             windows[:, 1].copy(), above, cand_keys, cand_count)
-    return select_from_candidates(ks, numel, above, cand_keys, cand_count)
+    ok, threshold, quota = K.select_candidates(ks, numel, above, cand_keys, cand_count)
+    if not ok:
+        return None
+    return [Selection(int(threshold[i]), quota[:, i].copy(), int(ks[i]), numel) for i in range(n)]
 
 
 def _sample_windows(task: TensorTask, ks: np.ndarray) -> tuple[np.ndarray, float]:
     """Per model, a key window that very likely holds the k-th largest |tau| (from a sample), and
     the largest share of keys a window is expected to hold."""
     n, numel = task.xs.shape
-    stride = numel // SAMPLE
-    base = _decode(task.base[:, ::stride], task.kind)
+    # a sample of ~1/64 of the tensor, at most SAMPLE keys: the window's width shrinks as
+    # 1/sqrt(sample), and the elements inside it cost a second look
+    count = min(SAMPLE, max(numel // 64, 4096))
+    keys = K.sample_keys(task.base, task.xs, task.kind, numel // count, count, task.arith)
     windows = np.zeros((n, 2), np.uint32)
     expected = 0.0
     for i in range(n):
-        tau = round_array(_decode(task.xs[i : i + 1, ::stride], task.kind) - base, task.arith)
-        keys = np.abs(tau).view(np.uint32)
-        lo, hi, inside = sample_window(keys.reshape(-1), int(ks[i]), numel)
+        lo, hi, inside = sample_window(keys[i], int(ks[i]), numel)
         windows[i] = lo, hi
         expected = max(expected, inside)
     return windows, expected
@@ -196,15 +198,10 @@ def one_pass_ties(task: TensorTask, weights: np.ndarray, vote: int, stats: np.nd
                         stats, above, cand_keys, cand_count, unsure, unsure_count)
     if (unsure_count > unsure.shape[1]).any():
         return False
-    selections = select_from_candidates(ks, numel, above, cand_keys, cand_count)
-    if selections is None:
+    ok, threshold, quota = K.select_candidates(ks, numel, above, cand_keys, cand_count)
+    if not ok:
         return False
     task.check(bad)
-    threshold = np.array([sel.threshold for sel in selections], np.uint32)
-    quota = np.full((K.GROUPS, n), np.iinfo(np.int64).max, np.int64)
-    for i, sel in enumerate(selections):
-        if sel.quota is not None:
-            quota[:, i] = sel.quota
     task.check(K.ties_fixup(task.base, task.xs, task.kind, weights, threshold, quota, vote,
                             cfg.normalize, lam, task.out, task.out_kind, stats, unsure,
                             unsure_count))

@@ -106,44 +106,6 @@ def sample_window(sample_keys: np.ndarray, k: int, numel: int) -> tuple[int, int
     return low, high, inside
 
 
-def select_from_candidates(
-    ks: np.ndarray,
-    numel: int,
-    above: np.ndarray,
-    cand_keys: np.ndarray,
-    cand_count: np.ndarray,
-) -> list[Selection | None] | None:
-    """Finish a largest-k select from one windowed pass: above (segments, n) counts of keys beyond
-    each window, cand_keys (segments, n, cap) with cand_count (segments, n) the keys inside it.
-    Returns None when a threshold falls outside its window or a candidate buffer overflowed: the
-    caller then runs the plain radix passes.
-    """
-    n = above.shape[1]
-    cap = cand_keys.shape[2]
-    if (cand_count > cap).any():
-        return None
-    results: list[Selection | None] = [None] * n
-    for i in range(n):
-        k = int(ks[i])
-        if not 0 < k < numel:
-            continue
-        beyond_window = int(above[:, i].sum())
-        per_segment = [cand_keys[g, i, : cand_count[g, i]] for g in range(cand_keys.shape[0])]
-        pool = np.concatenate(per_segment)
-        rank = k - beyond_window  # the threshold is the rank-th largest candidate
-        if not 0 < rank <= len(pool):
-            return None
-        threshold = int(np.partition(pool, len(pool) - rank)[len(pool) - rank])
-        need = rank - int(np.count_nonzero(pool > threshold))
-        equal = np.array([int(np.count_nonzero(seg == threshold)) for seg in per_segment])
-        quota = None
-        if need < equal.sum():
-            before = np.concatenate(([0], np.cumsum(equal)[:-1]))
-            quota = np.clip(need - before, 0, equal).astype(np.int64)
-        results[i] = Selection(threshold, quota, k, numel)
-    return results
-
-
 def select_direct(keys: np.ndarray, ks: np.ndarray, segments: np.ndarray) -> list[Selection | None]:
     """The same selection for keys held in memory (small tensors): keys (n, N) uint32; segments:
     the GROUPS + 1 boundaries of the kernels' index groups."""
