@@ -289,3 +289,21 @@ def test_interrupted_merge_leaves_nothing_and_rerun_is_identical(tmp_path):
     assert clean.returncode == 0, clean.stderr[-2000:]
     assert file_digests(out) == file_digests(tmp_path / "clean")
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_hub_id_base_is_looked_up_on_the_hub(f32_two, tmp_path, monkeypatch, capsys):
+    # "org/name" that is no local folder goes to the hub (offline here: a clear error naming it),
+    # and merge-config keeps it as a hub id instead of turning it into a path
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    cfg_path = tmp_path / "m.yaml"
+    code, _, err = run_cli_inprocess(
+        ["merge-config", "--method", "ties", "--base", "meta-llama/Llama-2-7b-hf",
+         "--model", f"ct={f32_two.model_paths[0]}", "--model", f"sft={f32_two.model_paths[1]}",
+         "--density", "0.2", "--out", cfg_path], capsys)
+    assert code == 0, err
+    assert "base: meta-llama/Llama-2-7b-hf" in cfg_path.read_text()
+    code, _, err = run_cli_inprocess(["merge", cfg_path, "--out", tmp_path / "out"], capsys)
+    assert code == 2
+    assert "meta-llama/Llama-2-7b-hf" in err and "hub" in err
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import METHODS, load_merge_config
+from .config import METHODS, is_hub_id, load_merge_config
 from .errors import MergeError
 
 
@@ -40,6 +40,11 @@ def add_parser(subparsers) -> None:
     c.set_defaults(func=_merge_config)
 
 
+def _absolute(path: str) -> str:
+    """A local folder as an absolute path; a hub id ("org/name" that is no folder here) as given."""
+    return path if is_hub_id(path) and not Path(path).exists() else str(Path(path).resolve())
+
+
 def _fail(command: str, error: Exception) -> int:
     print(f"lrmerge {command}: error: {error}", file=sys.stderr)
     return 2
@@ -67,7 +72,7 @@ def _merge_config(args: argparse.Namespace) -> int:
         if not sep or not name:
             return _fail("merge-config", MergeError(f"--model {spec!r}: expected NAME=DIR[@WEIGHT]"))
         path, _, weight = rest.partition("@")
-        entry = {"name": name, "path": str(Path(path).resolve())}
+        entry = {"name": name, "path": _absolute(path)}
         if weight:
             try:
                 entry["weight"] = float(weight)
@@ -76,7 +81,7 @@ def _merge_config(args: argparse.Namespace) -> int:
         models.append(entry)
     data = {"method": args.method}
     if args.base:
-        data["base"] = str(Path(args.base).resolve())
+        data["base"] = _absolute(args.base)
     data["models"] = models
     for key in ("density", "lambda", "slack", "protect", "trim_scope", "vote", "seed", "out_dtype"):
         value = getattr(args, key)

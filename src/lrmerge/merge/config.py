@@ -126,7 +126,16 @@ def _resolve(path: Any, where: str, root: Path) -> Path:
     if "+" in path:
         raise MergeError(f"{where}: LoRA adapters ('model+lora') are not supported: {path}")
     p = Path(os.path.expanduser(path))
-    return p if p.is_absolute() else root / p
+    if p.is_absolute():
+        return p
+    local = root / p
+    # "org/name" that is no folder here is a Hugging Face hub id: kept as it is (see engine._locate)
+    return p if is_hub_id(path) and not local.exists() else local
+
+
+def is_hub_id(text: str) -> bool:
+    return (text.count("/") == 1 and not text.startswith((".", "/", "~"))
+            and all(part and part != ".." for part in text.split("/")))
 
 
 def _load_yaml(source: str | os.PathLike | dict) -> tuple[dict, str, Path]:

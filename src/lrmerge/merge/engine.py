@@ -21,7 +21,7 @@ import numpy as np
 import xxhash
 
 from .checkpoint import DTYPE_NAMES, DTYPES, ITEMSIZE, Checkpoint, OutputTensor, ShardedWriter
-from .config import MergeConfig, load_merge_config
+from .config import MergeConfig, is_hub_id, load_merge_config
 from .errors import MergeError
 from .stats import summarize
 
@@ -62,12 +62,11 @@ def _locate(path: Path, name: str) -> Path:
     if path.is_dir():
         return path
     text = str(path)
-    rel = os.path.relpath(text)
-    if not os.path.isabs(rel) and rel.count("/") == 1 and not rel.startswith("."):
+    if is_hub_id(text):
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(rel, allow_patterns=["*.safetensors", "*.json", "tokenizer*"]))
+            return Path(snapshot_download(text, allow_patterns=["*.safetensors", "*.json", "tokenizer*"]))
         except Exception as e:  # offline, unknown repo, no access: all the same to the user
             raise MergeError(f"model '{name}': {text} is not a local folder and could not be "
                              f"fetched from the hub ({type(e).__name__})") from e
