@@ -201,24 +201,16 @@ def linear(xs, kind, weights, normalize, out, out_kind):
         wsum = np.float32(wsum + weights[i])
     bad = np.full(GROUPS, -1, np.int64)
     for g in prange(GROUPS):
-        acc = np.empty(BLOCK, np.float32)
         lo, hi = _group_range(g, n)
-        for start in range(lo, hi, BLOCK):
-            m = min(BLOCK, hi - start)
-            for j in range(m):
-                acc[j] = np.float32(0)
-            for i in range(n_models):  # model by model over the block, so the loop vectorises
-                wi = weights[i]
-                for j in range(m):
-                    acc[j] = fma32(load(xs, i, start + j, kind), wi, acc[j])
+        for j in range(lo, hi):
+            acc = np.float32(0)
+            for i in range(n_models):
+                acc = fma32(load(xs, i, j, kind), weights[i], acc)
             if normalize:
-                for j in range(m):
-                    acc[j] = np.float32(acc[j] / wsum)
-            for j in range(m):
-                store(out, start + j, acc[j], out_kind)
-            for j in range(m):
-                if not np.isfinite(acc[j]) and bad[g] < 0:
-                    bad[g] = start + j
+                acc = np.float32(acc / wsum)
+            if not np.isfinite(acc) and bad[g] < 0:
+                bad[g] = j
+            store(out, j, acc, out_kind)
     return bad.max()
 
 
@@ -238,30 +230,22 @@ def _task_arithmetic(base, xs, kind, weights, normalize, lam, arith, out, out_ki
         divisor = np.float32(1)
     bad = np.full(GROUPS, -1, np.int64)
     for g in prange(GROUPS):
-        bb = np.empty(BLOCK, np.float32)
-        mixed = np.empty(BLOCK, np.float32)
         lo, hi = _group_range(g, n)
-        for start in range(lo, hi, BLOCK):
-            m = min(BLOCK, hi - start)
-            for j in range(m):
-                bb[j] = load(base, 0, start + j, kind)
-            for i in range(n_models):  # model by model over the block, so the loop vectorises
-                wi = weights[i]
-                for j in range(m):
-                    u = rnd(np.float32(rnd(np.float32(load(xs, i, start + j, kind) - bb[j]), arith) * wi), arith)
-                    mixed[j] = u if i == 0 else np.float32(mixed[j] + u)
-            for j in range(m):
-                mix = rnd(mixed[j], arith)
-                if normalize:
-                    mix = rnd(np.float32(mix / divisor), arith)
-                if lam != 1:
-                    mix = rnd(np.float32(mix * lam), arith)
-                mixed[j] = rnd(np.float32(bb[j] + mix), arith)
-            for j in range(m):
-                store(out, start + j, mixed[j], out_kind)
-            for j in range(m):
-                if not np.isfinite(mixed[j]) and bad[g] < 0:
-                    bad[g] = start + j
+        for j in range(lo, hi):
+            b = load(base, 0, j, kind)
+            mixed = np.float32(0)
+            for i in range(n_models):
+                u = rnd(np.float32(rnd(np.float32(load(xs, i, j, kind) - b), arith) * weights[i]), arith)
+                mixed = u if i == 0 else np.float32(mixed + u)
+            mixed = rnd(mixed, arith)
+            if normalize:
+                mixed = rnd(np.float32(mixed / divisor), arith)
+            if lam != 1:
+                mixed = rnd(np.float32(mixed * lam), arith)
+            res = rnd(np.float32(b + mixed), arith)
+            if not np.isfinite(res) and bad[g] < 0:
+                bad[g] = j
+            store(out, j, res, out_kind)
     return bad.max()
 
 
