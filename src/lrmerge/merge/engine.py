@@ -172,7 +172,7 @@ def _read_tensor(inputs: Inputs, name: str, hashers: dict,
 def _model_scope_trim(inputs: Inputs, order: list[str]) -> dict[str, list]:
     """One top-k of |tau| over all tensors of each model (the original TIES code's trim)."""
     from . import kernels as K
-    from .methods import ARITH, trim_counts
+    from .methods import ARITH, Scratch, trim_count_pass, trim_counts
     from .topk import Selection, radix_select
 
     n = len(inputs.models)
@@ -182,21 +182,20 @@ def _model_scope_trim(inputs: Inputs, order: list[str]) -> dict[str, list]:
     buffer = np.empty(len(inputs.all) * max(inputs.reference.tensors[t].nbytes for t in order),
                       np.uint8)
 
+    scratch = Scratch()
+
     def count_pass(mode, bucket, threshold):
-        rows = []
-        acc = np.zeros((n, 65536), np.int64)
+        # the per-tensor counts summed over the model; equal counts stacked, tensor by tensor
+        rows, total = [], 0
         for name in order:
             kind = DTYPES[inputs.reference.tensors[name].dtype][1]
             base, xs = _read_tensor(inputs, name, _NullHashers(), buffer)
+            counts = trim_count_pass(base, xs, kind, arith, mode, bucket, threshold, scratch)
             if mode == K.COUNT_EQUAL:
-                hist = np.zeros((K.GROUPS, n, 1), np.int64)
-                K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist, arith)
-                rows.append(hist[:, :, 0])
+                rows.append(counts)
             else:
-                hist = np.zeros((K.thread_slabs(), n, 65536), np.int64)
-                K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist, arith)
-                acc += hist.sum(axis=0)
-        return np.concatenate(rows) if mode == K.COUNT_EQUAL else acc
+                total = total + counts
+        return np.concatenate(rows) if mode == K.COUNT_EQUAL else total
 
     ks = trim_counts(total, inputs.config.densities(), inputs.config.source == "mergekit")
     selections = radix_select(count_pass, n, ks, True)

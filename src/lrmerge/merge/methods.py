@@ -211,8 +211,8 @@ def one_pass_ties(task: TensorTask, weights: np.ndarray, vote: int, stats: np.nd
 def trim_selection(task: TensorTask) -> list[Selection | None]:
     """Per-tensor exact select of the k largest |tau| of each model.
 
-    Large tensors: one pass (high histogram + candidates near a sampled threshold); if the sample
-    misled (very rare), or for small tensors, the plain radix passes.
+    Small tensors: in memory. Large ones: one pass (counts beyond, and keys inside, a window around
+    a sampled threshold); if the sample misled (very rare), the plain radix passes.
     """
     n, numel = task.xs.shape
     ks = trim_counts(numel, task.config.densities(), task.config.source == "mergekit")
@@ -226,15 +226,23 @@ def trim_selection(task: TensorTask) -> list[Selection | None]:
         return found
 
     def count_pass(mode, bucket, threshold):
-        if mode == K.COUNT_EQUAL:
-            hist = np.zeros((K.GROUPS, n, 1), np.int64)
-            K.trim_histogram(task.base, task.xs, task.kind, mode, bucket, threshold, hist, task.arith)
-            return hist[:, :, 0]
-        hist = task.scratch.get("hist", (K.thread_slabs(), n, 65536), np.int64, zero=True)
-        K.trim_histogram(task.base, task.xs, task.kind, mode, bucket, threshold, hist, task.arith)
-        return hist.sum(axis=0)
+        return trim_count_pass(task.base, task.xs, task.kind, task.arith, mode, bucket, threshold,
+                               task.scratch)
 
     return radix_select(count_pass, n, ks, largest=True)
+
+
+def trim_count_pass(base, xs, kind, arith, mode, bucket, threshold, scratch: Scratch) -> np.ndarray:
+    """One radix-select pass over one tensor, in the shape radix_select wants: (n, 65536) counts,
+    or (GROUPS, n) equal counts for COUNT_EQUAL."""
+    n = xs.shape[0]
+    if mode == K.COUNT_EQUAL:
+        hist = np.zeros((K.GROUPS, n, 1), np.int64)
+        K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist, arith)
+        return hist[:, :, 0]
+    hist = scratch.get("hist", (K.thread_slabs(), n, 65536), np.int64, zero=True)
+    K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist, arith)
+    return hist.sum(axis=0)
 
 
 @register("average")
