@@ -50,9 +50,24 @@ def _fail(command: str, error: Exception) -> int:
     return 2
 
 
+def _skip_blas_probe() -> None:
+    """Save ~0.3 s of start-up: numba looks for BLAS by importing scipy.linalg when it first loads a
+    kernel, and no merge kernel uses BLAS. Done only in this command's own process, where nothing
+    else can want numba's BLAS support; scipy.linalg itself stays importable."""
+    if "scipy.linalg" in sys.modules or "numba.np.arraymath" in sys.modules:
+        return
+    sys.modules["scipy.linalg"] = None  # makes `import scipy.linalg` raise ImportError
+    try:
+        import numba.np.arraymath  # noqa: F401  (runs the probe, which now finds no BLAS)
+    finally:
+        del sys.modules["scipy.linalg"]
+
+
 def _merge(args: argparse.Namespace) -> int:
     from .engine import run_merge
 
+    if args.device == "cpu":
+        _skip_blas_probe()
     try:
         stats = run_merge(args.config, args.out, stats_path=args.stats, threads=args.threads,
                           device=args.device, force=args.force, shard_size=args.shard_size,

@@ -87,11 +87,13 @@ def load(a, i, j, kind):  # pragma: no cover - replaced by the overload inside k
 def _load_impl(a, i, j, kind):
     # The storage dtype says the format at compile time (bfloat16 bits in uint16, float16 bits in
     # int16), so no run-time branch stands in the way of vectorising the loops.
+    # Unsigned indices: a signed one costs a negative-index wrap-around test on every access,
+    # which stops the loops vectorising (about 10x slower on a plain read-merge-write loop).
     if a.dtype == types.float32:
-        return lambda a, i, j, kind: a[i, j]
+        return lambda a, i, j, kind: a[np.uint64(i), np.uint64(j)]
     if a.dtype == types.uint16:
-        return lambda a, i, j, kind: _bf16_bits_to_f32(a[i, j])
-    return lambda a, i, j, kind: _f16_bits_to_f32(a[i, j])
+        return lambda a, i, j, kind: _bf16_bits_to_f32(a[np.uint64(i), np.uint64(j)])
+    return lambda a, i, j, kind: _f16_bits_to_f32(a[np.uint64(i), np.uint64(j)])
 
 
 def store(a, j, value, kind):  # pragma: no cover - replaced by the overload inside kernels
@@ -103,7 +105,7 @@ def _store_impl(a, j, value, kind):
     if a.dtype == types.float32:
 
         def impl_f32(a, j, value, kind):
-            a[0, j] = value
+            a[np.uint64(0), np.uint64(j)] = value
 
         return impl_f32
 
@@ -113,12 +115,12 @@ def _store_impl(a, j, value, kind):
             bits = f32_bits(value)
             # round to nearest even, as torch's float -> bfloat16 does for finite values
             bits = np.uint32(bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-            a[0, j] = np.uint16(bits >> np.uint32(16))
+            a[np.uint64(0), np.uint64(j)] = np.uint16(bits >> np.uint32(16))
 
         return impl_bf16
 
     def impl_f16(a, j, value, kind):
-        a[0, j] = _f32_to_f16_bits(value)
+        a[np.uint64(0), np.uint64(j)] = _f32_to_f16_bits(value)
 
     return impl_f16
 
@@ -317,65 +319,75 @@ def _trim_scan(base, xs, kind, window_lo, window_hi, above, cand_keys, cand_coun
                 cand_count[g, i] = c
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)
 def select_candidates(ks, numel, above, cand_keys, cand_count):
     """The exact k-th largest key per model from a windowed pass (see trim_scan / ties_window).
 
     Returns (ok, threshold (n,), quota (GROUPS, n)); ok is False when some threshold lies outside
     its window or a candidate buffer overflowed (the caller then runs the radix passes). quota[g, i]
     is how many keys equal to the threshold group g keeps: the groups in index order, so the lowest
-    flat indices win.
+    flat indices win. The models are selected in parallel.
     """
     n = above.shape[1]
-    cap = cand_keys.shape[2]
     threshold = np.zeros(n, np.uint32)
     quota = np.full((GROUPS, n), np.iinfo(np.int64).max, np.int64)
-    for i in range(n):
-        for g in range(GROUPS):
-            if cand_count[g, i] > cap:
-                return False, threshold, quota
-    for i in range(n):
-        k = ks[i]
-        if k <= 0 or k >= numel:
-            return False, threshold, quota
-        total = 0
-        beyond = 0
-        for g in range(GROUPS):
-            total += cand_count[g, i]
-            beyond += above[g, i]
-        rank = k - beyond  # the threshold is the rank-th largest candidate
-        if rank <= 0 or rank > total:
-            return False, threshold, quota
-        pool = np.empty(total, np.uint32)
-        at = 0
-        for g in range(GROUPS):
-            c = cand_count[g, i]
-            pool[at : at + c] = cand_keys[g, i, :c]
-            at += c
-        t = np.partition(pool, total - rank)[total - rank]
-        greater = 0
-        for v in pool:
-            greater += v > t
-        need = rank - greater
-        before = 0
-        for g in range(GROUPS):
-            equal = 0
-            for q in range(cand_count[g, i]):
-                equal += cand_keys[g, i, q] == t
-            quota[g, i] = min(max(need - before, 0), equal)
-            before += equal
-        threshold[i] = t
-    return True, threshold, quota
+    ok = np.zeros(n, np.uint8)
+    for i in prange(n):
+        ok[i] = _select_one(ks[i], numel, above[:, i], cand_keys[:, i], cand_count[:, i],
+                            threshold[i:i + 1], quota[:, i])
+    return ok.all(), threshold, quota
+
+
+@njit(inline="always")
+def _select_one(k, numel, above, cand_keys, cand_count, threshold, quota):
+    """select_candidates for one model (above, cand_count: (GROUPS,); cand_keys: (GROUPS, cap))."""
+    cap = cand_keys.shape[1]
+    for g in range(GROUPS):
+        if cand_count[g] > cap:
+            return False
+    if k <= 0 or k >= numel:
+        return False
+    total = 0
+    beyond = 0
+    for g in range(GROUPS):
+        total += cand_count[g]
+        beyond += above[g]
+    rank = k - beyond  # the threshold is the rank-th largest candidate
+    if rank <= 0 or rank > total:
+        return False
+    pool = np.empty(total, np.uint32)
+    at = 0
+    for g in range(GROUPS):
+        c = cand_count[g]
+        pool[at : at + c] = cand_keys[g, :c]
+        at += c
+    t = np.partition(pool, total - rank)[total - rank]
+    greater = 0
+    for v in pool:
+        greater += v > t
+    need = rank - greater
+    before = 0
+    for g in range(GROUPS):
+        equal = 0
+        for q in range(cand_count[g]):
+            equal += cand_keys[g, q] == t
+        quota[g] = min(max(need - before, 0), equal)
+        before += equal
+    threshold[0] = t
+    return True
 
 
 @njit(cache=True)
 def sample_keys(base, xs, kind, stride, count, arith):
-    """|x_i - base| bit patterns at every stride-th index (count of them) for each model."""
+    """|x_i - base| bit patterns at one index in each stride-long stretch (count of them) for each
+    model. The index within a stretch is jittered, so a stride that divides the row length does not
+    sample the same few columns of every row (weight deltas can differ by column)."""
     n_models = xs.shape[0]
     keys = np.empty((n_models, count), np.uint32)
     for i in range(n_models):
         for s in range(count):
-            j = s * stride
+            jitter = np.int64((np.uint64(s) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40))
+            j = s * stride + jitter % stride
             keys[i, s] = f32_bits(abs(rnd(np.float32(load(xs, i, j, kind) - load(base, 0, j, kind)), arith)))
     return keys
 
@@ -435,10 +447,10 @@ def _ties(
         bb = np.empty(BLOCK, np.float32)
         tr = np.empty((n_models, BLOCK), np.float32)  # trimmed task vectors
         u = np.empty((n_models, BLOCK), np.float32)  # weighted
-        keep = np.empty((n_models, BLOCK), np.bool_)
-        agree = np.empty((n_models, BLOCK), np.bool_)
+        keep = np.empty((n_models, BLOCK), np.uint8)  # flags as uint8: bool arrays vectorise worse
+        agree = np.empty((n_models, BLOCK), np.uint8)
         vote_sum = np.empty(BLOCK, np.float32)
-        positive = np.empty(BLOCK, np.bool_)
+        positive = np.empty(BLOCK, np.uint8)
         mixed = np.empty(BLOCK, np.float32)
         divisor = np.empty(BLOCK, np.float32)
         slab = np.int64(g) if sv_mode == COUNT_EQUAL else np.int64(get_thread_id())
@@ -518,7 +530,7 @@ def _ties(
                 discarded = 0
                 for j in range(m):
                     kept_count += keep[i, j]
-                    discarded += keep[i, j] and not agree[i, j]
+                    discarded += keep[i, j] & (not agree[i, j])
                 stats[g, i, 0] += kept_count
                 stats[g, i, 1] += discarded
             for j in range(m):
@@ -548,14 +560,18 @@ def _finish(mixed, divisor, b, normalize, lam, vote, arith):
 @njit(parallel=True, cache=True)
 def ties_window(base, xs, kind, weights, window_lo, window_hi, vote, normalize, lam, out, out_kind,
                 stats, above, cand_keys, cand_count, unsure, unsure_count):
-    """TIES in one pass, before the exact trim threshold is known (float32 arithmetic).
+    """TIES in one pass, before the exact trim threshold is known (float32 arithmetic, a weighted
+    or unweighted vote).
 
     Each model's threshold is expected inside [window_lo[i], window_hi[i]] (from a sample): keys
     beyond the window are kept, keys below it trimmed, and an element with any key inside some
-    window is "unsure": its index goes to unsure[g, :] and its keys to cand_keys[g, i, :] (as in
-    trim_scan, with above[g, i] counting the keys beyond). Every other element is merged and
+    window is "unsure": its index goes to unsure[g, :] and its in-window keys to cand_keys[g, i, :]
+    (as in trim_scan, with above[g, i] counting the keys beyond). Every other element is merged and
     counted in stats for good; ties_fixup later merges the unsure ones once the candidates have
     given the exact thresholds. Counts run past the capacities, to tell an overflow.
+
+    The steps are simple loops over a block (flags as uint8, 1-D row views) so that they
+    vectorise; only the few unsure elements take the scalar loop at the end of each block.
     """
     n_models, n = xs.shape
     cap = cand_keys.shape[2]
@@ -564,14 +580,13 @@ def ties_window(base, xs, kind, weights, window_lo, window_hi, vote, normalize, 
     unweighted = vote == VOTE_UNWEIGHTED
     for g in prange(GROUPS):
         bb = np.empty(BLOCK, np.float32)
-        keys = np.empty(BLOCK, np.uint32)
+        keys = np.empty((n_models, BLOCK), np.uint32)
         tr = np.empty((n_models, BLOCK), np.float32)
         u = np.empty((n_models, BLOCK), np.float32)
-        keep = np.empty((n_models, BLOCK), np.bool_)
-        agree = np.empty((n_models, BLOCK), np.bool_)
-        sure = np.empty(BLOCK, np.bool_)
+        keep = np.empty((n_models, BLOCK), np.uint8)
+        agree = np.empty((n_models, BLOCK), np.uint8)
+        sure = np.empty(BLOCK, np.uint8)
         vote_sum = np.empty(BLOCK, np.float32)
-        positive = np.empty(BLOCK, np.bool_)
         mixed = np.empty(BLOCK, np.float32)
         divisor = np.empty(BLOCK, np.float32)
         lo, hi = _group_range(g, n)
@@ -581,56 +596,79 @@ def ties_window(base, xs, kind, weights, window_lo, window_hi, vote, normalize, 
                 bb[j] = load(base, 0, start + j, kind)
                 sure[j] = True
             for i in range(n_models):
-                wlo, whi = window_lo[i], window_hi[i]
+                wlo, whi, wi = window_lo[i], window_hi[i], weights[i]
+                tri, ui, keepi, keysi = tr[i], u[i], keep[i], keys[i]
                 beyond = 0
                 for j in range(m):
                     t = np.float32(load(xs, i, start + j, kind) - bb[j])
                     key = f32_bits(abs(t))
-                    keys[j] = key
+                    keysi[j] = key
                     k = key > whi
-                    keep[i, j] = k
+                    keepi[j] = k
                     beyond += k
-                    tr[i, j] = t if k else np.float32(t * np.float32(0))
+                    sure[j] = sure[j] & ((key < wlo) | k)
+                    # a trimmed entry stays a signed zero, as mergekit's tau * mask
+                    t = t if k else np.float32(t * np.float32(0))
+                    tri[j] = t
+                    ui[j] = np.float32(t * wi)
                 above[g, i] += beyond
-                c = cand_count[g, i]
-                for j in range(m):
-                    if keys[j] >= wlo and keys[j] <= whi:
-                        sure[j] = False
-                        if c < cap:
-                            cand_keys[g, i, c] = keys[j]
-                        c += 1
-                cand_count[g, i] = c
+                stats[g, i, 0] += beyond  # the unsure ones are taken back below
+            # sign election over the models, summed in model order
+            for i in range(n_models):
+                src = tr[i] if unweighted else u[i]
+                if i == 0:
+                    for j in range(m):
+                        vote_sum[j] = src[j]
+                else:
+                    for j in range(m):
+                        vote_sum[j] = np.float32(vote_sum[j] + src[j])
+            # agreement, and the sums of agreeing u and weights (mergekit's order)
+            for i in range(n_models):
                 wi = weights[i]
-                for j in range(m):
-                    u[i, j] = np.float32(tr[i, j] * wi)
-            for i in range(n_models):
-                for j in range(m):
-                    c = tr[i, j] if unweighted else u[i, j]
-                    vote_sum[j] = c if i == 0 else np.float32(vote_sum[j] + c)
-            for j in range(m):
-                positive[j] = vote_sum[j] >= 0
-            _agree_and_mix(tr, u, weights, vote, positive, agree, mixed, divisor, m)
-            for i in range(n_models):
-                kept_count = 0
+                d_agree = np.float32(1) if unweighted else wi
+                d_not = np.float32(0) if unweighted else np.float32(wi * np.float32(0))
+                src = tr[i] if unweighted else u[i]
+                ui, agreei, keepi = u[i], agree[i], keep[i]
                 discarded = 0
                 for j in range(m):
-                    kept_count += keep[i, j] & sure[j]
-                    discarded += keep[i, j] & (not agree[i, j]) & sure[j]
-                stats[g, i, 0] += kept_count
+                    a = (src[j] > 0) if vote_sum[j] >= 0 else (src[j] < 0)
+                    agreei[j] = a
+                    discarded += keepi[j] & (not a)
+                    c = ui[j] if a else np.float32(ui[j] * np.float32(0))
+                    d = d_agree if a else d_not
+                    mixed[j] = c if i == 0 else np.float32(mixed[j] + c)
+                    divisor[j] = d if i == 0 else np.float32(divisor[j] + d)
                 stats[g, i, 1] += discarded
             for j in range(m):
                 mixed[j] = _finish(mixed[j], divisor[j], bb[j], normalize, lam, vote, KIND_F32)
             for j in range(m):
                 store(out, start + j, mixed[j], out_kind)
             uc = unsure_count[g]
+            unsure_g = unsure[g]
             for j in range(m):
                 if not sure[j]:
                     if uc < ucap:
-                        unsure[g, uc] = start + j
+                        unsure_g[np.uint64(uc)] = start + j
                     uc += 1
-                elif not np.isfinite(mixed[j]) and bad[g] < 0:
-                    bad[g] = start + j
+                    for i in range(n_models):
+                        stats[g, i, 0] -= keep[i, j]
+                        stats[g, i, 1] -= keep[i, j] & (not agree[i, j])
+                        key = keys[i, j]
+                        if key >= window_lo[i] and key <= window_hi[i]:
+                            c = cand_count[g, i]
+                            if c < cap:
+                                cand_keys[g, i, c] = key
+                            cand_count[g, i] = c + 1
             unsure_count[g] = uc
+            if bad[g] < 0:
+                nonfinite = False
+                for j in range(m):
+                    nonfinite |= not np.isfinite(mixed[j])
+                if nonfinite:
+                    for j in range(m):
+                        if sure[j] and not np.isfinite(mixed[j]):
+                            bad[g] = start + j
+                            break
     return bad.max()
 
 
