@@ -182,6 +182,13 @@ def test_merge_path_does_not_import_transformers(f32_two, tmp_path):
         "assert rc == 0, rc\n"
         "bad = [m for m in ('transformers', 'peft', 'accelerate') if m in sys.modules]\n"
         "assert not bad, bad\n"
+        # numba's BLAS probe (an import of scipy.linalg, ~0.3 s) is skipped, and scipy.linalg
+        # stays importable afterwards
+        "import importlib.util\n"
+        "if importlib.util.find_spec('scipy'):\n"
+        "    assert 'scipy.linalg' not in sys.modules\n"
+        "    import scipy.linalg\n"
+        "    assert scipy.linalg.norm([3.0, 4.0]) == 5.0\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
@@ -227,6 +234,15 @@ CASES = {
                        "models_w": [1.0, 0.6, 1.3], "lambda": 1.1},
                       {"method": "ties_sv", "weights": [1.0, 0.6, 1.3], "densities": 0.4,
                        "slack": 0.5, "protect": 0, "lam": 1.1}),
+    "ties_sv_unweighted": ("f32_three_sharded",
+                           {"method": "ties_sv", "density": 0.3, "slack": 0.4, "protect": "m1",
+                            "vote": "unweighted", "models_w": [1.0, 0.6, 1.3]},
+                           {"method": "ties_sv", "weights": [1.0, 0.6, 1.3], "densities": 0.3,
+                            "slack": 0.4, "protect": 1, "vote": "unweighted"}),
+    "ties_sv_model_scope": ("f32_two", {"method": "ties_sv", "density": 0.3, "slack": 0.3,
+                                        "protect": "m0", "trim_scope": "model"},
+                            {"method": "ties_sv", "weights": [1.0, 1.0], "densities": 0.3,
+                             "slack": 0.3, "protect": 0, "trim_scope": "model"}),
     # bf16 inputs: many |tau| ties at the threshold, so the tie rule decides the stats
     "ties_bf16": ("bf16_two", {"method": "ties", "density": 0.3, "models_w": [1.0, 0.6]},
                   {"method": "ties", "weights": [1.0, 0.6], "densities": 0.3}),

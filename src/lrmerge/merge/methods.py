@@ -142,37 +142,38 @@ def _decode(a: np.ndarray, kind: int) -> np.ndarray:
     return a.view(np.float16).astype(np.float32)
 
 
+class _Window:
+    """Per model, a key window that very likely holds the k-th largest |tau| (from a sample), and
+    the buffers of a windowed pass: counts beyond the window, and the keys inside it per group."""
+
+    def __init__(self, task: TensorTask, ks: np.ndarray):
+        n, numel = task.xs.shape
+        # a sample of ~1/64 of the tensor, at most SAMPLE keys: the window's width shrinks as
+        # 1/sqrt(sample), and the elements inside it cost a second look
+        count = min(SAMPLE, max(numel // 64, 4096))
+        keys = K.sample_keys(task.base, task.xs, task.kind, numel // count, count, task.arith)
+        self.lo = np.zeros(n, np.uint32)
+        self.hi = np.zeros(n, np.uint32)
+        expected = 0.0  # the largest share of keys a window is expected to hold
+        for i in range(n):
+            self.lo[i], self.hi[i], inside = sample_window(keys[i], int(ks[i]), numel)
+            expected = max(expected, inside)
+        cap = int(expected * numel / K.GROUPS * 1.5) + 4096
+        self.above = np.zeros((K.GROUPS, n), np.int64)
+        self.cand_keys = task.scratch.get("candidates", (K.GROUPS, n, cap), np.uint32)
+        self.cand_count = np.zeros((K.GROUPS, n), np.int64)
+
+
 def _windowed_selection(task: TensorTask, ks: np.ndarray) -> list[Selection | None] | None:
     """One pass: counts beyond, and keys inside, a window around each sampled threshold."""
     n, numel = task.xs.shape
-    windows, expected = _sample_windows(task, ks)
-    cap = int(expected * numel / K.GROUPS * 1.5) + 4096
-    above = np.zeros((K.GROUPS, n), np.int64)
-    cand_keys = task.scratch.get("candidates", (K.GROUPS, n, cap), np.uint32)
-    cand_count = np.zeros((K.GROUPS, n), np.int64)
-    K.TRIM_SCAN[task.arith](task.base, task.xs, task.kind, windows[:, 0].copy(),
-                            windows[:, 1].copy(), above, cand_keys, cand_count)
-    ok, threshold, quota = K.select_candidates(ks, numel, above, cand_keys, cand_count)
+    w = _Window(task, ks)
+    K.TRIM_SCAN[task.arith](task.base, task.xs, task.kind, w.lo, w.hi, w.above, w.cand_keys,
+                            w.cand_count)
+    ok, threshold, quota = K.select_candidates(ks, numel, w.above, w.cand_keys, w.cand_count)
     if not ok:
         return None
     return [Selection(int(threshold[i]), quota[:, i].copy(), int(ks[i]), numel) for i in range(n)]
-
-
-def _sample_windows(task: TensorTask, ks: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per model, a key window that very likely holds the k-th largest |tau| (from a sample), and
-    the largest share of keys a window is expected to hold."""
-    n, numel = task.xs.shape
-    # a sample of ~1/64 of the tensor, at most SAMPLE keys: the window's width shrinks as
-    # 1/sqrt(sample), and the elements inside it cost a second look
-    count = min(SAMPLE, max(numel // 64, 4096))
-    keys = K.sample_keys(task.base, task.xs, task.kind, numel // count, count, task.arith)
-    windows = np.zeros((n, 2), np.uint32)
-    expected = 0.0
-    for i in range(n):
-        lo, hi, inside = sample_window(keys[i], int(ks[i]), numel)
-        windows[i] = lo, hi
-        expected = max(expected, inside)
-    return windows, expected
 
 
 def one_pass_ties(task: TensorTask, weights: np.ndarray, vote: int, stats: np.ndarray) -> bool:
@@ -184,21 +185,17 @@ def one_pass_ties(task: TensorTask, weights: np.ndarray, vote: int, stats: np.nd
     ks = trim_counts(numel, cfg.densities(), cfg.source == "mergekit")
     if not ((ks > 0) & (ks < numel)).all():
         return False
-    windows, expected = _sample_windows(task, ks)
-    cap = int(expected * numel / K.GROUPS * 1.5) + 4096
-    above = np.zeros((K.GROUPS, n), np.int64)
-    cand_keys = task.scratch.get("candidates", (K.GROUPS, n, cap), np.uint32)
-    cand_count = np.zeros((K.GROUPS, n), np.int64)
-    unsure = task.scratch.get("unsure", (K.GROUPS, n * cap), np.int64)
+    w = _Window(task, ks)
+    unsure = task.scratch.get("unsure", (K.GROUPS, n * w.cand_keys.shape[2]), np.int64)
     unsure_count = np.zeros(K.GROUPS, np.int64)
     stats[:] = 0
     lam = np.float32(cfg.lambda_)
-    bad = K.ties_window(task.base, task.xs, task.kind, weights, windows[:, 0].copy(),
-                        windows[:, 1].copy(), vote, cfg.normalize, lam, task.out, task.out_kind,
-                        stats, above, cand_keys, cand_count, unsure, unsure_count)
+    bad = K.ties_window(task.base, task.xs, task.kind, weights, w.lo, w.hi, vote, cfg.normalize,
+                        lam, task.out, task.out_kind, stats, w.above, w.cand_keys, w.cand_count,
+                        unsure, unsure_count)
     if (unsure_count > unsure.shape[1]).any():
         return False
-    ok, threshold, quota = K.select_candidates(ks, numel, above, cand_keys, cand_count)
+    ok, threshold, quota = K.select_candidates(ks, numel, w.above, w.cand_keys, w.cand_count)
     if not ok:
         return False
     task.check(bad)
