@@ -29,6 +29,7 @@ AUX_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokeniz
              "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "vocab.json",
              "merges.txt", "chat_template.jinja", "chat_template.json")
 DEFAULT_SHARD_SIZE = 5 * 1024**3
+OUT_BUFFERS = 3
 
 
 def parse_size(text: str | int) -> int:
@@ -281,29 +282,45 @@ def run_merge(
     if out_dir.exists() and not force:
         raise MergeError(f"{out_dir} already exists; pass --force to replace it")
     inputs = open_inputs(cfg)
+    ref = inputs.reference
+    order = sorted(ref.tensors, key=lambda t: (str(ref.tensors[t].file), ref.tensors[t].offset))
+    hashers = {c.name: xxhash.xxh3_128() for c in inputs.all}
+    # two input buffer sets, reused in turn: one being read while the other is merged
+    largest_in = max((ref.tensors[t].nbytes for t in order), default=0)
+    in_buffers = [np.empty(len(inputs.all) * largest_in, np.uint8) for _ in range(2)]
+    reader = ThreadPoolExecutor(1)
+    # the first read overlaps the kernels' start-up (numba's import and cache load)
+    pending = (reader.submit(_read_tensor, inputs, order[0], hashers, in_buffers[0])
+               if order else None)
+    try:
+        return _merge_tensors(cfg, inputs, order, hashers, in_buffers, reader, pending, out_dir,
+                              stats_path, threads, device, shard_size, progress)
+    finally:
+        reader.shutdown(cancel_futures=True)
+        for ckpt in inputs.all:
+            ckpt.close()
 
+
+def _merge_tensors(cfg, inputs, order, hashers, in_buffers, reader, pending, out_dir, stats_path,
+                   threads, device, shard_size, progress) -> dict:
     # Threads that spin between the kernels' many short parallel regions steal the cores the
     # other threads need on a shared machine; sleeping costs microseconds per region.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numba
 
+    from . import kernels
     from .methods import REGISTRY, Scratch, TensorTask
 
     workers = max(1, min(threads or os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(workers)
+    kernels.warm_up()
     ref = inputs.reference
-    order = sorted(ref.tensors, key=lambda t: (str(ref.tensors[t].file), ref.tensors[t].offset))
     out_dtypes = {name: DTYPE_NAMES[cfg.out_dtype] if cfg.out_dtype else ref.tensors[name].dtype
                   for name in order}
     trims = None
     if cfg.method in ("ties", "ties_sv") and cfg.trim_scope == "model":
         trims = _model_scope_trim(inputs, order)
 
-    partial = out_dir.parent / f".{out_dir.name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)  # left by an interrupted run of this same merge
-    partial.mkdir(parents=True)
-    hashers = {c.name: xxhash.xxh3_128() for c in inputs.all}
     method = REGISTRY[cfg.method]
     if device == "cuda":
         from . import torch_backend
@@ -312,6 +329,10 @@ def run_merge(
 
         def method(task):
             return torch_backend.merge_tensor(task, device)
+    partial = out_dir.parent / f".{out_dir.name}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)  # left by an interrupted run of this same merge
+    partial.mkdir(parents=True)
     per_tensor: dict[str, np.ndarray] = {}
     total_bytes = sum(ref.tensors[t].nbytes * len(inputs.all) for t in order)
     bar = Progress(len(order), total_bytes, enabled=progress)
@@ -320,28 +341,25 @@ def run_merge(
             partial, [OutputTensor(t, out_dtypes[t], ref.tensors[t].shape) for t in order],
             parse_size(shard_size), {"lrmerge_method": cfg.method},
         )
-        # two of each buffer, reused in turn: one being read (or written) while the other is merged
-        largest_in = max((ref.tensors[t].nbytes for t in order), default=0)
+        # OUT_BUFFERS output buffers reused in turn, so that writing out a large tensor (the
+        # embeddings) does not hold up the merge of the next ones
         largest_out = max((ITEMSIZE[out_dtypes[t]] * ref.tensors[t].numel for t in order), default=0)
-        in_buffers = [np.empty(len(inputs.all) * largest_in, np.uint8) for _ in range(2)]
-        out_buffers = [np.empty(largest_out, np.uint8) for _ in range(2)]
+        out_buffers = [np.empty(largest_out, np.uint8) for _ in range(OUT_BUFFERS)]
         scratch = Scratch()
-        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as write_pool:
-            pending = (reader.submit(_read_tensor, inputs, order[0], hashers, in_buffers[0])
-                       if order else None)
+        with ThreadPoolExecutor(1) as write_pool:
             writes = []
             for t, name in enumerate(order):
                 base, xs = pending.result()
                 if t + 1 < len(order):
                     pending = reader.submit(_read_tensor, inputs, order[t + 1], hashers,
                                             in_buffers[(t + 1) % 2])
-                if t >= 2:
-                    writes[t - 2].result()  # its output buffer is about to be reused
+                if t >= OUT_BUFFERS:
+                    writes[t - OUT_BUFFERS].result()  # its output buffer is about to be reused
                 info = ref.tensors[name]
                 kind = DTYPES[info.dtype][1]
                 out_storage, out_kind = DTYPES[out_dtypes[name]]
                 out_bytes = np.dtype(out_storage).itemsize * info.numel
-                out = out_buffers[t % 2][:out_bytes].view(out_storage).reshape(1, info.numel)
+                out = out_buffers[t % OUT_BUFFERS][:out_bytes].view(out_storage).reshape(1, info.numel)
                 task = TensorTask(name, cfg, base, xs, kind, out, out_kind,
                                   trims[name] if trims else None, scratch)
                 per_tensor[name] = method(task)
@@ -382,7 +400,4 @@ def run_merge(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    finally:
-        for ckpt in inputs.all:
-            ckpt.close()
     return stats

@@ -137,6 +137,12 @@ def rnd(x, arith):
     return x
 
 
+def warm_up() -> None:
+    """Load numba's typing registries and start its worker threads now (about 0.1 s on the first
+    kernel call of a process), so the engine can do it while its first tensor is being read."""
+    first_nonfinite(np.zeros((1, 1), np.float32), KIND_F32)
+
+
 def thread_slabs() -> int:
     """How many per-thread histogram slabs a kernel call needs."""
     return get_num_threads()
