@@ -111,3 +111,12 @@ def test_sample_avoids_columns_aligned_with_the_stride():
     lo, hi, _ = M.sample_window(keys[0], k, NUMEL)
     threshold = np.sort(np.abs(tau).view(np.uint32))[NUMEL - k]
     assert lo <= threshold <= hi
+
+
+@pytest.mark.parametrize("storage", ["float32", "bfloat16"])
+def test_ties_sv_candidate_buffer_overflow_falls_back_exactly(storage, monkeypatch):
+    """TIES-SV collects its candidates in buffers sized for a share of the protected model's kept
+    entries; when they overflow, the radix passes give the same result."""
+    monkeypatch.setattr(M, "SV_SHARE", 0.0)
+    monkeypatch.setattr(M, "SV_SLACK", 0)
+    _check(*_merge(CASES["ties_sv"], storage))

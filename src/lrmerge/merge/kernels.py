@@ -26,6 +26,7 @@ BLOCK = 1024  # elements per step of the blocked kernels
 KIND_F32, KIND_BF16, KIND_F16 = 0, 1, 2  # storage: float32, uint16 (bf16 bits), int16 (fp16 bits)
 # pass modes of the selection kernels
 HIST_HIGH, HIST_LOW, COUNT_EQUAL = 0, 1, 2
+SV_COLLECT = 3  # TIES-SV: merge without reserving, and collect the candidates (see _ties)
 # vote rules
 VOTE_WEIGHTED, VOTE_UNWEIGHTED = 0, 1
 # sparsification rules
@@ -422,6 +423,7 @@ def _ties(
     sv_threshold,
     sv_quota,
     sv_hist,
+    sv_collect,
     out,
     out_kind,
     stats,
@@ -438,7 +440,10 @@ def _ties(
     elected sign are candidates; key = orderable(|sum agreeing u| - |u_p|). sv_mode HIST_HIGH /
     HIST_LOW / COUNT_EQUAL fill sv_hist for the radix select of the smallest keys (no output); sv_mode
     -1 merges, and candidates with key < sv_threshold (or equal, within sv_quota) are reserved: their
-    elected sign becomes sign(u_p).
+    elected sign becomes sign(u_p). sv_mode SV_COLLECT merges reserving nothing and stores each
+    candidate in sv_collect = (keys, offsets in the group, keep bits of the models, counts), per
+    group in index order (counts run past the capacity, to tell an overflow); ties_sv_reserve then
+    re-merges the reserved ones.
 
     arith: the dtype each step is rounded to, as in task_arithmetic (weights come pre-rounded).
 
@@ -449,6 +454,7 @@ def _ties(
     n_models, n = xs.shape
     bad = np.full(GROUPS, -1, np.int64)
     unweighted = vote == VOTE_UNWEIGHTED
+    sv_keys, sv_offsets, sv_keep, sv_count = sv_collect
     for g in prange(GROUPS):
         bb = np.empty(BLOCK, np.float32)
         tr = np.empty((n_models, BLOCK), np.float32)  # trimmed task vectors
@@ -519,6 +525,16 @@ def _ties(
                     elif sv_mode == COUNT_EQUAL:
                         if key == sv_threshold:
                             sv_hist[slab, 0, 0] += 1
+                    elif sv_mode == SV_COLLECT:
+                        c = sv_count[g]
+                        if c < sv_keys.shape[1]:
+                            sv_keys[g, c] = key
+                            sv_offsets[g, c] = np.uint32(start + j - lo)
+                            bits = np.uint8(0)
+                            for i in range(n_models):
+                                bits |= np.uint8(keep[i, j] << i)
+                            sv_keep[g, c] = bits
+                        sv_count[g] = c + 1
                     else:
                         reserve = key < sv_threshold
                         if not reserve and key == sv_threshold and sv_used < sv_quota[g]:
@@ -529,7 +545,7 @@ def _ties(
                             _remix_one(tr, u, weights, vote, (tr[p, j] if unweighted else u[p, j]) > 0,
                                        agree, mixed, divisor, j)
                             stats[g, p, 2] += 1
-            if sv_mode >= 0:
+            if sv_mode >= 0 and sv_mode != SV_COLLECT:
                 continue
             for i in range(n_models):
                 kept_count = 0
@@ -758,13 +774,98 @@ def _remix_one(tr, u, weights, vote, positive, agree, mixed, divisor, j):
         divisor[j] = d if i == 0 else np.float32(divisor[j] + d)
 
 
+@njit(cache=True)
+def select_smallest(sv_keys, sv_count, m):
+    """The m smallest collected TIES-SV candidate keys (1 <= m <= their count): the threshold key,
+    and per group how many keys equal to it are taken (groups in index order: lowest index first)."""
+    total = sv_count.sum()
+    pool = np.empty(total, np.uint32)
+    at = 0
+    for g in range(GROUPS):
+        c = sv_count[g]
+        pool[at : at + c] = sv_keys[g, :c]
+        at += c
+    t = np.partition(pool, m - 1)[m - 1]
+    less = 0
+    for v in pool:
+        less += v < t
+    need = m - less
+    quota = np.zeros(GROUPS, np.int64)
+    before = 0
+    for g in range(GROUPS):
+        equal = 0
+        for q in range(sv_count[g]):
+            equal += sv_keys[g, q] == t
+        quota[g] = min(max(need - before, 0), equal)
+        before += equal
+    return t, quota
+
+
+@njit(inline="always")
+def _ties_sv_reserve(base, xs, kind, weights, vote, normalize, lam, protect, sv_collect,
+                     sv_threshold, sv_quota, out, out_kind, stats, arith):
+    """Re-merge the TIES-SV candidates that the slack reserves (key < sv_threshold, or equal within
+    sv_quota, in index order) with the protected model's sign, after an SV_COLLECT pass of _ties:
+    each step as _ties computes it, the stats moved from the elected to the protected sign."""
+    n_models, n = xs.shape
+    sv_keys, sv_offsets, sv_keep, sv_count = sv_collect
+    unweighted = vote == VOTE_UNWEIGHTED
+    p = protect
+    bad = np.full(GROUPS, -1, np.int64)
+    for g in prange(GROUPS):
+        tr = np.empty((n_models, 1), np.float32)
+        u = np.empty((n_models, 1), np.float32)
+        agree = np.empty((n_models, 1), np.uint8)
+        mixed = np.empty(1, np.float32)
+        divisor = np.empty(1, np.float32)
+        lo, _ = _group_range(g, n)
+        used = 0
+        for q in range(sv_count[g]):
+            key = sv_keys[g, q]
+            reserve = key < sv_threshold
+            if not reserve and key == sv_threshold and used < sv_quota[g]:
+                used += 1
+                reserve = True
+            if not reserve:
+                continue
+            j = lo + np.int64(sv_offsets[g, q])
+            b = load(base, 0, j, kind)
+            vote_sum = np.float32(0)
+            for i in range(n_models):
+                t = rnd(np.float32(load(xs, i, j, kind) - b), arith)
+                tr[i, 0] = t if (sv_keep[g, q] >> i) & 1 else np.float32(t * np.float32(0))
+                u[i, 0] = rnd(np.float32(tr[i, 0] * weights[i]), arith)
+                c = tr[i, 0] if unweighted else u[i, 0]
+                vote_sum = c if i == 0 else np.float32(vote_sum + c)
+            elected = vote_sum >= 0
+            for i in range(n_models):  # the entries discarded under the elected sign
+                s = tr[i, 0] if unweighted else u[i, 0]
+                kept = (sv_keep[g, q] >> i) & 1
+                stats[g, i, 1] -= kept & (not ((s > 0) if elected else (s < 0)))
+            _remix_one(tr, u, weights, vote, (tr[p, 0] if unweighted else u[p, 0]) > 0, agree,
+                       mixed, divisor, 0)
+            for i in range(n_models):
+                stats[g, i, 1] += ((sv_keep[g, q] >> i) & 1) & (not agree[i, 0])
+            stats[g, p, 2] += 1
+            res = _finish(mixed[0], divisor[0], b, normalize, lam, vote, arith)
+            store(out, j, res, out_kind)
+            if not np.isfinite(res) and bad[g] < 0:
+                bad[g] = j
+    return bad.max()
+
+
 # --- entry points: one compiled kernel per arithmetic dtype -----------------------------------------
 # `arith` is a compile-time constant in each, so the rounding steps fold away and the step loops
 # vectorise (a run-time `arith` costs about a third of the TIES kernel's time).
 
 @njit(parallel=True, cache=True)
-def ties_f32(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, out, out_kind, stats):
-    return _ties(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, out, out_kind, stats, KIND_F32)
+def ties_f32(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect, out, out_kind, stats):
+    return _ties(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect, out, out_kind, stats, KIND_F32)
+
+
+@njit(parallel=True, cache=True)
+def ties_sv_reserve_f32(base, xs, kind, weights, vote, normalize, lam, protect, sv_collect, sv_threshold, sv_quota, out, out_kind, stats):
+    return _ties_sv_reserve(base, xs, kind, weights, vote, normalize, lam, protect, sv_collect, sv_threshold, sv_quota, out, out_kind, stats, KIND_F32)
 
 
 @njit(parallel=True, cache=True)
@@ -777,8 +878,13 @@ def task_arithmetic_f32(base, xs, kind, weights, normalize, lam, out, out_kind):
     return _task_arithmetic(base, xs, kind, weights, normalize, lam, KIND_F32, out, out_kind)
 
 @njit(parallel=True, cache=True)
-def ties_bf16(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, out, out_kind, stats):
-    return _ties(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, out, out_kind, stats, KIND_BF16)
+def ties_bf16(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect, out, out_kind, stats):
+    return _ties(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect, out, out_kind, stats, KIND_BF16)
+
+
+@njit(parallel=True, cache=True)
+def ties_sv_reserve_bf16(base, xs, kind, weights, vote, normalize, lam, protect, sv_collect, sv_threshold, sv_quota, out, out_kind, stats):
+    return _ties_sv_reserve(base, xs, kind, weights, vote, normalize, lam, protect, sv_collect, sv_threshold, sv_quota, out, out_kind, stats, KIND_BF16)
 
 
 @njit(parallel=True, cache=True)
@@ -791,8 +897,13 @@ def task_arithmetic_bf16(base, xs, kind, weights, normalize, lam, out, out_kind)
     return _task_arithmetic(base, xs, kind, weights, normalize, lam, KIND_BF16, out, out_kind)
 
 @njit(parallel=True, cache=True)
-def ties_f16(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, out, out_kind, stats):
-    return _ties(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, out, out_kind, stats, KIND_F16)
+def ties_f16(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect, out, out_kind, stats):
+    return _ties(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect, out, out_kind, stats, KIND_F16)
+
+
+@njit(parallel=True, cache=True)
+def ties_sv_reserve_f16(base, xs, kind, weights, vote, normalize, lam, protect, sv_collect, sv_threshold, sv_quota, out, out_kind, stats):
+    return _ties_sv_reserve(base, xs, kind, weights, vote, normalize, lam, protect, sv_collect, sv_threshold, sv_quota, out, out_kind, stats, KIND_F16)
 
 
 @njit(parallel=True, cache=True)
@@ -806,6 +917,8 @@ def task_arithmetic_f16(base, xs, kind, weights, normalize, lam, out, out_kind):
 
 
 TIES = {KIND_F32: ties_f32, KIND_BF16: ties_bf16, KIND_F16: ties_f16}
+TIES_SV_RESERVE = {KIND_F32: ties_sv_reserve_f32, KIND_BF16: ties_sv_reserve_bf16,
+                   KIND_F16: ties_sv_reserve_f16}
 TRIM_SCAN = {KIND_F32: trim_scan_f32, KIND_BF16: trim_scan_bf16, KIND_F16: trim_scan_f16}
 TASK_ARITHMETIC = {KIND_F32: task_arithmetic_f32, KIND_BF16: task_arithmetic_bf16,
                    KIND_F16: task_arithmetic_f16}

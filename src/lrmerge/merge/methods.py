@@ -131,6 +131,9 @@ def trim_counts(numel: int, densities: list[float], zero_keeps_none: bool = Fals
                      else max(1, math.floor(d * numel)) for d in densities], np.int64)
 
 
+# TIES-SV candidates (kept entries of the protected model against the elected sign) the collect
+# buffers hold, as a share of its kept entries; beyond it (rare) the radix passes run instead
+SV_SHARE, SV_SLACK = 0.6, 1024
 SAMPLE = 1 << 16  # keys sampled to place the candidate window; tensors this small get exact passes
 
 
@@ -309,12 +312,35 @@ def ties_family(task: TensorTask) -> np.ndarray:
     no_quota = np.zeros(K.GROUPS, np.int64)
 
     kernel = K.TIES[task.arith]
+    no_collect = (np.zeros((1, 1), np.uint32), np.zeros((1, 1), np.uint32),
+                  np.zeros((1, 1), np.uint8), np.zeros(1, np.int64))
 
-    def run(sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist):
+    def run(sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect=no_collect):
         return kernel(task.base, task.xs, task.kind, weights, sparsify, keep_all, threshold, quota,
                       density, seeds, vote, cfg.normalize, lam, protect, sv_mode,
-                      np.uint32(sv_bucket), np.uint32(sv_threshold), sv_quota, sv_hist, task.out,
-                      task.out_kind, stats)
+                      np.uint32(sv_bucket), np.uint32(sv_threshold), sv_quota, sv_hist, sv_collect,
+                      task.out, task.out_kind, stats)
+
+    if protect >= 0 and cfg.slack > 0 and n <= 8:
+        # one pass merges as TIES and collects the candidates; the few reserved ones are re-merged
+        kept = numel if keep_all[protect] else min(numel, math.ceil(density[protect] * numel))
+        cap = min(numel // K.GROUPS + 1, math.ceil(kept * SV_SHARE / K.GROUPS) + SV_SLACK)
+        collect = (task.scratch.get("sv_keys", (K.GROUPS, cap), np.uint32),
+                   task.scratch.get("sv_offsets", (K.GROUPS, cap), np.uint32),
+                   task.scratch.get("sv_keep", (K.GROUPS, cap), np.uint8),
+                   np.zeros(K.GROUPS, np.int64))
+        bad = run(K.SV_COLLECT, 0, 0, no_quota, no_hist, collect)
+        counts = collect[3]
+        if (counts <= cap).all():
+            task.check(bad)
+            m = math.floor(cfg.slack * int(counts.sum()))
+            if m > 0:
+                sv_threshold, sv_quota = K.select_smallest(collect[0], counts, m)
+                task.check(K.TIES_SV_RESERVE[task.arith](
+                    task.base, task.xs, task.kind, weights, vote, cfg.normalize, lam, protect,
+                    collect, sv_threshold, sv_quota, task.out, task.out_kind, stats))
+            return stats.sum(axis=0)
+        stats[:] = 0  # more candidates than the buffers hold: the radix passes below
 
     sv_threshold, sv_quota = 0, no_quota  # reserve nothing
     if protect >= 0 and cfg.slack > 0:
