@@ -5,7 +5,7 @@ two fine-tunes (base + independent noise) -- then runs, side by side in one run,
 process:
 
   mergekit-yaml   TIES (density 0.2), linear, task_arithmetic   (YAML: dtype float32, out bf16)
-  lrmerge merge   on the SAME YAML files
+  lrmerge merge   on the SAME YAML files, and TIES-SV (slack 0.1; lrmerge only, native config)
   plain script    reads the three models with safetensors and writes one
 
 Each process is measured for wall time (perf_counter around the process) and peak resident memory:
@@ -47,6 +47,7 @@ SIZES = {
     "quick": dict(hidden=512, layers=8, heads=8, intermediate=1408, vocab=8000),
 }
 TARGETS = {"speedup": 10.0, "memory_ratio": 0.5, "vs_plain": 2.0}
+LRMERGE_ONLY = {"ties_sv"}  # timed against the plain script only
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,6 +161,10 @@ def write_configs(work: Path, paths: dict[str, Path]) -> dict[str, Path]:
                             "models": [{"model": m, "parameters": {"weight": 1.0}}
                                        for m in models],
                             "dtype": "float32", "out_dtype": "bfloat16"},
+        # lrmerge only (mergekit has no TIES-SV): the study's method, native config
+        "ties_sv": {"method": "ties_sv", "base": str(paths["base"]),
+                    "models": [{"path": models[0], "name": "ct"}, {"path": models[1], "name": "sft"}],
+                    "density": 0.2, "slack": 0.1, "protect": "sft", "out_dtype": "bfloat16"},
     }
     out = {}
     for name, cfg in configs.items():
@@ -311,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each command (median kept)")
     ap.add_argument("--no-check", action="store_true", help="exit 0 even if a target is missed")
     ap.add_argument("--threads", type=int, default=None, help="lrmerge --threads")
-    ap.add_argument("--methods", default="ties,linear,task_arithmetic",
-                    help="comma-separated subset of ties,linear,task_arithmetic")
+    ap.add_argument("--methods", default="ties,linear,task_arithmetic,ties_sv",
+                    help="comma-separated subset of ties,linear,task_arithmetic,ties_sv")
     ap.add_argument("--work", type=Path, default=HERE / "_work")
     args = ap.parse_args(argv)
 
@@ -330,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs: list[tuple[str, str, list[str], Path]] = []
     for m in methods:
-        jobs.append(("mergekit", m, [str(BIN / "mergekit-yaml"), str(configs[m]),
-                                     str(runs / f"mergekit_{m}")], runs / f"mergekit_{m}"))
+        if m not in LRMERGE_ONLY:
+            jobs.append(("mergekit", m, [str(BIN / "mergekit-yaml"), str(configs[m]),
+                                         str(runs / f"mergekit_{m}")], runs / f"mergekit_{m}"))
         jobs.append(("lrmerge", m, [str(BIN / "lrmerge"), "merge", str(configs[m]), "--out",
                                     str(runs / f"lrmerge_{m}"), "--stats",
                                     str(runs / f"lrmerge_{m}.stats.json"), *lrmerge_threads],
@@ -380,8 +386,13 @@ def main(argv: list[str] | None = None) -> int:
               "plain": {"wall": plain_wall, "peak_gb": plain_peak}, "methods": {}}
     missed = []
     for m in methods:
-        mk_w, mk_p = med("mergekit", m)
         lr_w, lr_p = med("lrmerge", m)
+        if m in LRMERGE_ONLY:
+            print(f"{m:16s} {'-':>8s} {'-':>9s} {lr_w / plain_wall:7.2f}x (lrmerge only)")
+            report["methods"][m] = {"lrmerge": {"wall": lr_w, "peak_gb": lr_p},
+                                    "vs_plain": lr_w / plain_wall}
+            continue
+        mk_w, mk_p = med("mergekit", m)
         agree = compare(runs / f"lrmerge_{m}", runs / f"mergekit_{m}",
                         inputs=[paths[k] for k in ("base", "ft1", "ft2")] if m == "ties" else None,
                         density=0.2 if m == "ties" else None)
