@@ -362,26 +362,42 @@ def _select_one(k, numel, above, cand_keys, cand_count, threshold, quota):
     rank = k - beyond  # the threshold is the rank-th largest candidate
     if rank <= 0 or rank > total:
         return False
-    pool = np.empty(total, np.uint32)
-    at = 0
-    for g in range(GROUPS):
-        c = cand_count[g]
-        pool[at : at + c] = cand_keys[g, :c]
-        at += c
+    pool = _pool(cand_keys, cand_count)
     t = np.partition(pool, total - rank)[total - rank]
     greater = 0
     for v in pool:
         greater += v > t
-    need = rank - greater
+    _equal_quota(cand_keys, cand_count, t, rank - greater, quota)
+    threshold[0] = t
+    return True
+
+
+@njit(inline="always")
+def _pool(keys, counts):
+    """The first counts[g] keys of each group g, concatenated in group order."""
+    total = 0
+    for g in range(GROUPS):
+        total += counts[g]
+    pool = np.empty(total, np.uint32)
+    at = 0
+    for g in range(GROUPS):
+        c = counts[g]
+        pool[at : at + c] = keys[g, :c]
+        at += c
+    return pool
+
+
+@njit(inline="always")
+def _equal_quota(keys, counts, t, need, quota):
+    """Split the `need` keys equal to t still to take over the groups, in index order (the lowest
+    flat indices win)."""
     before = 0
     for g in range(GROUPS):
         equal = 0
-        for q in range(cand_count[g]):
-            equal += cand_keys[g, q] == t
+        for q in range(counts[g]):
+            equal += keys[g, q] == t
         quota[g] = min(max(need - before, 0), equal)
         before += equal
-    threshold[0] = t
-    return True
 
 
 @njit(cache=True)
@@ -778,26 +794,13 @@ def _remix_one(tr, u, weights, vote, positive, agree, mixed, divisor, j):
 def select_smallest(sv_keys, sv_count, m):
     """The m smallest collected TIES-SV candidate keys (1 <= m <= their count): the threshold key,
     and per group how many keys equal to it are taken (groups in index order: lowest index first)."""
-    total = sv_count.sum()
-    pool = np.empty(total, np.uint32)
-    at = 0
-    for g in range(GROUPS):
-        c = sv_count[g]
-        pool[at : at + c] = sv_keys[g, :c]
-        at += c
+    pool = _pool(sv_keys, sv_count)
     t = np.partition(pool, m - 1)[m - 1]
     less = 0
     for v in pool:
         less += v < t
-    need = m - less
     quota = np.zeros(GROUPS, np.int64)
-    before = 0
-    for g in range(GROUPS):
-        equal = 0
-        for q in range(sv_count[g]):
-            equal += sv_keys[g, q] == t
-        quota[g] = min(max(need - before, 0), equal)
-        before += equal
+    _equal_quota(sv_keys, sv_count, t, m - less, quota)
     return t, quota
 
 
