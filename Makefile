@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-fast demo lint bench clean
+.PHONY: venv test test-fast test-slurm demo lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,12 @@ test: venv
 ## unit tests only, no end-to-end workflow run
 test-fast: venv
 	$(BIN)/pytest -q -m "not slow"
+
+## the tiny preset through the SLURM executor on a real single-node cluster started here
+## (tests/slurm/cluster.sh: Debian's slurm-wlm and munge, as root; ~6 min)
+test-slurm: venv
+	tests/slurm/cluster.sh
+	$(BIN)/pytest -q -m slurm
 
 ## the mini preset end to end on CPU
 demo: venv

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -302,3 +303,63 @@ def test_tiny_preset_end_to_end(tmp_path):
     )
     assert redo.returncode == 0, redo.stderr
     assert job_counts(redo.stdout + redo.stderr) == {"plot": 1, "all": 1, "total": 2}
+
+
+# ----------------------------------------------------------------------------------------------
+# On a real SLURM cluster (`make test-slurm`, which starts one with tests/slurm/cluster.sh)
+
+
+@pytest.mark.slurm
+def test_tiny_preset_on_a_slurm_cluster(tmp_path):
+    """The tiny preset through Snakemake's SLURM executor: every job an sbatch job on a real
+    single-node cluster, tracked with squeue (no accounting there), the evaluation jobs asking for
+    a GPU of the cluster's (fake) gres and falling back to the CPU inside the job."""
+    if shutil.which("sbatch") is None or subprocess.run(["sinfo"], capture_output=True).returncode:
+        pytest.fail("no SLURM cluster answers: start one with tests/slurm/cluster.sh (as root)")
+    config = write_config(tmp_path, tiny)
+    cfg = yaml.safe_load(config.read_text())
+    prefix = f"lrmtest{os.getpid()}"
+    result = snakemake(
+        "-s", REPO / "Snakefile", "-d", tmp_path, "--configfile", config,
+        "--executor", "slurm", "--jobs", "2", "--latency-wait", "10",
+        "--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-jobname-prefix", prefix,
+        "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
+        "--default-resources", "mem_mb=2000", "runtime=30", "cpus_per_task=1",
+        "--set-threads", "pretrain_base=2", "continual_pretrain=2", "finetune_sft=2",
+        "ct_then_sft=2",
+        "--set-resources", "evaluate:gpu=1", "pretrain_base:cpus_per_task=2",
+        "continual_pretrain:cpus_per_task=2", "finetune_sft:cpus_per_task=2",
+        "ct_then_sft:cpus_per_task=2",
+        cwd=tmp_path, timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    run = tmp_path / "results" / "tiny"
+    # every job of every stage but the report ran as a SLURM job, and completed
+    records = subprocess.run(["scontrol", "--oneliner", "show", "job"], capture_output=True,
+                             text=True).stdout.splitlines()
+    jobs = []
+    for line in records:
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if fields.get("JobName", "").startswith(prefix):
+            jobs.append(fields)
+    rule_of = [re.sub(r"^rule_|_wildcards_.*$", "", j.get("Comment", "")) for j in jobs]
+    assert set(rule_of) == {"prepare_corpus", "prepare_sft_data", "prepare_eval_data",
+                            "pretrain_base", "continual_pretrain", "finetune_sft", "ct_then_sft",
+                            "merge", "evaluate"}, rule_of  # aggregate and plot: local rules
+    assert all(j["JobState"] == "COMPLETED" for j in jobs)
+    n_merges = len(list((run / "models" / "merge").rglob("merge_stats.json")))
+    assert rule_of.count("merge") == n_merges
+    assert rule_of.count("evaluate") == len(list((run / "eval").rglob("*.json")))
+    # the evaluation jobs, and only they, were given one of the node's GPUs
+    for rule, job in zip(rule_of, jobs, strict=True):
+        assert (job.get("TresPerJob") == "gres:gpu:1") == (rule == "evaluate"), (rule, job)
+    # training jobs had the two cores they asked for
+    assert all(j["NumCPUs"] == "2" for r, j in zip(rule_of, jobs, strict=True) if r == "pretrain_base")
+    # the outputs the figures are drawn from
+    scores = pd.read_csv(run / "tables" / "scores.csv")
+    assert set(scores["method"]) == {"base", "sft", "ct", "ct_sft", "average", "ties", "ties_sv"}
+    assert len(scores) > 0 and scores["score"].between(0, 1).all()
+    for lang in cfg["languages"]:
+        assert (run / "eval" / "merge" / "ties_sv" / lang).is_dir()
+    for name in ("saturation", "discarded"):
+        assert (run / "figures" / f"{name}.png").stat().st_size > 1000
