@@ -26,7 +26,7 @@ test: venv
 
 ## unit tests only, no end-to-end workflow run
 test-fast: venv
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not slurm"
 
 ## the tiny preset through the SLURM executor on a real single-node cluster started here
 ## (tests/slurm/cluster.sh: Debian's slurm-wlm and munge, as root; ~6 min)
