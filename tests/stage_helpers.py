@@ -18,7 +18,7 @@ def tiny_config(**overrides) -> dict:
         cfg = yaml.safe_load(fh)
     cfg["languages"]["bn"]["budgets"] = [3000, 5000, 9000]
     cfg["languages"]["bo"]["budgets"] = [3000, 5000, 9000]
-    cfg["mini"].update(english_docs=300, sft_examples=80, eval_examples=12, fewshot_examples=4,
+    cfg["mini"].update(tokenizer_docs=300, sft_examples=80, eval_examples=12, fewshot_examples=4,
                        tokenizer_vocab=400,
                        model={"hidden_size": 32, "intermediate_size": 64,
                               "num_hidden_layers": 2, "num_attention_heads": 2})

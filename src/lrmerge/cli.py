@@ -15,8 +15,8 @@ import sys
 COMMANDS = {
     "merge": "lrmerge.merge.cli",
     "merge-config": "lrmerge.merge.cli",
-    "data": "lrmerge.data",
-    "train": "lrmerge.train",
+    "data": "lrmerge.data.cli",
+    "train": "lrmerge.train.cli",
     "evaluate": "lrmerge.evaluate",
     "report": "lrmerge.report",
 }

@@ -300,3 +300,21 @@ def tasks_of(config: dict, lang: str) -> list[str]:
     if lang == "en":
         return list(config["english"]["tasks"])
     return list(config["languages"][lang]["tasks"])
+
+
+def language_entry(config: dict, lang: str) -> dict:
+    """The config entry of a language code ("en" is the `english` section)."""
+    if lang == "en":
+        return config["english"]
+    langs = config.get("languages") or {}
+    if lang not in langs:
+        raise KeyError(
+            f"language {lang!r} is not in config key 'languages' "
+            f"(configured: {', '.join(langs) or 'none'})"
+        )
+    return langs[lang]
+
+
+def corpus_key(lang: str) -> str:
+    """The config key of a language's corpus entry (for messages)."""
+    return "english.corpus" if lang == "en" else f"languages.{lang}.corpus"

@@ -6,7 +6,8 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-from lrmerge.config import check_config, plan_merges, plan_models
+from lrmerge.config import check_config, language_entry, plan_merges, plan_models
+from lrmerge.data.budget import corpus_tokens_needed
 
 
 def config_file():
@@ -46,6 +47,8 @@ MERGES = {f"{m.variant}/{m.group}/{m.tokens}": m for m in plan_merges(config)}
 # The paper starts from a hub model; the mini preset builds its own base.
 BASE_IS_BUILT = config["base_model"] is None
 BASE = f"{RESULTS}/models/base" if BASE_IS_BUILT else config["base_model"]
+# The tokenizer every corpus is tokenized with: the base model's, or the one the mini trains.
+TOKENIZER = f"{RESULTS}/data/tokenizer" if BASE_IS_BUILT else config["base_model"]
 
 
 def _alternatives(values):
@@ -72,6 +75,40 @@ def summary(folder):
 def output_dir(wildcards, output):
     """The model folder a training or merge rule fills (its output is a file inside it)."""
     return os.path.dirname(output[0])
+
+
+def data_dir(wildcards, input):
+    """The token folder of a training rule's `data` input (its manifest.json)."""
+    return os.path.dirname(input.data)
+
+
+def english_dir(wildcards, input):
+    return os.path.dirname(input.english)
+
+
+def tokenizer_input(wildcards=None):
+    return [f"{TOKENIZER}/tokenizer.json"] if BASE_IS_BUILT else []
+
+
+def corpus_source(wildcards):
+    return language_entry(config, wildcards.corpus)["corpus"]
+
+
+def corpus_need(wildcards):
+    """What the corpus is sized for: a changed budget, ratio or margin re-tokenizes it."""
+    return [
+        corpus_tokens_needed(config, wildcards.corpus),
+        config["continual_pretrain"]["data_margin"],
+        config["data"]["shard_tokens"],
+    ]
+
+
+def launcher(wildcards, resources):
+    """`lrmerge train`, or torchrun with one process per GPU when a job has several."""
+    gpus = int(getattr(resources, "gpu", 0) or 0)
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node={gpus} -m lrmerge.train"
+    return "lrmerge train"
 
 
 def init_dir(wildcards, input):

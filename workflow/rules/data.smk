@@ -1,37 +1,72 @@
-# Data stage: corpora, SFT-flan data and evaluation sets (lrmerge.data).
+# Data stage (lrmerge.data): the mini's tokenizer, every corpus tokenized once into token shards
+# with the training model's tokenizer, the SFT data likewise, and the evaluation sets.
+
+
+rule train_tokenizer:
+    output:
+        f"{RESULTS}/data/tokenizer/tokenizer.json",
+    log:
+        f"{LOGS}/train_tokenizer.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_tokenizer/train_tokenizer.tsv"
+    conda:
+        "../../envs/data.yaml"
+    params:
+        config=CONFIG,
+        out=output_dir,
+        mini=config["mini"],
+    shell:
+        "lrmerge data tokenizer --config {params.config} --out {params.out} > {log} 2>&1"
 
 
 rule prepare_corpus:
+    input:
+        tokenizer_input,
     output:
-        f"{RESULTS}/data/corpus/{{corpus}}.jsonl",
+        f"{RESULTS}/data/tokens/{{corpus}}/manifest.json",
     log:
         f"{LOGS}/prepare_corpus/{{corpus}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_corpus/{{corpus}}.tsv"
     conda:
         "../../envs/data.yaml"
     params:
         config=CONFIG,
-        source=lambda wildcards: (
-            config["english"]
-            if wildcards.corpus == "en"
-            else config["languages"][wildcards.corpus]
-        )["corpus"],
-        mini=config["mini"],
+        tokenizer=TOKENIZER,
+        out=output_dir,
+        source=corpus_source,
+        need=corpus_need,
+        mini=config["mini"] if BASE_IS_BUILT else None,
     shell:
-        "lrmerge data corpus --config {params.config} --lang {wildcards.corpus} --out {output} > {log} 2>&1"
+        "lrmerge data corpus --config {params.config} --lang {wildcards.corpus}"
+        " --tokenizer {params.tokenizer} --threads {threads} --out {params.out} > {log} 2>&1"
 
 
 rule prepare_sft_data:
+    input:
+        tokenizer_input,
     output:
-        f"{RESULTS}/data/sft/flan.jsonl",
+        f"{RESULTS}/data/tokens/sft/manifest.json",
     log:
         f"{LOGS}/prepare_sft_data.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_sft_data/sft.tsv"
     conda:
         "../../envs/data.yaml"
     params:
         config=CONFIG,
-        mini=config["mini"],
+        tokenizer=TOKENIZER,
+        out=output_dir,
+        data=config["sft"]["data"],
+        packing=[
+            config["sft"]["seq_len"],
+            config["sft"]["steps"],
+            config["sft"]["batch_size"],
+        ],
+        mini=config["mini"] if BASE_IS_BUILT else None,
     shell:
-        "lrmerge data sft --config {params.config} --out {output} > {log} 2>&1"
+        "lrmerge data sft --config {params.config} --tokenizer {params.tokenizer}"
+        " --threads {threads} --out {params.out} > {log} 2>&1"
 
 
 rule prepare_eval_data:
@@ -39,6 +74,8 @@ rule prepare_eval_data:
         directory(f"{RESULTS}/data/eval/{{corpus}}"),
     log:
         f"{LOGS}/prepare_eval_data/{{corpus}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_eval_data/{{corpus}}.tsv"
     conda:
         "../../envs/data.yaml"
     params:

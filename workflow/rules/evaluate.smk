@@ -9,6 +9,8 @@ rule evaluate:
         f"{RESULTS}/eval/{{model}}.json",
     log:
         f"{LOGS}/evaluate/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{model}}.tsv"
     conda:
         "../../envs/evaluate.yaml"
     params:

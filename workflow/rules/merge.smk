@@ -10,6 +10,8 @@ rule merge:
         f"{RESULTS}/models/merge/{{method}}/{{group}}/{{tokens}}/merge_stats.json",
     log:
         f"{LOGS}/merge/{{method}}/{{group}}/{{tokens}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/merge/{{method}}/{{group}}/{{tokens}}.tsv"
     conda:
         "../../envs/merge.yaml"
     params:

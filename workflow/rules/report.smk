@@ -11,6 +11,8 @@ rule aggregate:
         discarded=f"{RESULTS}/tables/discarded.csv",
     log:
         f"{LOGS}/aggregate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/aggregate/aggregate.tsv"
     conda:
         "../../envs/report.yaml"
     params:
@@ -36,6 +38,8 @@ rule plot:
         ),
     log:
         f"{LOGS}/plot.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plot/plot.tsv"
     conda:
         "../../envs/report.yaml"
     params:

@@ -1,84 +1,104 @@
-# Train stage: the tiny base (mini only), CT chains, SFT-flan and CT-then-SFT (lrmerge.train).
-# Outputs are the small train_summary.json written last; the folder is a param so that a long job
-# can resume from its own checkpoints after a failure.
+# Train stage (lrmerge.train): the tiny base (mini only), CT chains, SFT-flan and CT-then-SFT, all
+# streaming the data stage's token shards. Outputs are the small train_summary.json written last;
+# the folder is a param so that a job re-run after a failure, a time limit or preemption resumes
+# from its own checkpoint. With resources gpu > 1 a job runs under torchrun (`launch`).
 
 
 rule pretrain_base:
     input:
-        f"{RESULTS}/data/corpus/en.jsonl",
+        tokenizer=tokenizer_input,
+        data=f"{RESULTS}/data/tokens/en/manifest.json",
     output:
         f"{RESULTS}/models/base/train_summary.json",
     log:
         f"{LOGS}/pretrain_base.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain_base/base.tsv"
     conda:
         "../../envs/train.yaml"
     params:
         config=CONFIG,
+        launch=launcher,
+        tokenizer=TOKENIZER,
+        data=data_dir,
         out=output_dir,
         recipe=config["pretrain"],
         mini=config["mini"],
     shell:
-        "lrmerge train pretrain --config {params.config} --threads {threads} --corpus {input}"
-        " --out {params.out} > {log} 2>&1"
+        "{params.launch} pretrain --config {params.config} --threads {threads}"
+        " --tokenizer {params.tokenizer} --data {params.data} --out {params.out} > {log} 2>&1"
 
 
 rule continual_pretrain:
     input:
         init=ct_init_input,
-        corpus=f"{RESULTS}/data/corpus/{{lang}}.jsonl",
-        english=f"{RESULTS}/data/corpus/en.jsonl",
+        data=f"{RESULTS}/data/tokens/{{lang}}/manifest.json",
+        english=f"{RESULTS}/data/tokens/en/manifest.json",
     output:
         f"{RESULTS}/models/ct/{{lang}}/{{tokens}}/train_summary.json",
     log:
         f"{LOGS}/continual_pretrain/{{lang}}/{{tokens}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/continual_pretrain/{{lang}}/{{tokens}}.tsv"
     conda:
         "../../envs/train.yaml"
     params:
         config=CONFIG,
+        launch=launcher,
         init=ct_init_dir,
+        data=data_dir,
+        english=english_dir,
         out=output_dir,
         recipe=config["continual_pretrain"],
     shell:
-        "lrmerge train ct --config {params.config} --threads {threads} --lang {wildcards.lang}"
-        " --tokens {wildcards.tokens} --init {params.init} --corpus {input.corpus}"
-        " --english {input.english} --out {params.out} > {log} 2>&1"
+        "{params.launch} ct --config {params.config} --threads {threads} --lang {wildcards.lang}"
+        " --tokens {wildcards.tokens} --init {params.init} --data {params.data}"
+        " --english {params.english} --out {params.out} > {log} 2>&1"
 
 
 rule finetune_sft:
     input:
         init=base_input,
-        data=f"{RESULTS}/data/sft/flan.jsonl",
+        data=f"{RESULTS}/data/tokens/sft/manifest.json",
     output:
         f"{RESULTS}/models/sft/train_summary.json",
     log:
         f"{LOGS}/finetune_sft.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/finetune_sft/sft.tsv"
     conda:
         "../../envs/train.yaml"
     params:
         config=CONFIG,
+        launch=launcher,
         init=BASE,
+        data=data_dir,
         out=output_dir,
         recipe=config["sft"],
     shell:
-        "lrmerge train sft --config {params.config} --threads {threads} --init {params.init}"
-        " --data {input.data} --out {params.out} > {log} 2>&1"
+        "{params.launch} sft --config {params.config} --threads {threads} --init {params.init}"
+        " --data {params.data} --out {params.out} > {log} 2>&1"
 
 
 rule ct_then_sft:
     input:
         init=f"{RESULTS}/models/ct/{{lang}}/{{tokens}}/train_summary.json",
-        data=f"{RESULTS}/data/sft/flan.jsonl",
+        data=f"{RESULTS}/data/tokens/sft/manifest.json",
     output:
         f"{RESULTS}/models/ct_sft/{{lang}}/{{tokens}}/train_summary.json",
     log:
         f"{LOGS}/ct_then_sft/{{lang}}/{{tokens}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ct_then_sft/{{lang}}/{{tokens}}.tsv"
     conda:
         "../../envs/train.yaml"
     params:
         config=CONFIG,
+        launch=launcher,
         init=init_dir,
+        data=data_dir,
         out=output_dir,
         recipe=config["sft"],
     shell:
-        "lrmerge train sft --config {params.config} --threads {threads} --init {params.init}"
-        " --data {input.data} --out {params.out} > {log} 2>&1"
+        "{params.launch} sft --config {params.config} --threads {threads} --init {params.init}"
+        " --data {params.data} --out {params.out} > {log} 2>&1"

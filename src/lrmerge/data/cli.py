@@ -1,0 +1,89 @@
+"""`lrmerge data ...`: the data stage's commands (thin over the modules of this package)."""
+
+from __future__ import annotations
+
+import argparse
+
+from lrmerge import fsutil
+
+
+def _load(path: str) -> dict:
+    from lrmerge.config import load_config
+
+    return load_config(path)
+
+
+@fsutil.cli_errors("data")
+def cmd_tokenizer(args) -> int:
+    from lrmerge.data.tokenize import train_tokenizer
+
+    train_tokenizer(_load(args.config), args.out)
+    return 0
+
+
+@fsutil.cli_errors("data")
+def cmd_corpus(args) -> int:
+    from lrmerge.data.tokenize import prepare_corpus
+
+    prepare_corpus(_load(args.config), args.lang, args.tokenizer, args.out, args.threads)
+    return 0
+
+
+@fsutil.cli_errors("data")
+def cmd_sft(args) -> int:
+    from lrmerge.data.tokenize import prepare_sft
+
+    prepare_sft(_load(args.config), args.tokenizer, args.out, args.threads)
+    return 0
+
+
+@fsutil.cli_errors("data")
+def cmd_eval(args) -> int:
+    from lrmerge.data.evalsets import build_eval
+
+    tasks = build_eval(_load(args.config), args.lang, args.out_dir)
+    print(f"wrote {len(tasks)} tasks to {args.out_dir}: {', '.join(tasks)}")
+    return 0
+
+
+@fsutil.cli_errors("data")
+def cmd_verify(args) -> int:
+    from lrmerge.data.shards import TokenShards
+
+    shards = TokenShards(args.folder)
+    shards.verify()
+    print(f"{args.folder}: {shards.tokens} tokens in {len(shards.manifest['shards'])} shards, "
+          "hashes match the manifest")
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("data", help="tokenizer, token shards, SFT data and eval sets")
+    sub = p.add_subparsers(dest="data_command", required=True)
+    t = sub.add_parser("tokenizer", help="mini: a byte-level BPE on the generated English")
+    t.add_argument("--config", required=True)
+    t.add_argument("--out", required=True, help="tokenizer folder")
+    t.set_defaults(func=cmd_tokenizer)
+    c = sub.add_parser("corpus", help="a language's corpus (en: English) as token shards")
+    c.add_argument("--config", required=True)
+    c.add_argument("--lang", required=True, help="language code; en = the English corpus")
+    c.add_argument("--tokenizer", required=True, help="the training model's tokenizer (folder "
+                   "or hub id)")
+    c.add_argument("--out", required=True, help="token folder (manifest.json written last)")
+    c.add_argument("--threads", type=int, default=1, help="tokenizer worker processes")
+    c.set_defaults(func=cmd_corpus)
+    s = sub.add_parser("sft", help="the English instruction data as token shards")
+    s.add_argument("--config", required=True)
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_sft)
+    e = sub.add_parser("eval", help="task data and lm-eval task YAMLs of a language")
+    e.add_argument("--config", required=True)
+    e.add_argument("--lang", required=True)
+    e.add_argument("--out-dir", required=True)
+    e.set_defaults(func=cmd_eval)
+    v = sub.add_parser("verify", help="recompute a token folder's shard hashes")
+    v.add_argument("folder")
+    v.set_defaults(func=cmd_verify)
+    return p

@@ -1,0 +1,237 @@
+"""Tokenize once: a corpus or the SFT data into packed token shards (`lrmerge.data.shards`).
+
+Documents are read in order and encoded in batches by the `tokenizers` Rust encoder on as many
+threads as the rule has, and the data stage stops at the first document that completes what the
+largest budget needs, counted in the real tokens of the
+model's own tokenizer. Memory stays at a few batches, whatever the corpus size: tokens go straight
+to the shard files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+from lrmerge.config import corpus_key, language_entry
+from lrmerge.data import budget
+from lrmerge.data.shards import ShardWriter, token_dtype
+
+BATCH_DOCS = 1000  # documents per encoder call
+
+
+class DataShortError(ValueError):
+    """A corpus holds fewer tokens than its largest budget needs (and repeating is not allowed)."""
+
+
+# --------------------------------------------------------------------------------------------
+# The tokenizer
+# --------------------------------------------------------------------------------------------
+def load_tokenizer(name: str):
+    """A fast Hugging Face tokenizer from a folder or hub id (the base model's, or the one the
+    mini preset trains)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise RuntimeError(f"cannot load the tokenizer {name}: {e}") from e
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"tokenizer {name} has no fast (tokenizers) version; the data stage "
+                         "needs tokenizer.json")
+    if tok.eos_token_id is None:
+        raise ValueError(f"tokenizer {name} has no EOS token (documents are separated by it)")
+    return tok
+
+
+def tokenizer_identity(tok) -> dict:
+    """Name, size and content hash: a training job checks its model's tokenizer against it."""
+    return {"name": str(tok.name_or_path), "vocab_size": len(tok),
+            "eos_token_id": tok.eos_token_id,
+            "xxh3_128": xxhash.xxh3_128(tok.backend_tokenizer.to_str().encode()).hexdigest()}
+
+
+# --------------------------------------------------------------------------------------------
+# Parallel encoding: the Rust encoder's own thread pool (rayon) over each batch
+# --------------------------------------------------------------------------------------------
+def _encode(tok, eos: int, dtype, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """One batch -> (ids back to back with EOS after each document, lengths incl. EOS)."""
+    ids = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=True)]
+    for x in ids:
+        x.append(eos)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    return flat, lengths
+
+
+def _encode_sft(tok, eos: int, dtype, batch: list[tuple[str, str]]):
+    """(prompt, join + response) pairs -> ids, lengths and prompt lengths."""
+    prompts = [e.ids for e in tok.encode_batch_fast([p for p, _ in batch])]
+    answers = [e.ids for e in tok.encode_batch_fast([a for _, a in batch],
+                                                     add_special_tokens=False)]
+    seqs = [p + a + [eos] for p, a in zip(prompts, answers, strict=True)]
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=dtype, count=int(lengths.sum()))
+    return flat, lengths, np.fromiter(map(len, prompts), dtype=np.uint32, count=len(prompts))
+
+
+def encoded_batches(tok, items: Iterable, workers: int, fn: Callable = _encode,
+                    batch: int = BATCH_DOCS) -> Iterator[tuple]:
+    """Encode `items` (texts, or SFT pairs with fn=_encode_sft) batch by batch, in order. The
+    `tokenizers` encoder spreads each batch over `workers` threads (measured here on 2 cores:
+    2.5x a single-threaded `tokenizer(batch)` loop, see benchmarks/bench_data.py); one batch in
+    memory at a time."""
+    # tokenizers reads this on every call; the pool size only when it first starts its threads
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if workers > 1 else "false"
+    os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, workers)))
+    rust = tok.backend_tokenizer
+    eos, dtype = tok.eos_token_id, token_dtype(len(tok))
+    it = iter(items)
+    while b := list(itertools.islice(it, batch)):
+        yield (*fn(rust, eos, dtype, b), len(b))
+
+
+# --------------------------------------------------------------------------------------------
+# Corpora
+# --------------------------------------------------------------------------------------------
+def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
+                   workers: int = 1, log=print) -> dict:
+    """Tokenize a corpus into `out` (token shards + manifest) up to what its largest budget needs
+    plus `continual_pretrain.data_margin`. Fails, naming the language and the counts, when the
+    corpus holds less than the need, unless its config entry allows repeating."""
+    from lrmerge.data.sources import corpus_documents
+
+    t0 = time.time()
+    spec = language_entry(cfg, lang)["corpus"]
+    where = corpus_key(lang)
+    need, readers = budget.corpus_tokens_needed(cfg, lang)
+    goal = budget.with_margin(need, cfg["continual_pretrain"]["data_margin"])
+    if spec.get("max_tokens"):
+        goal = min(goal, int(spec["max_tokens"]))
+    tok = load_tokenizer(tokenizer)
+    ident = tokenizer_identity(tok)
+    docs = corpus_documents(cfg, lang)
+    writer = ShardWriter(out, len(tok), cfg["data"]["shard_tokens"])
+    read = 0
+    try:
+        max_docs = spec.get("max_docs")
+        for flat, lengths, _ in encoded_batches(tok, docs, workers):
+            k = len(lengths) if not max_docs else min(len(lengths), int(max_docs) - read)
+            ends = np.cumsum(lengths[:k])
+            done = writer.tokens + int(ends[-1]) >= goal
+            if done:  # the document that completes the goal is the last one read
+                k = int(np.searchsorted(ends, goal - writer.tokens, side="left")) + 1
+            writer.add(flat[:int(ends[k - 1])], lengths[:k])
+            read += k
+            if done or (max_docs and read >= int(max_docs)):
+                break
+        tokens = writer.tokens
+        if tokens < need and not spec["allow_repeat"]:
+            raise DataShortError(
+                f"{where}: language {lang!r} has {tokens} tokens in {read} documents, but its "
+                f"largest budget needs {need} ({', '.join(f'{k} {v}' for k, v in readers.items())}"
+                f"); add text, lower the budgets, or set {where}.allow_repeat: true to repeat it")
+        passes = round(need / tokens, 4) if tokens else None
+        if tokens < need:
+            print(f"warning: {where}: {tokens} tokens for a need of {need}: training repeats the "
+                  f"corpus ({passes} passes, recorded in the manifest)", file=sys.stderr)
+        manifest = writer.finish({
+            "kind": "corpus", "lang": lang, "tokenizer": ident, "source": spec,
+            "need": need, "need_by_reader": readers, "goal_with_margin": goal,
+            "margin": cfg["continual_pretrain"]["data_margin"],
+            "allow_repeat": spec["allow_repeat"], "passes_needed": max(1.0, passes or 0),
+            "exhausted": tokens < goal, "seconds": round(time.time() - t0, 2),
+            "tokens_per_s": round(tokens / max(1e-9, time.time() - t0)), "workers": workers})
+    except BaseException:
+        writer.abort()
+        raise
+    log(f"{lang}: {manifest['tokens']} tokens in {manifest['documents']} documents "
+        f"({len(manifest['shards'])} shards, need {need}) in {manifest['seconds']} s")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# SFT data: examples tokenized with their prompt length (the loss mask), packed at train time
+# --------------------------------------------------------------------------------------------
+def prepare_sft(cfg: dict, tokenizer: str, out: str | os.PathLike, workers: int = 1,
+                log=print) -> dict:
+    from lrmerge.data.sft import sft_rows
+
+    t0 = time.time()
+    sft = cfg["sft"]
+    tok = load_tokenizer(tokenizer)
+    pairs = ((r["prompt"], sft["join"] + r["response"]) for r in sft_rows(cfg))
+    writer = ShardWriter(out, len(tok), cfg["data"]["shard_tokens"], with_prompts=True)
+    lengths_all = []
+    try:
+        for flat, lengths, prompts, _ in encoded_batches(tok, pairs, workers, _encode_sft):
+            writer.add(flat, lengths, prompts)
+            lengths_all.append(lengths)
+        if writer.documents == 0:
+            raise ValueError("sft.data: the source gave no examples")
+        lengths = np.concatenate(lengths_all)
+        sequences = len(budget.pack(lengths, sft["seq_len"])) - 1
+        need = sft["steps"] * sft["batch_size"]
+        allow = sft["data"]["allow_repeat"]
+        if sequences < need and not allow:
+            raise DataShortError(
+                f"sft.data: {writer.documents} examples pack into {sequences} sequences of "
+                f"{sft['seq_len']} tokens, but sft.steps x sft.batch_size needs {need}; add "
+                "examples, or set sft.data.allow_repeat: true to run several epochs")
+        manifest = writer.finish({
+            "kind": "sft", "tokenizer": tokenizer_identity(tok), "source": sft["data"],
+            "join": sft["join"], "seq_len": sft["seq_len"], "sequences": sequences,
+            "need_sequences": need, "allow_repeat": allow,
+            "passes_needed": round(max(1.0, need / sequences), 4),
+            "longer_than_seq_len": budget.longer_than(lengths, sft["seq_len"]),
+            "seconds": round(time.time() - t0, 2), "workers": workers})
+    except BaseException:
+        writer.abort()
+        raise
+    log(f"sft: {manifest['documents']} examples, {manifest['tokens']} tokens, {sequences} packed "
+        f"sequences (need {need}; {manifest['longer_than_seq_len']} examples cut to seq_len)")
+    return manifest
+
+
+def folder_size_gb(path: str | os.PathLike) -> float:
+    total = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    return round(total / 1e9, 6)
+
+
+# --------------------------------------------------------------------------------------------
+# The mini preset's own tokenizer
+# --------------------------------------------------------------------------------------------
+def train_tokenizer(cfg: dict, out: str | os.PathLike, log=print):
+    """Mini only: a byte-level BPE trained on the first `mini.tokenizer_docs` generated English
+    documents (so other scripts fall back to bytes, as with Llama-2), plus one token per target
+    word when `mini.vocab_extension` (new embedding rows that pre-training never updates)."""
+    from tokenizers import AddedToken, ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from lrmerge import fsutil
+    from lrmerge.data import synthetic
+
+    mini = cfg["mini"]
+    texts = list(itertools.islice(synthetic.documents(cfg, "en", "pretrain"),
+                                  mini["tokenizer_docs"]))
+    eos = "<|endoftext|>"
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=mini["tokenizer_vocab"], min_frequency=2,
+                            special_tokens=[eos], show_progress=False)
+    extra = synthetic.extension_words(cfg) if mini["vocab_extension"] else []
+    if extra:
+        # Both forms: after a space (inside text) and bare (at the start of a text).
+        bpe.add_tokens([AddedToken(" " + w, normalized=False) for w in extra]
+                       + [AddedToken(w, normalized=False) for w in extra])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos, bos_token=eos,
+                                  pad_token=eos, unk_token=None)
+    with fsutil.atomic_dir(out) as tmp:
+        tok.save_pretrained(tmp)
+    log(f"tokenizer: {len(tok)} tokens ({len(extra)} extension words) from {len(texts)} documents")
+    return tok

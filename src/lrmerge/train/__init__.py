@@ -1,0 +1,10 @@
+"""Train stage: pre-training (mini), continual pre-training (CT) and supervised fine-tuning.
+
+    model      the mini's tiny Llama, loading, activation checkpointing, FLOPs per token
+    schedule   steps cut at budget edges, warmup + cosine
+    stream     token shards as position-indexed samples (CT blocks, packed SFT, the English mix)
+    backend    plain torch (one process or data parallel over torch.distributed) and DeepSpeed
+    state      resumable state: per-rank shards, written atomically
+    loop       the training loop
+    cli        `lrmerge train ...`
+"""

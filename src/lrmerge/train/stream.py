@@ -1,0 +1,128 @@
+"""The data a training job reads: token shards (`lrmerge.data.shards`) cut into position-indexed
+samples. Sample i of a run is a pure function of i, so a resumed run (any number of processes)
+sees exactly what the uninterrupted run would have seen, and each process reads only its own
+samples through the memory maps.
+
+A sample is (ids, keep, pos): token ids of one sequence, which tokens count as prediction
+targets, and position ids (None: 0..n-1). CT packs documents back to back (EOS between them) into
+blocks of seq_len, as pre-training does; SFT packs whole examples into sequences and restarts the
+position ids at each example, which transformers turns into attention kept inside each example.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lrmerge.data import budget
+from lrmerge.data.shards import TokenShards
+
+
+class DataShortError(ValueError):
+    """The run reads past the end of its data and repeating is not allowed."""
+
+
+class _Repeating:
+    """Index j past the end of n items -> a seeded permutation per pass (only if allowed)."""
+
+    def __init__(self, name: str, n: int, seed: int, allow_repeat: bool, what: str):
+        self.name, self.n, self.seed, self.allow, self.what = name, n, seed, allow_repeat, what
+        self._perm: dict[int, np.ndarray] = {}
+        self.max_index = -1
+
+    def index(self, j: int) -> int:
+        self.max_index = max(self.max_index, j)
+        if j < self.n:
+            return j
+        if self.n == 0:
+            raise DataShortError(f"{self.name}: the data holds less than one {self.what}")
+        if not self.allow:
+            raise DataShortError(
+                f"{self.name}: the run needs {self.what} {j + 1} but the data holds {self.n}; "
+                "prepare more data or allow repeating it (allow_repeat)")
+        epoch, k = divmod(j, self.n)
+        if epoch not in self._perm:
+            self._perm = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return int(self._perm[epoch][k])
+
+    def passes(self) -> float:
+        return round((self.max_index + 1) / self.n, 4) if self.n else 0.0
+
+
+class Blocks:
+    """A token folder as blocks of seq_len tokens (CT, pre-training); all tokens are targets."""
+
+    def __init__(self, shards: TokenShards, seq_len: int, name: str, seed: int,
+                 allow_repeat: bool):
+        self.shards, self.seq_len, self.name = shards, seq_len, name
+        self.rep = _Repeating(name, shards.tokens // seq_len, seed, allow_repeat, "block")
+
+    def sample(self, j: int):
+        s = self.rep.index(j) * self.seq_len
+        ids = self.shards.slice(s, s + self.seq_len)
+        return ids, np.ones(len(ids), dtype=bool), None
+
+    def usage(self) -> dict:
+        return {"folder": str(self.shards.folder), "blocks": self.rep.n,
+                "blocks_read": self.rep.max_index + 1, "passes": self.rep.passes()}
+
+
+class Packed:
+    """SFT examples packed whole, in order, into sequences of seq_len (`budget.pack`), padded
+    with EOS that is never a target. Targets: every token but each example's first (it would be
+    predicted across the boundary), or with loss_on "response" only the response and EOS."""
+
+    def __init__(self, shards: TokenShards, seq_len: int, loss_on: str, pad_id: int, seed: int,
+                 allow_repeat: bool):
+        if shards.prompts is None:
+            raise ValueError(f"{shards.folder}: not SFT data (no prompt lengths)")
+        self.shards, self.seq_len, self.loss_on, self.pad = shards, seq_len, loss_on, pad_id
+        ends = np.asarray(shards.doc_ends, dtype=np.int64)
+        self.starts = np.concatenate([[0], ends[:-1]])
+        self.lengths = ends - self.starts
+        self.seqs = budget.pack(self.lengths, seq_len)
+        self.rep = _Repeating("sft", len(self.seqs) - 1, seed, allow_repeat, "sequence")
+
+    def sample(self, j: int):
+        k = self.rep.index(j)
+        S = self.seq_len
+        ids = np.full(S, self.pad, dtype=np.int64)
+        keep = np.zeros(S, dtype=bool)
+        pos = np.zeros(S, dtype=np.int64)
+        at = 0
+        for e in range(int(self.seqs[k]), int(self.seqs[k + 1])):
+            n = min(int(self.lengths[e]), S - at)  # an example longer than seq_len is cut
+            s = int(self.starts[e])
+            ids[at:at + n] = self.shards.slice(s, s + n)
+            first = int(self.shards.prompts[e]) if self.loss_on == "response" else 1
+            keep[at + min(first, n):at + n] = True
+            pos[at:at + n] = np.arange(n)
+            at += n
+        pos[at:] = np.arange(S - at)  # padding: a segment of its own
+        return ids, keep, pos
+
+    def usage(self) -> dict:
+        return {"folder": str(self.shards.folder), "sequences": self.rep.n,
+                "sequences_read": self.rep.max_index + 1, "passes": self.rep.passes()}
+
+
+class Mix:
+    """CT: sample i -> target or English. English takes the samples where floor(i * r) steps up,
+    so every prefix of the run holds round-down(r * i) English samples: the ratio is exact at
+    every step (`lrmerge.data.budget.mix_counts`)."""
+
+    def __init__(self, target, english=None, english_ratio: float = 0.0):
+        self.target, self.english = target, english
+        self.r = english_ratio if english is not None else 0.0
+
+    def counts(self, i: int) -> tuple[int, int]:
+        return budget.mix_counts(i, self.r)
+
+    def sample(self, i: int):
+        t_before, e_before = self.counts(i)
+        if self.english is not None and self.counts(i + 1)[1] > e_before:
+            return self.english.sample(e_before)
+        return self.target.sample(t_before)
+
+    def usage(self) -> dict:
+        return {"target": self.target.usage(),
+                "english": self.english.usage() if self.english is not None else None}
