@@ -40,3 +40,34 @@ def tiny_config(**overrides) -> dict:
 def write_config(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def prepare_data(cfg: dict, root: Path, langs=("en", "bn"), sft: bool = True) -> dict:
+    """The mini tokenizer and token folders of `langs` (and the SFT data) under root."""
+    from lrmerge.data import tokenize
+
+    paths = {"tokenizer": root / "tokenizer", "root": root}
+    tokenize.train_tokenizer(cfg, paths["tokenizer"], log=quiet)
+    for lang in langs:
+        paths[lang] = root / "tokens" / lang
+        tokenize.prepare_corpus(cfg, lang, str(paths["tokenizer"]), paths[lang], log=quiet)
+    if sft:
+        paths["sft"] = root / "tokens" / "sft"
+        tokenize.prepare_sft(cfg, str(paths["tokenizer"]), paths["sft"], log=quiet)
+    return paths
+
+
+def pretrain_base(cfg: dict, paths: dict, out: Path, threads: int = 1) -> dict:
+    """The mini base: a tiny Llama pre-trained on the English token folder."""
+    from lrmerge.data.tokenize import load_tokenizer
+    from lrmerge.train.loop import train
+    from lrmerge.train.model import build_model
+
+    tok = load_tokenizer(str(paths["tokenizer"]))
+    model = build_model(cfg, tok, cfg["seed"], cfg["pretrain"]["attention"])
+    return train(stage="pretrain", cfg=cfg, out=str(out), data=str(paths["en"]), model=model,
+                 tokenizer=tok, threads=threads, log=quiet)

@@ -1,4 +1,5 @@
-"""The data stage: generated languages, corpora, mini FLAN, eval sets, and the hf loading paths."""
+"""The data stage: generated languages, eval sets, and the mini FLAN rows (the token shards are
+tested in test_tokens.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import pytest
 import yaml
 from stage_helpers import tiny_config, write_config
 
-from lrmerge import data, fsutil
+from lrmerge import fsutil
 from lrmerge.cli import main as cli
+from lrmerge.data import synthetic
+from lrmerge.data.evalsets import build_eval
+from lrmerge.data.sft import generated_rows, sft_rows
 
 
 @pytest.fixture(scope="module")
@@ -25,20 +29,20 @@ def _in_block(word: str, lo: int, hi: int) -> bool:
 
 
 def test_lexicon_is_a_seeded_bijection_into_the_script(cfg):
-    bn, bo = data.lexicon(cfg, "bn"), data.lexicon(cfg, "bo")
-    assert data.lexicon(cfg, "bn").map == bn.map  # deterministic
+    bn, bo = synthetic.lexicon(cfg, "bn"), synthetic.lexicon(cfg, "bo")
+    assert synthetic.lexicon(cfg, "bn").map == bn.map  # deterministic
     other = dict(cfg, seed=cfg["seed"] + 1)
-    assert data.lexicon(other, "bn").map != bn.map  # the seed matters
+    assert synthetic.lexicon(other, "bn").map != bn.map  # the seed matters
     words = bn.words()
-    assert len(set(words)) == len(words) == len(data.english_words())
+    assert len(set(words)) == len(words) == len(synthetic.english_words())
     assert all(_in_block(w, 0x0980, 0x09FF) for w in bn.words())  # Bengali block
     assert all(_in_block(w, 0x0F00, 0x0FFF) for w in bo.words())  # Tibetan block
 
 
 def test_target_text_is_english_grammar_relabelled_with_some_code_switching(cfg):
-    lex = data.lexicon(cfg, "bo")
+    lex = synthetic.lexicon(cfg, "bo")
     inverse = {v: k for k, v in lex.map.items()}
-    g = data.Grammar(random.Random(1))
+    g = synthetic.Grammar(random.Random(1))
     rng = random.Random(2)
     total = switched = 0
     for _ in range(300):
@@ -56,34 +60,21 @@ def test_target_text_is_english_grammar_relabelled_with_some_code_switching(cfg)
     assert 0.10 < switched / total < 0.20
 
 
-def test_english_corpus_and_ct_corpus(cfg):
-    en = data.build_corpus(cfg, "en")
-    assert len(en) == cfg["mini"]["english_docs"]
-    assert en == data.build_corpus(cfg, "en")
-    assert all(r["lang"] == "en" and re.fullmatch(r"[a-z0-9 .?:]+", r["text"]) for r in en)
-    bn = data.build_corpus(cfg, "bn")
-    assert bn == data.build_corpus(cfg, "bn")
-    # enough target words (one token each) for the target share of the largest budget
-    need = max(cfg["languages"]["bn"]["budgets"]) * (1 - cfg["continual_pretrain"]["english_ratio"])
-    assert sum(len(r["text"].split()) for r in bn) >= need
-    assert any(ord(c) > 0x0980 for c in bn[0]["text"])
-
-
 def test_sft_holds_out_the_english_test_items(tmp_path):
     # 400 examples: drawn without the hold-out, 2 of them would be test items (checked)
     cfg = tiny_config(mini__sft_examples=400)
-    rows = data.build_sft(cfg)
-    data.build_eval(cfg, "en", tmp_path)
+    rows = generated_rows(cfg)
+    build_eval(cfg, "en", tmp_path)
     tests = {r["query"] for t in cfg["english"]["tasks"]
              for r in fsutil.read_jsonl(tmp_path / f"{t}.test.jsonl")}
     assert len(rows) == 400 and not tests & {r["prompt"] for r in rows}
 
 
 def test_sft_data_answers_are_right(cfg):
-    rows = data.build_sft(cfg)
+    rows = generated_rows(cfg)
     assert len(rows) == cfg["mini"]["sft_examples"]
     fams = [r["family"] for r in rows]
-    assert {f: fams.count(f) for f in data.FAMILIES} == {f: len(rows) // 4 for f in data.FAMILIES}
+    assert {f: fams.count(f) for f in synthetic.FAMILIES} == {f: len(rows) // 4 for f in synthetic.FAMILIES}
     for r in rows:
         p, a = r["prompt"], r["response"]
         if r["family"] == "math":
@@ -94,13 +85,13 @@ def test_sft_data_answers_are_right(cfg):
             thing = question.split(" the ")[1].split(" ?")[0]
             assert f"{a} has the {thing} ." in story
         elif r["family"] == "topic":
-            nouns = data.TOPICS[a]["nouns"]
+            nouns = synthetic.TOPICS[a]["nouns"]
             assert any(f" {n} " in p for n in nouns)
 
 
 def test_eval_sets_and_lm_eval_yamls(cfg, tmp_path):
     out = tmp_path / "eval" / "bn"
-    tasks = data.build_eval(cfg, "bn", out)
+    tasks = build_eval(cfg, "bn", out)
     assert tasks == cfg["languages"]["bn"]["tasks"]
     from lm_eval.tasks import TaskManager
 
@@ -120,14 +111,14 @@ def test_eval_sets_and_lm_eval_yamls(cfg, tmp_path):
         assert len({r["query"] for r in test} & {r["query"] for r in shots}) <= 1
     # rerun: identical files, written over the old folder
     before = (out / "topic_bn.test.jsonl").read_text()
-    data.build_eval(cfg, "bn", out)
+    build_eval(cfg, "bn", out)
     assert (out / "topic_bn.test.jsonl").read_text() == before
     assert not list(tmp_path.glob("eval/.*"))  # no temporary folders left
 
 
 def test_math_as_generation(tmp_path):
     cfg = tiny_config(evaluate__math_format="generate")
-    data.build_eval(cfg, "en", tmp_path)
+    build_eval(cfg, "en", tmp_path)
     y = yaml.safe_load((tmp_path / "math_en.yaml").read_text())
     assert y["output_type"] == "generate_until"
     assert y["generation_kwargs"]["max_gen_toks"] == cfg["evaluate"]["max_gen_toks"]
@@ -136,26 +127,21 @@ def test_math_as_generation(tmp_path):
     assert int(row["answer"]) in (n[0] + n[1], n[0] - n[1])
 
 
-def test_cli_writes_all_three(tmp_path, capsys):
+def test_cli_errors_name_the_key(tmp_path, capsys):
     cfg_path = write_config(tmp_path / "c.yaml", tiny_config())
-    assert cli(["data", "corpus", "--config", str(cfg_path), "--lang", "bo",
-                "--out", str(tmp_path / "bo.jsonl")]) == 0
-    assert cli(["data", "sft", "--config", str(cfg_path), "--out", str(tmp_path / "f.jsonl")]) == 0
     assert cli(["data", "eval", "--config", str(cfg_path), "--lang", "en",
                 "--out-dir", str(tmp_path / "ev")]) == 0
-    assert fsutil.read_jsonl(tmp_path / "bo.jsonl")[0]["lang"] == "bo"
-    assert {"prompt", "response"} <= set(fsutil.read_jsonl(tmp_path / "f.jsonl")[0])
     assert (tmp_path / "ev" / "topic_en.yaml").exists()
     # input errors: one line naming the key, exit 2
-    assert cli(["data", "corpus", "--config", str(cfg_path), "--lang", "xx",
-                "--out", str(tmp_path / "xx.jsonl")]) == 2
+    assert cli(["data", "eval", "--config", str(cfg_path), "--lang", "xx",
+                "--out-dir", str(tmp_path / "xx")]) == 2
     assert "'xx' is not in config key 'languages'" in capsys.readouterr().err
     bad = tiny_config()
     bad["mini"]["code_switch"] = 2
     write_config(cfg_path, bad)
-    assert cli(["data", "sft", "--config", str(cfg_path), "--out", str(tmp_path / "g.jsonl")]) == 2
+    assert cli(["data", "tokenizer", "--config", str(cfg_path), "--out", str(tmp_path / "t")]) == 2
     assert "mini.code_switch" in capsys.readouterr().err
-    assert not (tmp_path / "g.jsonl").exists() and not (tmp_path / "xx.jsonl").exists()
+    assert not (tmp_path / "t").exists() and not (tmp_path / "xx").exists()
 
 
 # ------------------------------------------------------------------------------------------
@@ -167,42 +153,19 @@ def _jsonl(path, rows):
     return str(path)
 
 
-def test_hf_corpus_takes_what_the_largest_budget_needs(tmp_path):
-    docs = [{"content": f"doc {i:03d} " + "x" * 92} for i in range(400)]  # 100 characters each
-    src = _jsonl(tmp_path / "c.jsonl", docs)
-    langs = tiny_config()["languages"]
-    langs["bn"]["corpus"] = {"kind": "hf", "path": "json", "data_files": src,
-                             "text_field": "content", "chars_per_token": 2.0}
-    langs["bn"]["budgets"] = [1000, 2000]
-    cfg = tiny_config(languages=langs, merge__multi=[])
-    rows = data.build_corpus(cfg, "bn")
-    # need = 2000 * 0.8 * 1.05 = 1680 tokens at 50 tokens per doc -> 34 documents, in file order
-    assert len(rows) == 34
-    assert rows[0]["text"].startswith("doc 000 ")
-    langs["bn"]["corpus"]["text_field"] = "body"
-    with pytest.raises(KeyError, match=r"languages\.bn\.corpus.*text_field"):
-        data.build_corpus(tiny_config(languages=langs, merge__multi=[]), "bn")
-
-
-def test_hf_english_corpus_and_flan(tmp_path):
-    src = _jsonl(tmp_path / "en.jsonl", [{"text": "w " * 50} for _ in range(500)])
-    cfg = tiny_config(english={"corpus": {"kind": "hf", "path": "json", "data_files": src,
-                                          "chars_per_token": 4.0},
-                               "tasks": ["topic_en"]})
-    rows = data.build_corpus(cfg, "en")
-    # English need: 0.2 x 9000 x 1.05 = 1890 tokens at 25 per doc
-    assert len(rows) == 76
+def test_flan_rows_from_local_files(tmp_path):
     flan = _jsonl(tmp_path / "flan.jsonl", [{"inputs": f"q{i}", "targets": f"a{i}"}
                                             for i in range(10)] + [{"inputs": "q", "targets": ""}])
-    cfg = tiny_config(sft__data={"kind": "hf", "path": "json", "data_files": flan,
-                                 "max_examples": 8})
-    rows = data.build_sft(cfg)
-    assert rows[:2] == [{"prompt": "q0", "response": "a0"}, {"prompt": "q1", "response": "a1"}]
-    assert len(rows) == 8
-    cfg = tiny_config(sft__data={"kind": "hf", "path": "json", "data_files": flan,
-                                 "prompt_field": "question"})
-    with pytest.raises(KeyError, match="prompt_field"):
-        data.build_sft(cfg)
+    for kind in ("hf", "jsonl"):
+        spec = {"kind": kind, "path": "json", "data_files": flan, "max_examples": 8}
+        if kind == "jsonl":
+            spec = {"kind": "jsonl", "path": flan, "max_examples": 8}
+        rows = list(sft_rows(tiny_config(sft__data=spec)))
+        assert rows[:2] == [{"prompt": "q0", "response": "a0"}, {"prompt": "q1", "response": "a1"}]
+        assert len(rows) == 8
+    cfg = tiny_config(sft__data={"kind": "jsonl", "path": flan, "prompt_field": "question"})
+    with pytest.raises(ValueError, match=r"flan\.jsonl: line 1 has no key 'question'"):
+        list(sft_rows(cfg))
 
 
 def test_eval_from_local_files_like_milic_and_sib(tmp_path):
@@ -231,7 +194,7 @@ def test_eval_from_local_files_like_milic_and_sib(tmp_path):
         "belebele_bod_Tibt": {"kind": "builtin"},
     }
     cfg = tiny_config(languages=langs, evaluate__sources=sources)
-    written = data.build_eval(cfg, "bo", tmp_path / "out")
+    written = build_eval(cfg, "bo", tmp_path / "out")
     assert written == ["milic_topic_bo", "sib200_bod_Tibt"]  # built-ins need no files
     milic = fsutil.read_jsonl(tmp_path / "out" / "milic_topic_bo.test.jsonl")
     assert milic[4] == {"query": "t4\nTopic:", "choices": ["a", "b", "c"], "gold": 1}
@@ -242,7 +205,7 @@ def test_eval_from_local_files_like_milic_and_sib(tmp_path):
     assert sib_rows[0]["query"] == "Text: s0\nTopic:"
     sources["sib200_bod_Tibt"]["choices"] = ["travel"]
     with pytest.raises(ValueError, match="label 'sports' is not among the choices"):
-        data.build_eval(tiny_config(languages=langs, evaluate__sources=sources), "bo",
+        build_eval(tiny_config(languages=langs, evaluate__sources=sources), "bo",
                         tmp_path / "out2")
 
 
@@ -259,7 +222,7 @@ def test_milic_source_reads_the_benchmark_layout(tmp_path):
     sources = {"milic_math_ug": {"kind": "milic", "repo": str(repo), "task": "math", "lang": "ug",
                                  "family": "math", "fewshot_file": "train_2",
                                  "text_field": "question", "format": "generate"}}
-    data.build_eval(tiny_config(languages=langs, evaluate__sources=sources), "bo", tmp_path / "o")
+    build_eval(tiny_config(languages=langs, evaluate__sources=sources), "bo", tmp_path / "o")
     rows = fsutil.read_jsonl(tmp_path / "o" / "milic_math_ug.test.jsonl")
     assert rows[0] == {"query": "1 + 1 = ?", "answer": "2"}
     assert fsutil.read_jsonl(tmp_path / "o" / "milic_math_ug.train.jsonl") == [rows[0]]
@@ -267,7 +230,7 @@ def test_milic_source_reads_the_benchmark_layout(tmp_path):
     assert y["output_type"] == "generate_until"
     del sources["milic_math_ug"]["lang"]
     with pytest.raises(ValueError, match=r"evaluate\.sources\.milic_math_ug\.lang"):
-        data.build_eval(tiny_config(languages=langs, evaluate__sources=sources), "bo",
+        build_eval(tiny_config(languages=langs, evaluate__sources=sources), "bo",
                         tmp_path / "o2")
 
 
@@ -275,13 +238,11 @@ def test_errors_name_the_key():
     langs = tiny_config()["languages"]
     langs["bn"]["tasks"] = ["sentiment_bn"]
     with pytest.raises(ValueError, match="sentiment_bn.*evaluate.sources.sentiment_bn.family"):
-        data.build_eval(tiny_config(languages=langs), "bn", "/tmp/never")
-    with pytest.raises(KeyError, match="'xx' is not in config key 'languages'"):
-        data.build_corpus(tiny_config(), "xx")
+        build_eval(tiny_config(languages=langs), "bn", "/tmp/never")
     langs = tiny_config()["languages"]
     langs["kk"] = dict(langs["bn"], corpus={"kind": "generated"})
     with pytest.raises(ValueError, match=r"languages\.kk\.corpus\.script"):
-        data.build_corpus(tiny_config(languages=langs), "kk")
+        synthetic.lexicon(tiny_config(languages=langs), "kk")
 
 
 def test_outputs_are_atomic(tmp_path):

@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
-from stage_helpers import tiny_config, write_config
+from stage_helpers import prepare_data, pretrain_base, tiny_config, write_config
 
-from lrmerge import data, evaluate, fsutil, train
+from lrmerge import evaluate, fsutil
+from lrmerge.data.evalsets import build_eval
 from lrmerge.cli import main as cli
 
 quiet = lambda *a, **k: None  # noqa: E731
@@ -18,10 +19,9 @@ quiet = lambda *a, **k: None  # noqa: E731
 def setup(tmp_path_factory):
     cfg = tiny_config()
     root = tmp_path_factory.mktemp("evaluate")
-    fsutil.write_jsonl(root / "en.jsonl", data.build_corpus(cfg, "en"))
-    train.pretrain(cfg, str(root / "en.jsonl"), str(root / "model"), threads=1, log=quiet)
+    pretrain_base(cfg, prepare_data(cfg, root, langs=("en",), sft=False), root / "model")
     for lang in ("bn", "en"):
-        data.build_eval(cfg, lang, root / "eval" / lang)
+        build_eval(cfg, lang, root / "eval" / lang)
     return cfg, root
 
 
@@ -67,7 +67,7 @@ def test_generated_math_runs_as_generation(setup, tmp_path):
     cfg = tiny_config(evaluate__math_format="generate", evaluate__max_gen_toks=4)
     cfg["english"]["tasks"] = ["math_en"]
     _, root = setup
-    data.build_eval(cfg, "en", tmp_path / "tasks" / "en")
+    build_eval(cfg, "en", tmp_path / "tasks" / "en")
     doc = evaluate.evaluate(cfg, str(root / "model"), ["en"], str(tmp_path / "tasks"),
                             str(tmp_path / "m.json"), limit=3)
     assert doc["tasks"]["math_en"]["metric"] == "exact_match"

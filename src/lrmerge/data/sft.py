@@ -47,7 +47,7 @@ def sft_rows(cfg: dict) -> Iterator[dict]:
         if not spec.get("path"):
             raise ValueError("config key sft.data.path is required for kind: jsonl")
         paths = [spec["path"]] if isinstance(spec["path"], str) else spec["path"]
-        rows = jsonl_rows(paths, "sft.data.prompt_field/response_field", (pf, rf))
+        rows = jsonl_rows(paths, "sft.data", (pf, rf), "sft.data.prompt_field/response_field")
     elif kind == "hf":
         rows = load_hf(spec, "sft.data")
     else:

@@ -80,16 +80,20 @@ class ShardWriter:
             if self._fh is None or self._in_shard >= self.shard_tokens:
                 self._close_shard()
                 self._open_shard()
-            # as many whole documents as fit (at least one, so a huge document is not stuck)
+            # as many whole documents as fit; one too long for any shard gets a shard of its own
             room = self.shard_tokens - self._in_shard
-            base = ends[start - 1] if start else 0
+            base = int(ends[start - 1]) if start else 0
             stop = int(np.searchsorted(ends, base + room, side="right"))
-            stop = max(stop, start + 1)
-            lo, hi = int(base), int(ends[stop - 1])
-            chunk = ids[lo:hi].tobytes()
+            if stop == start:
+                if self._in_shard:
+                    self._close_shard()
+                    continue
+                stop = start + 1
+            hi = int(ends[stop - 1])
+            chunk = ids[base:hi].tobytes()
             self._fh.write(chunk)
             self._hash.update(chunk)
-            self._in_shard += hi - lo
+            self._in_shard += hi - base
             start = stop
         (ends + np.uint64(self.tokens)).astype(np.uint64).tofile(self._docs)
         if self._prompts is not None:

@@ -34,12 +34,12 @@ def load_hf(spec: dict, where: str):
         raise RuntimeError(f"{where}: load_dataset({args}) failed: {e}") from e
 
 
-def jsonl_rows(paths: list[str], where: str, fields: tuple[str, ...]) -> Iterator[dict]:
+def jsonl_rows(paths: list[str], where: str, fields: tuple[str, ...], hint: str) -> Iterator[dict]:
     """Rows of local jsonl files in order; a missing file, a line that is not a JSON object, or
     a row without `fields` stops with the file, line and key."""
     for path in paths:
         if not Path(path).is_file():
-            raise SourceError(f"{where}: file {path} not found")
+            raise SourceError(f"{where}.path: file {path} not found")
         with open(path, encoding="utf-8") as fh:
             for i, line in enumerate(fh, 1):
                 if not line.strip():
@@ -53,7 +53,7 @@ def jsonl_rows(paths: list[str], where: str, fields: tuple[str, ...]) -> Iterato
                 for f in fields:
                     if f not in row:
                         raise SourceError(f"{path}: line {i} has no key {f!r} (fields: "
-                                          f"{', '.join(row)}); set {where} to the right field")
+                                          f"{', '.join(row)}); set {hint}")
                 yield row
 
 
@@ -89,7 +89,7 @@ def corpus_documents(cfg: dict, lang: str) -> Iterator[str]:
         return synthetic.documents(cfg, lang, "pretrain" if lang == "en" else "ct")
     field = spec["text_field"]
     if kind == "jsonl":
-        rows = jsonl_rows(_paths(spec, where), f"{where}.text_field", (field,))
+        rows = jsonl_rows(_paths(spec, where), where, (field,), f"{where}.text_field")
         texts = (r[field] for r in rows)
     elif kind == "hf":
         texts = _hf_texts(spec, where, field)

@@ -328,7 +328,7 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
             "tokens_per_s": round(tps, 1),
             "flops_per_token": fpt,
             "peak_tflops": peak / 1e12 if peak else None,
-            "mfu": round(tps * fpt / (peak * world_size), 4) if peak else None,
+            "mfu": round(tps * fpt / (peak * world_size), 6) if peak else None,
             "peak_mem_gb": _peak_mem_gb(device),
             "peak_mem_kind": "device" if device.type == "cuda" else "host (max RSS)",
             "config": tc,

@@ -1,0 +1,185 @@
+"""The data stage's token shards: tokenize once, exact sizing in real tokens, manifests, errors,
+atomic output, SFT examples with their prompt lengths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from stage_helpers import quiet, tiny_config, write_config
+
+from lrmerge import fsutil
+from lrmerge.cli import main as cli
+from lrmerge.data import budget, tokenize
+from lrmerge.data.shards import ShardWriter, TokenShards
+from lrmerge.data.sources import corpus_documents
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    tokenize.train_tokenizer(tiny_config(), root / "tokenizer", log=quiet)
+    return root / "tokenizer"
+
+
+def _jsonl(path, rows):
+    fsutil.write_jsonl(path, rows)
+    return str(path)
+
+
+def _reference(tok_dir, texts):
+    """Token ids of `texts` as the plain Hugging Face call gives them, EOS after each."""
+    tok = tokenize.load_tokenizer(str(tok_dir))
+    return [ids + [tok.eos_token_id] for ids in tok(texts)["input_ids"]]
+
+
+def test_corpus_is_tokenized_once_to_exactly_what_the_largest_budget_needs(tmp_path, tok_dir):
+    cfg = tiny_config()
+    m = tokenize.prepare_corpus(cfg, "bn", str(tok_dir), tmp_path / "bn", log=quiet)
+    ct = cfg["continual_pretrain"]
+    # 9000 tokens = 282 blocks of 32; English takes floor(282 x 0.2) = 56 of them
+    assert m["need"] == (282 - 56) * 32 == budget.ct_need(cfg, "bn")
+    goal = m["goal_with_margin"]
+    assert goal == int(np.ceil(m["need"] * ct["data_margin"]))
+    shards = TokenShards(tmp_path / "bn")
+    lengths = np.diff(np.concatenate([[0], shards.doc_ends]))
+    # the documents read are the first ones in order, and the last is the one completing the goal
+    assert shards.tokens >= goal > shards.tokens - int(lengths[-1])
+    docs = [d for _, d in zip(range(m["documents"]), corpus_documents(cfg, "bn"), strict=False)]
+    ref = _reference(tok_dir, docs)
+    assert [len(r) for r in ref] == lengths.tolist()
+    assert shards.slice(0, shards.tokens).tolist() == [t for r in ref for t in r]
+    assert m["dtype"] == "uint16" and m["documents"] == len(docs)
+    assert m["tokenizer"]["name"] == str(tok_dir) and len(m["tokenizer"]["xxh3_128"]) == 32
+    assert m["source"] == cfg["languages"]["bn"]["corpus"] and m["passes_needed"] == 1.0
+    shards.verify()
+    # reproducible: the same hashes on a rerun, the old folder replaced whole
+    again = tokenize.prepare_corpus(cfg, "bn", str(tok_dir), tmp_path / "bn", log=quiet)
+    assert again["shards"] == m["shards"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bn"]
+
+
+def test_english_is_sized_for_every_reader(tmp_path, tok_dir):
+    cfg = tiny_config()
+    need, readers = budget.english_need(cfg)
+    assert readers == {"continual_pretrain.bn": 56 * 32, "continual_pretrain.bo": 56 * 32,
+                       "pretrain": 6 * 4 * 32}
+    m = tokenize.prepare_corpus(cfg, "en", str(tok_dir), tmp_path / "en", workers=2, log=quiet)
+    assert m["need"] == need == 56 * 32 and m["tokens"] >= need
+
+
+def test_shards_split_at_document_edges_and_switch_to_uint32(tmp_path):
+    w = ShardWriter(tmp_path / "t", vocab_size=70000, shard_tokens=10)
+    w.add(np.array([1, 2, 3, 66000, 5, 6, 7, 8, 9]), np.array([3, 4, 2]))
+    w.add(np.array([10] * 5), np.array([5]))  # does not fit beside the first three
+    w.add(np.array([11] * 12), np.array([12]))  # longer than a shard: a shard of its own
+    m = w.finish({"tokenizer": {"xxh3_128": "x"}})
+    assert m["dtype"] == "uint32" and m["tokens"] == 26 and m["documents"] == 5
+    assert [s["tokens"] for s in m["shards"]] == [9, 5, 12]
+    s = TokenShards(tmp_path / "t")
+    assert s.slice(2, 16).tolist() == [3, 66000, 5, 6, 7, 8, 9] + [10] * 5 + [11, 11]
+    assert s.doc_ends.tolist() == [3, 7, 9, 14, 26]
+
+
+def test_a_corpus_too_small_fails_with_language_and_counts(tmp_path, tok_dir):
+    src = _jsonl(tmp_path / "c.jsonl", [{"content": f"the ball is fast {i} ."} for i in range(20)])
+    langs = tiny_config()["languages"]
+    langs["bn"]["corpus"] = {"kind": "jsonl", "path": src, "text_field": "content"}
+    cfg = tiny_config(languages=langs)
+    with pytest.raises(tokenize.DataShortError,
+                       match=r"language 'bn' has \d+ tokens in 20 documents, but its largest "
+                             r"budget needs 7232 .*allow_repeat"):
+        tokenize.prepare_corpus(cfg, "bn", str(tok_dir), tmp_path / "bn", log=quiet)
+    assert not (tmp_path / "bn").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["c.jsonl"]  # nothing half-written left
+    langs["bn"]["corpus"]["allow_repeat"] = True
+    m = tokenize.prepare_corpus(tiny_config(languages=langs), "bn", str(tok_dir), tmp_path / "bn",
+                                log=quiet)
+    assert m["documents"] == 20 and m["passes_needed"] == round(7232 / m["tokens"], 4) > 1
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "hf"])
+def test_real_corpus_formats_read_in_order(tmp_path, tok_dir, kind):
+    rows = [{"text": f"doc {i:03d} the ball is fast ."} for i in range(3000)]
+    src = _jsonl(tmp_path / "c.jsonl", rows)
+    langs = tiny_config()["languages"]
+    langs["bn"]["corpus"] = ({"kind": "jsonl", "path": src} if kind == "jsonl" else
+                             {"kind": "hf", "path": "json", "data_files": src})
+    cfg = tiny_config(languages=langs)
+    m = tokenize.prepare_corpus(cfg, "bn", str(tok_dir), tmp_path / "bn", log=quiet)
+    shards = TokenShards(tmp_path / "bn")
+    ref = _reference(tok_dir, [r["text"] for r in rows[:m["documents"]]])
+    assert shards.slice(0, shards.tokens).tolist() == [t for r in ref for t in r]
+    assert m["documents"] < 3000 and m["tokens"] >= m["goal_with_margin"]
+
+
+def test_unreadable_corpora_name_file_line_and_key(tmp_path, tok_dir):
+    def run(corpus):
+        langs = tiny_config()["languages"]
+        langs["bn"]["corpus"] = corpus
+        tokenize.prepare_corpus(tiny_config(languages=langs), "bn", str(tok_dir),
+                                tmp_path / "out", log=quiet)
+
+    with pytest.raises(ValueError, match=r"languages\.bn\.corpus\.path: file .*none\.jsonl not found"):
+        run({"kind": "jsonl", "path": str(tmp_path / "none.jsonl")})
+    good = [json.dumps({"text": "a"})] * 1000  # 2 tokens each: a first batch is written
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(good + ["{not json"] + good) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl: line 1001 is not JSON"):
+        run({"kind": "jsonl", "path": str(bad)})
+    with pytest.raises(ValueError, match=r"bad\.jsonl: line 1 has no key 'body'.*text_field"):
+        run({"kind": "jsonl", "path": str(bad), "text_field": "body"})
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"text": "  "}) + "\n")
+    with pytest.raises(ValueError, match=r"languages\.bn\.corpus: the corpus holds no documents"):
+        run({"kind": "jsonl", "path": str(empty)})
+    with pytest.raises(ValueError, match=r"languages\.bn\.corpus: row 0 has no text field 'body'"):
+        run({"kind": "hf", "path": "json", "data_files": str(empty), "text_field": "body"})
+    # an interrupted job (here: the bad line after the first batches) leaves no manifest
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_sft_examples_keep_their_prompt_length(tmp_path, tok_dir):
+    flan = _jsonl(tmp_path / "flan.jsonl", [{"inputs": f"how many ball ? {i}", "targets": "3"}
+                                            for i in range(40)])
+    cfg = tiny_config(sft__data={"kind": "jsonl", "path": flan})
+    m = tokenize.prepare_sft(cfg, str(tok_dir), tmp_path / "sft", log=quiet)
+    tok = tokenize.load_tokenizer(str(tok_dir))
+    s = TokenShards(tmp_path / "sft")
+    p = tok("how many ball ? 0")["input_ids"]
+    a = tok(cfg["sft"]["join"] + "3", add_special_tokens=False)["input_ids"]
+    assert s.slice(0, len(p) + len(a) + 1).tolist() == p + a + [tok.eos_token_id]
+    assert int(s.prompts[0]) == len(p) and m["documents"] == 40
+    lengths = np.diff(np.concatenate([[0], s.doc_ends]))
+    assert m["sequences"] == len(budget.pack(lengths, cfg["sft"]["seq_len"])) - 1
+    few = tiny_config(sft__data={"kind": "jsonl", "path": flan, "max_examples": 3})
+    with pytest.raises(tokenize.DataShortError, match=r"3 examples pack into \d+ sequences of 32 tokens.*needs 16"):
+        tokenize.prepare_sft(few, str(tok_dir), tmp_path / "few", log=quiet)
+
+
+def test_packing_keeps_examples_whole():
+    assert budget.pack(np.array([10, 10, 10, 25, 40, 5]), 32).tolist() == [0, 3, 4, 5, 6]
+    assert budget.longer_than(np.array([10, 40]), 32) == 1
+
+
+def test_cli_tokenizer_corpus_sft_verify(tmp_path, capsys):
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_config())
+    tok = str(tmp_path / "tok")
+    assert cli(["data", "tokenizer", "--config", str(cfg_path), "--out", tok]) == 0
+    assert cli(["data", "corpus", "--config", str(cfg_path), "--lang", "bo", "--tokenizer", tok,
+                "--out", str(tmp_path / "bo"), "--threads", "2"]) == 0
+    assert cli(["data", "sft", "--config", str(cfg_path), "--tokenizer", tok,
+                "--out", str(tmp_path / "sft")]) == 0
+    assert cli(["data", "verify", str(tmp_path / "bo")]) == 0
+    assert "hashes match" in capsys.readouterr().out
+    m = json.loads((tmp_path / "bo" / "manifest.json").read_text())
+    assert m["lang"] == "bo" and m["workers"] == 2
+    with open(tmp_path / "bo" / m["shards"][0]["file"], "r+b") as fh:
+        fh.write(b"\x00\x00")
+    assert cli(["data", "verify", str(tmp_path / "bo")]) == 2
+    assert "content hash" in capsys.readouterr().err
+    assert cli(["data", "corpus", "--config", str(cfg_path), "--lang", "xx", "--tokenizer", tok,
+                "--out", str(tmp_path / "xx")]) == 2
+    assert "'xx' is not in config key 'languages'" in capsys.readouterr().err
