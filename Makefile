@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-fast test-slurm demo lint bench clean
+.PHONY: venv test test-fast test-dist test-slurm demo lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,12 @@ test: venv
 test-fast: venv
 	$(BIN)/pytest -q -m "not slow and not slurm"
 
+## two-process training under torchrun: plain torch over gloo and DeepSpeed ZeRO-2 on its CPU
+## accelerator (installs deepspeed; its first run compiles a C++ extension, ~90 s; ~4 min)
+test-dist: venv
+	$(BIN)/pip install -q "deepspeed>=0.15"
+	$(BIN)/pytest -q -m dist
+
 ## the tiny preset through the SLURM executor on a real single-node cluster started here
 ## (tests/slurm/cluster.sh: Debian's slurm-wlm and munge, as root; ~6 min)
 test-slurm: venv
@@ -45,9 +51,11 @@ lint: venv
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint --configfile config/config.yaml
 	$(BIN)/snakefmt --check Snakefile workflow
 
-## merge engine benchmark against mergekit and a plain read/write script
+## benchmarks: merge engine against mergekit and a plain script; tokenization; a training step
 bench: venv
 	$(BIN)/python benchmarks/bench_merge.py
+	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf .snakemake logs results/mini

@@ -76,6 +76,7 @@ def expected_counts(config: dict, built_base: bool) -> dict[str, int]:
     }
     if built_base:
         counts["pretrain_base"] = 1
+        counts["train_tokenizer"] = 1
     counts["total"] = sum(counts.values())
     return counts
 
@@ -202,7 +203,7 @@ def tiny(cfg: dict) -> None:
     first, second = list(cfg["languages"])[:2]
     cfg["languages"][first]["budgets"] = [20000, 40000]
     cfg["languages"][second]["budgets"] = [40000]
-    cfg["mini"].update(english_docs=600, sft_examples=200, eval_examples=12, fewshot_examples=4)
+    cfg["mini"].update(tokenizer_docs=600, sft_examples=200, eval_examples=12, fewshot_examples=4)
     cfg["mini"]["model"] = {
         "hidden_size": 64,
         "intermediate_size": 128,
@@ -246,6 +247,8 @@ def test_tiny_preset_end_to_end(tmp_path):
                 (models / "ct" / lang / str(tokens) / "train_summary.json").read_text()
             )
             assert summary["tokens_seen"] == tokens
+            assert summary["tokens_per_s"] > 0 and 0 < summary["mfu"] < 1
+            assert summary["data"]["target"]["passes"] <= 1  # fresh tokens, never repeated
             if previous is None:
                 assert summary["resumed_from"] is None
             else:
@@ -260,6 +263,14 @@ def test_tiny_preset_end_to_end(tmp_path):
                 assert (folder / "config.json").is_file()
                 assert (run / "eval" / "merge" / method / lang / f"{tokens}.json").is_file()
     assert (models / "base" / "train_summary.json").is_file()
+    # every corpus tokenized once, sized for its largest budget; the jobs' benchmark files
+    for corpus in [*cfg["languages"], "en"]:
+        manifest = json.loads((run / "data" / "tokens" / corpus / "manifest.json").read_text())
+        assert manifest["tokens"] >= manifest["need"] > 0
+    bench = run / "benchmarks"
+    assert {p.name for p in bench.iterdir()} >= {"train_tokenizer", "prepare_corpus",
+                                                  "continual_pretrain", "merge", "evaluate"}
+    assert "max_rss" in (bench / "pretrain_base" / "base.tsv").read_text()
     assert (models / "sft" / "train_summary.json").is_file()
     assert (models / "merge" / "ties" / "bn+bo" / "40000" / "merge_stats.json").is_file()
     assert not list(models.rglob("*.merge.yaml"))
@@ -338,7 +349,8 @@ def test_tiny_preset_on_a_slurm_cluster(tmp_path):
         if fields.get("JobName", "").startswith(prefix):
             jobs.append(fields)
     rule_of = [re.sub(r"^rule_|_wildcards_.*$", "", j.get("Comment", "")) for j in jobs]
-    assert set(rule_of) == {"prepare_corpus", "prepare_sft_data", "prepare_eval_data",
+    assert set(rule_of) == {"train_tokenizer", "prepare_corpus", "prepare_sft_data",
+                            "prepare_eval_data",
                             "pretrain_base", "continual_pretrain", "finetune_sft", "ct_then_sft",
                             "merge", "evaluate"}, rule_of  # aggregate and plot: local rules
     assert all(j["JobState"] == "COMPLETED" for j in jobs)

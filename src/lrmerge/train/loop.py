@@ -117,6 +117,25 @@ def _open_data(path: str, tokenizer, model, what: str) -> TokenShards:
     return shards
 
 
+def _batch(rows, pad_id: int):
+    """Pieces (sample, lo, hi) as one batch. Pieces cut at a budget's edge are shorter: they are
+    padded at the end (causal attention: padding changes nothing before it) with tokens that are
+    never targets, so that every process runs one forward and backward per micro-batch, as
+    DeepSpeed's per-backward collectives need."""
+    n = max(hi - lo for _, lo, hi in rows)
+    x = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    k = torch.zeros((len(rows), n), dtype=torch.bool)
+    has_pos = rows[0][0][2] is not None
+    pos = torch.zeros((len(rows), n), dtype=torch.long) if has_pos else None
+    for r, ((ids, keep, p), lo, hi) in enumerate(rows):
+        x[r, :hi - lo] = torch.from_numpy(ids[lo:hi])
+        k[r, :hi - lo] = torch.from_numpy(keep[lo:hi])
+        if has_pos:
+            pos[r, :hi - lo] = torch.from_numpy(p[lo:hi])
+            pos[r, hi - lo:] = torch.arange(n - (hi - lo))
+    return x, k, pos
+
+
 def _peak_mem_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
@@ -145,6 +164,9 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
         torch.set_num_threads(max(1, int(threads) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     device = device_of(tc["device"])
     rank, world_size = world()
+    if rank != 0:  # one log per job; errors still raise in every process
+        def log(*args, **kwargs):
+            pass
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -202,6 +224,7 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
     fpt = flops_per_token(backend.module(), seq_len)
     peak = peak_flops(tc, device)
     micro = tc["micro_batch_size"]
+    pad_id = tokenizer.eos_token_id
     every, log_every = tc["checkpoint_every"], tc["log_every"]
     history: list[dict] = []
     step_loss, targets_this_run = None, 0
@@ -233,24 +256,17 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
                 sel = mine[m * micro:(m + 1) * micro]
                 weight = 1.0 if sel else 0.0
                 rows = sel or [(stream.sample(pieces[0][0]), pieces[0][1], pieces[0][2])]
-                # Full samples go in one batch; partial ones at a budget's edges by length.
-                by_len: dict[int, list] = {}
-                for (ids, keep, pos), lo, hi in rows:
-                    by_len.setdefault(hi - lo, []).append(
-                        (ids[lo:hi], keep[lo:hi], None if pos is None else pos[lo:hi]))
-                groups = list(by_len.values())
-                for c, g in enumerate(groups):
-                    x = torch.from_numpy(np.stack([r[0] for r in g])).to(device)
-                    k = torch.from_numpy(np.stack([r[1] for r in g])).to(device)
-                    pos = (None if g[0][2] is None
-                           else torch.from_numpy(np.stack([r[2] for r in g])).to(device))
-                    logits = backend.forward(x, pos)
-                    labels = x[:, 1:].masked_fill(~k[:, 1:], -100)
-                    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-                                           labels.reshape(-1), ignore_index=-100,
-                                           reduction="sum") * (weight / n_pred)
-                    backend.backward(loss, m == n_micro - 1 and c == len(groups) - 1)
-                    step_loss += loss.item()
+                x, k, pos = _batch(rows, pad_id)
+                logits = backend.forward(x.to(device), None if pos is None else pos.to(device))
+                x, k = x.to(device), k.to(device)
+                labels = x[:, 1:].masked_fill(~k[:, 1:], -100)
+                # Summed over tokens / targets of the whole step: accumulating the micro-batches
+                # and summing over processes gives the step's mean token loss.
+                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+                                       labels.reshape(-1), ignore_index=-100,
+                                       reduction="sum") * (weight / n_pred)
+                backend.backward(loss, m == n_micro - 1)
+                step_loss += loss.item()
             backend.step()
             step_loss = all_sum(step_loss, device)
             step += 1
