@@ -17,6 +17,7 @@ interrupted job leaves no manifest, and so nothing that looks complete.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -177,10 +178,23 @@ class TokenShards:
             s0 = self._starts[i]
             take = min(stop, self._starts[i + 1]) - start
             out[pos:pos + take] = self._maps[i][start - s0:start - s0 + take]
+            self._release(i, start - s0, start - s0 + take)
             pos += take
             start += take
             i += 1
         return out
+
+    def _release(self, i: int, lo: int, hi: int) -> None:
+        """Unmap the pages just copied from this process (they stay in the page cache): touched
+        pages of a mapping count as the process's resident memory, which would otherwise grow
+        with every token a long run reads."""
+        mm = getattr(self._maps[i], "_mmap", None)
+        if mm is None:
+            return
+        a = lo * self.dtype.itemsize // mmap.PAGESIZE * mmap.PAGESIZE
+        b = hi * self.dtype.itemsize // mmap.PAGESIZE * mmap.PAGESIZE  # whole pages only
+        if b > a:
+            mm.madvise(mmap.MADV_DONTNEED, a, b - a)
 
     def verify(self) -> None:
         """Recompute every shard's content hash (slow: reads everything)."""

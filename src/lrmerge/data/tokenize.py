@@ -107,7 +107,6 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
     corpus holds less than the need, unless its config entry allows repeating."""
     from lrmerge.data.sources import corpus_documents
 
-    t0 = time.time()
     spec = language_entry(cfg, lang)["corpus"]
     where = corpus_key(lang)
     need, readers = budget.corpus_tokens_needed(cfg, lang)
@@ -116,6 +115,7 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
         goal = min(goal, int(spec["max_tokens"]))
     tok = load_tokenizer(tokenizer)
     ident = tokenizer_identity(tok)
+    t0 = time.time()  # reading, encoding and writing (the tokenizer is loaded)
     docs = corpus_documents(cfg, lang)
     writer = ShardWriter(out, len(tok), cfg["data"]["shard_tokens"])
     read = 0
