@@ -9,8 +9,8 @@ import torch
 from stage_helpers import prepare_data, pretrain_base, tiny_config, write_config
 
 from lrmerge import evaluate, fsutil
-from lrmerge.data.evalsets import build_eval
 from lrmerge.cli import main as cli
+from lrmerge.data.evalsets import build_eval
 
 quiet = lambda *a, **k: None  # noqa: E731
 

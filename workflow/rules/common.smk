@@ -104,10 +104,10 @@ def corpus_need(wildcards):
 
 
 def launcher(wildcards, resources):
-    """`lrmerge train`, or torchrun with one process per GPU when a job has several."""
+    """`lrmerge train`, or one process per GPU (lrmerge.train.launch) when a job has several."""
     gpus = int(getattr(resources, "gpu", 0) or 0)
     if gpus > 1:
-        return f"torchrun --standalone --nproc_per_node={gpus} -m lrmerge.train"
+        return f"python -m lrmerge.train.launch --nproc {gpus}"
     return "lrmerge train"
 
 

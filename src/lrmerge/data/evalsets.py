@@ -13,6 +13,7 @@ from lrmerge.config import language_entry
 from lrmerge.data.sources import load_hf
 from lrmerge.data.synthetic import FAMILIES, Grammar, lexicon, mc_item
 
+
 def task_family(cfg: dict, task: str) -> str:
     """The task family of a task name: `evaluate.sources[task].family`, else the name's prefix."""
     src = (cfg.get("evaluate", {}).get("sources") or {}).get(task)

@@ -27,7 +27,6 @@ from pathlib import Path
 # with 1 thread, 4.1 s with 2 spinning, 0.53 s with 2 passive, on 2 busy cores).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
