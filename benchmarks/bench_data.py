@@ -152,9 +152,9 @@ def main() -> int:
     tok = WORK / "tokenizer"
     if not (tok / "tokenizer.json").exists():
         make_tokenizer(tok, text)
-    large = WORK / "large.jsonl"  # >= the big run's need (~4.3 bytes of jsonl per token)
-    if not large.exists() or large.stat().st_size < big * 4.6:
-        make_text(large, big * 4.6 / 1e6, seed=2)
+    large = WORK / "large.jsonl"  # >= the big run's need (~6.1 bytes of jsonl per token)
+    if not large.exists() or large.stat().st_size < big * 6.6:
+        make_text(large, big * 6.6 / 1e6, seed=2)
     print(f"tokenizer: {tok} (32,000-token byte-level BPE); text: {text.stat().st_size / 1e6:.0f}"
           f" MB; large corpus: {large.stat().st_size / 1e6:.0f} MB")
 

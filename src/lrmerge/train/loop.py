@@ -331,7 +331,7 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
                             "decay_steps": sched.decay_steps, "lr_last": sched.lr_at(step - 1)},
             "final_loss": step_loss if step_loss is not None else (chain or {}).get("final_loss"),
             "loss_history": history,
-            "data": stream.usage(),
+            "data": stream.usage(math.ceil(seen / seq_len)),
             "save_dtype": save_dtype,
             "state_kept": keep_state,
             "backend": backend.kind,

@@ -27,10 +27,8 @@ class _Repeating:
     def __init__(self, name: str, n: int, seed: int, allow_repeat: bool, what: str):
         self.name, self.n, self.seed, self.allow, self.what = name, n, seed, allow_repeat, what
         self._perm: dict[int, np.ndarray] = {}
-        self.max_index = -1
 
     def index(self, j: int) -> int:
-        self.max_index = max(self.max_index, j)
         if j < self.n:
             return j
         if self.n == 0:
@@ -44,8 +42,10 @@ class _Repeating:
             self._perm = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
         return int(self._perm[epoch][k])
 
-    def passes(self) -> float:
-        return round((self.max_index + 1) / self.n, 4) if self.n else 0.0
+    def usage(self, read: int) -> dict:
+        """How much of the data the first `read` items of the run take (over all processes)."""
+        return {f"{self.what}s": self.n, f"{self.what}s_read": read,
+                "passes": round(read / self.n, 4) if self.n else 0.0}
 
 
 class Blocks:
@@ -61,9 +61,8 @@ class Blocks:
         ids = self.shards.slice(s, s + self.seq_len)
         return ids, np.ones(len(ids), dtype=bool), None
 
-    def usage(self) -> dict:
-        return {"folder": str(self.shards.folder), "blocks": self.rep.n,
-                "blocks_read": self.rep.max_index + 1, "passes": self.rep.passes()}
+    def usage(self, read: int) -> dict:
+        return {"folder": str(self.shards.folder), **self.rep.usage(read)}
 
 
 class Packed:
@@ -100,9 +99,8 @@ class Packed:
         pos[at:] = np.arange(S - at)  # padding: a segment of its own
         return ids, keep, pos
 
-    def usage(self) -> dict:
-        return {"folder": str(self.shards.folder), "sequences": self.rep.n,
-                "sequences_read": self.rep.max_index + 1, "passes": self.rep.passes()}
+    def usage(self, read: int) -> dict:
+        return {"folder": str(self.shards.folder), **self.rep.usage(read)}
 
 
 class Mix:
@@ -123,6 +121,8 @@ class Mix:
             return self.english.sample(e_before)
         return self.target.sample(t_before)
 
-    def usage(self) -> dict:
-        return {"target": self.target.usage(),
-                "english": self.english.usage() if self.english is not None else None}
+    def usage(self, n_samples: int) -> dict:
+        """Data taken by the first n_samples samples of the run (all its budgets so far)."""
+        t, e = self.counts(n_samples)
+        return {"target": self.target.usage(t),
+                "english": self.english.usage(e) if self.english is not None else None}
