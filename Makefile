@@ -31,7 +31,7 @@ test-fast: venv
 ## two-process training under torchrun: plain torch over gloo and DeepSpeed ZeRO-2 on its CPU
 ## accelerator (installs deepspeed; its first run compiles a C++ extension, ~90 s; ~4 min)
 test-dist: venv
-	$(BIN)/pip install -q "deepspeed>=0.15"
+	$(BIN)/pip install -q "deepspeed==0.19.8"
 	$(BIN)/pytest -q -m dist
 
 ## the tiny preset through the SLURM executor on a real single-node cluster started here
