@@ -2,7 +2,8 @@
 plain torch (torch.distributed over gloo) and DeepSpeed ZeRO-2 on its CPU accelerator (gloo;
 DeepSpeed compiles a small C++ extension on first use, ~90 s). Each must give the losses of one
 process with the same global batch, and a two-process run stopped mid-way must resume to the
-weights of an uninterrupted one. `make test-dist` (not part of `make test`)."""
+weights of an uninterrupted one; and a single process stopped by SIGUSR1 likewise. `make
+test-dist` (not part of `make test`: these start many processes)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,29 @@ def _torchrun(n):
 def _launch(n):
     """What the rules run for a multi-GPU job: forwards SIGUSR1 and SIGTERM to its workers."""
     return [sys.executable, "-m", "lrmerge.train.launch", "--nproc", str(n)]
+
+
+def test_stop_signal_saves_and_the_rerun_ends_where_an_uninterrupted_run_ends(data, tmp_path):
+    """One process, no launcher: SIGUSR1 (what SLURM sends before the time limit) mid-run."""
+    paths, root = data
+    config = write_config(tmp_path / "c.yaml", tiny_config())
+    lrmerge = [sys.executable, "-m", "lrmerge.train"]
+    proc = subprocess.Popen(lrmerge + _args(config, paths, root, tmp_path / "job"), env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("step 5/"):
+            proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(60) == PREEMPTED_EXIT, "".join(lines)
+    saved = json.loads((tmp_path / "job" / "checkpoint" / "meta.json").read_text())
+    assert 5 <= saved["step"] < 40 and "preempted" in "".join(lines)
+    assert not (tmp_path / "job" / "train_summary.json").exists()
+    rerun = _run(lrmerge + _args(config, paths, root, tmp_path / "job"))
+    assert f"resuming own checkpoint at step {saved['step']}" in rerun.stdout
+    _run(lrmerge + _args(config, paths, root, tmp_path / "straight"))
+    a, b = _weights(tmp_path / "job"), _weights(tmp_path / "straight")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_two_processes_follow_the_one_process_loss_curve(setup, tmp_path):

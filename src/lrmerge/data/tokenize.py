@@ -10,11 +10,11 @@ to the shard files.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 
 import numpy as np
 import xxhash
@@ -52,9 +52,12 @@ def load_tokenizer(name: str):
 
 def tokenizer_identity(tok) -> dict:
     """Name, size and content hash: a training job checks its model's tokenizer against it."""
+    # The whole tokenizer.json (vocabulary, merges, normalizer, pre- and post-processor: all that
+    # decides the ids), key order normalised so that a save and reload gives the same hash.
+    canonical = json.dumps(json.loads(tok.backend_tokenizer.to_str()), sort_keys=True)
     return {"name": str(tok.name_or_path), "vocab_size": len(tok),
             "eos_token_id": tok.eos_token_id,
-            "xxh3_128": xxhash.xxh3_128(tok.backend_tokenizer.to_str().encode()).hexdigest()}
+            "xxh3_128": xxhash.xxh3_128(canonical.encode()).hexdigest()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,11 +200,6 @@ def prepare_sft(cfg: dict, tokenizer: str, out: str | os.PathLike, workers: int 
     log(f"sft: {manifest['documents']} examples, {manifest['tokens']} tokens, {sequences} packed "
         f"sequences (need {need}; {manifest['longer_than_seq_len']} examples cut to seq_len)")
     return manifest
-
-
-def folder_size_gb(path: str | os.PathLike) -> float:
-    total = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-    return round(total / 1e9, 6)
 
 
 # --------------------------------------------------------------------------------------------
