@@ -28,8 +28,9 @@ test: venv
 test-fast: venv
 	$(BIN)/pytest -q -m "not slow and not slurm"
 
-## two-process training under torchrun: plain torch over gloo and DeepSpeed ZeRO-2 on its CPU
-## accelerator (installs deepspeed; its first run compiles a C++ extension, ~90 s; ~4 min)
+## process-level training tests: two processes with plain torch over gloo and with DeepSpeed
+## ZeRO-2 on its CPU accelerator, stop signals and resume (installs deepspeed; its first run
+## compiles a C++ extension, ~90 s; ~4 min)
 test-dist: venv
 	$(BIN)/pip install -q "deepspeed==0.19.8"
 	$(BIN)/pytest -q -m dist
