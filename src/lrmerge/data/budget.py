@@ -28,21 +28,23 @@ def blocks_for(tokens: int, seq_len: int) -> int:
     return -(-int(tokens) // int(seq_len))
 
 
-def ct_need(cfg: dict, lang: str) -> int:
-    """Target tokens a language's largest budget reads (whole blocks)."""
+def ct_reads(cfg: dict, lang: str) -> tuple[int, int]:
+    """(target, English) tokens a language's largest budget reads (whole blocks)."""
     ct = cfg["continual_pretrain"]
     n = blocks_for(max(cfg["languages"][lang]["budgets"]), ct["seq_len"])
-    return mix_counts(n, ct["english_ratio"])[0] * ct["seq_len"]
+    t, e = mix_counts(n, ct["english_ratio"])
+    return t * ct["seq_len"], e * ct["seq_len"]
+
+
+def ct_need(cfg: dict, lang: str) -> int:
+    """Target tokens a language's largest budget reads."""
+    return ct_reads(cfg, lang)[0]
 
 
 def english_need(cfg: dict) -> tuple[int, dict]:
     """English tokens: the most any language's CT replay reads, and for a built base (mini) the
     pre-training run, which reads the same English from the start. Returns (need, per reader)."""
-    ct = cfg["continual_pretrain"]
-    readers = {}
-    for lang, facts in cfg["languages"].items():
-        n = blocks_for(max(facts["budgets"]), ct["seq_len"])
-        readers[f"continual_pretrain.{lang}"] = mix_counts(n, ct["english_ratio"])[1] * ct["seq_len"]
+    readers = {f"continual_pretrain.{lang}": ct_reads(cfg, lang)[1] for lang in cfg["languages"]}
     if cfg["base_model"] is None:
         pt = cfg["pretrain"]
         readers["pretrain"] = pt["steps"] * pt["batch_size"] * pt["seq_len"]

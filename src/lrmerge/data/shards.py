@@ -114,14 +114,7 @@ class ShardWriter:
         if self._prompts is not None:
             doc["prompts_file"] = PROMPTS
         fsutil.write_json(self.tmp / MANIFEST, doc)
-        if self.out.exists():  # a rerun replaces the old folder only once the new one is whole
-            old = self.out.with_name(f".{self.out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.out, old)
-            os.replace(self.tmp, self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.out)
+        fsutil.replace_dir(self.tmp, self.out)  # a rerun replaces the old folder only now
         return doc
 
     def abort(self):

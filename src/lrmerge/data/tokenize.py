@@ -144,13 +144,14 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
         if tokens < need:
             print(f"warning: {where}: {tokens} tokens for a need of {need}: training repeats the "
                   f"corpus ({passes} passes, recorded in the manifest)", file=sys.stderr)
+        seconds = time.time() - t0
         manifest = writer.finish({
             "kind": "corpus", "lang": lang, "tokenizer": ident, "source": spec,
             "need": need, "need_by_reader": readers, "goal_with_margin": goal,
             "margin": cfg["continual_pretrain"]["data_margin"],
             "allow_repeat": spec["allow_repeat"], "passes_needed": max(1.0, passes or 0),
-            "exhausted": tokens < goal, "seconds": round(time.time() - t0, 2),
-            "tokens_per_s": round(tokens / max(1e-9, time.time() - t0)), "workers": workers})
+            "exhausted": tokens < goal, "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / max(1e-9, seconds)), "workers": workers})
     except BaseException:
         writer.abort()
         raise

@@ -20,7 +20,7 @@ import torch.distributed as dist
 def device_of(spec: str) -> torch.device:
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda") and spec == "cuda" and "LOCAL_RANK" in os.environ:
+    if spec == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process
         spec = f"cuda:{os.environ['LOCAL_RANK']}"
     return torch.device(spec)
 
@@ -58,7 +58,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _optimizer(params, tc: dict, device: torch.device):
+def _optimizer(params, tc: dict):
     return torch.optim.AdamW(params, lr=tc["lr"], betas=tuple(tc["betas"]),
                              weight_decay=tc["weight_decay"], eps=tc["eps"],
                              fused=bool(tc["fused_adamw"]))
@@ -73,7 +73,7 @@ class Plain:
         self.rank, self.world_size = world()
         self.device = device
         self.model = model.to(device)
-        self.opt = _optimizer(self.model.parameters(), tc, device)
+        self.opt = _optimizer(self.model.parameters(), tc)
         self.clip = tc["grad_clip"]
         if tc["precision"] == "fp16" and device.type == "cuda":
             raise ValueError("precision fp16 needs loss scaling, which only the DeepSpeed path "
@@ -160,7 +160,7 @@ class DeepSpeed(Plain):
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
         self.rank, self.world_size = world()
         self.device = device
-        opt = _optimizer(model.parameters(), tc, device)
+        opt = _optimizer(model.parameters(), tc)
         self.engine, self.opt, _, _ = deepspeed.initialize(
             model=model, optimizer=opt, config=deepspeed_config(tc, self.world_size))
         self.model = self.engine.module

@@ -255,9 +255,8 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
                 sel = mine[m * micro:(m + 1) * micro]
                 weight = 1.0 if sel else 0.0
                 rows = sel or [(stream.sample(pieces[0][0]), pieces[0][1], pieces[0][2])]
-                x, k, pos = _batch(rows, pad_id)
-                logits = backend.forward(x.to(device), None if pos is None else pos.to(device))
-                x, k = x.to(device), k.to(device)
+                x, k, pos = (None if t is None else t.to(device) for t in _batch(rows, pad_id))
+                logits = backend.forward(x, pos)
                 labels = x[:, 1:].masked_fill(~k[:, 1:], -100)
                 # Summed over tokens / targets of the whole step: accumulating the micro-batches
                 # and summing over processes gives the step's mean token loss.

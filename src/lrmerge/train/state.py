@@ -69,12 +69,7 @@ def save(backend, folder: Path, meta: dict) -> None:
     barrier()
     if backend.rank == 0:
         fsutil.write_json(tmp / META, meta)
-        old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
+        fsutil.replace_dir(tmp, folder)
     barrier()
 
 
