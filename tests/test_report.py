@@ -16,25 +16,26 @@ REPO = Path(__file__).resolve().parents[1]
 MODULES = ["embed", "q_proj", "down_proj", "norm"]
 
 
-@pytest.fixture
-def study(tmp_path):
-    """A two-language config, an eval file per model and a stats file per merge."""
-    cfg = yaml.safe_load((REPO / "config" / "mini.yaml").read_text())
-    cfg["run_name"] = "synthetic"
-    for facts in cfg["languages"].values():
-        facts["budgets"] = [1000, 2000, 4000]
-    cfg["merge"]["methods"]["average"] = {"weights": [[1.0, 1.0], [1.0, 2.0]]}
+def write_study(cfg: dict, tmp_path: Path):
+    """An eval file per model (task entries as lrmerge evaluate writes them, family from the
+    config's sources) and a stats file per merge, for the config `cfg`."""
     config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(cfg))
+    config_path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     config = load_config(config_path)
-    run = tmp_path / "results" / "synthetic"
+    run = tmp_path / "results" / cfg["run_name"]
     expected = {}
+    sources = config["evaluate"]["sources"]
     for k, model in enumerate(plan_models(config)):
         tasks = {}
         for lang in model.eval_languages:
             for j, task in enumerate(tasks_of(config, lang)):
-                score = round(0.25 + 0.01 * k + 0.001 * j, 6)
-                tasks[task] = {"score": score, "metric": "acc"}
+                sets = {str(s): round(0.25 + 0.01 * k + 0.001 * j + 0.0001 * s, 6)
+                        for s in (1, 2, 3)}
+                score = sum(sets.values()) / 3
+                tasks[task] = {"task": task, "family": sources[task]["family"],
+                               "language": lang, "metric": "acc", "score": score,
+                               "stderr": 0.02, "n": 100, "per_set": sets, "macro_f1": None,
+                               "debris": 0}
                 expected[(model.id, task)] = score
         path = run / "eval" / f"{model.id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +69,17 @@ def study(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(stats))
     return config_path, config, run, expected
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A two-language config (the mini's), an eval file per model and a stats file per merge."""
+    cfg = yaml.safe_load((REPO / "config" / "mini.yaml").read_text())
+    cfg["run_name"] = "synthetic"
+    for facts in cfg["languages"].values():
+        facts["budgets"] = [1000, 2000, 4000]
+    cfg["merge"]["methods"]["average"] = {"weights": [[1.0, 1.0], [1.0, 2.0]]}
+    return write_study(cfg, tmp_path)
 
 
 def _aggregate(config_path, run):
@@ -127,7 +139,30 @@ def test_scores_table_has_one_row_per_model_and_task(study):
     assert set(ct["task_language"]) == {"bn", "en"} and (ct["tokens"] == 2000).all()
     multi = scores[scores["language"] == "bn+bo"]
     assert set(multi["task_language"]) == {"bn", "bo", "en"} and set(multi["tokens"]) == {4000}
-    assert set(scores.loc[scores["task"] == "topic_bn", "family"]) == {"topic"}
+    assert set(scores.loc[scores["task"] == "topic_bn", "family"]) == {"classification"}
+    # the standard error, item count and each shot set's score travel with the score
+    row = scores[(scores["model"] == "sft") & (scores["task"] == "math_bo")].iloc[0]
+    assert row["stderr"] == 0.02 and row["n"] == 100
+    assert row[["score.set1", "score.set2", "score.set3"]].mean() == pytest.approx(row["score"])
+
+
+def test_report_takes_every_paper_task_family_from_the_eval_metadata(tmp_path):
+    """The paper's task names say nothing reliable about their family; the report copies the
+    family each eval entry carries (the config's), never a guess from the name."""
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config_path, config, run, _ = write_study(cfg, tmp_path)
+    assert _aggregate(config_path, run) == 0
+    scores = pd.read_csv(run / "tables" / "scores.csv")
+    families = dict(zip(scores["task"], scores["family"], strict=False))
+    sources = config["evaluate"]["sources"]
+    configured = {t for facts in config["languages"].values() for t in facts["tasks"]}
+    configured |= set(config["english"]["tasks"])
+    assert set(families) == configured
+    assert families == {t: sources[t]["family"] for t in configured}
+    assert families["milic_topic_bo"] == "classification"
+    assert families["sib200_tam_Taml"] == "classification"
+    assert families["mgsm_te"] == "math"
+    assert families["milic_response_mn"] == "response_selection"
 
 
 def test_discarded_table_lists_each_input_with_modules(study):
@@ -156,7 +191,11 @@ def test_plot_writes_figures_from_tables_only(study, tmp_path):
     for path in sorted((run / "eval").rglob("*.json")) + sorted((run / "models").rglob("*.json")):
         path.unlink()
     assert _plot(config_path, run) == 0
-    for name in ("saturation", "discarded"):
+    names = ["saturation", "discarded"] + [
+        f"saturation_{f}"
+        for f in ("classification", "reading_comprehension", "response_selection", "math")
+    ]
+    for name in names:
         png = run / "figures" / f"{name}.png"
         pdf = run / "figures" / f"{name}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -191,19 +230,17 @@ def test_malformed_stats_are_named(study):
         _aggregate(config_path, run)
 
 
-def test_lm_eval_raw_results_are_read(study):
-    config_path, config, run, expected = study
+def test_eval_entry_without_metadata_is_named(study):
+    config_path, config, run, _ = study
     path = run / "eval" / "base.json"
-    tasks = json.loads(path.read_text())["tasks"]
-    raw = {
-        t: {"alias": t, "acc,none": v["score"], "acc_stderr,none": 0.1} for t, v in tasks.items()
-    }
-    path.write_text(json.dumps({"results": raw}))
-    _aggregate(config_path, run)
-    scores = pd.read_csv(run / "tables" / "scores.csv")
-    row = scores[(scores["model"] == "base") & (scores["task"] == "topic_en")].iloc[0]
-    assert row["score"] == pytest.approx(expected[("base", "topic_en")])
-    assert row["metric"] == "acc"
+    data = json.loads(path.read_text())
+    del data["tasks"]["topic_en"]["family"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match=r"base\.json: tasks\.topic_en has no family"):
+        _aggregate(config_path, run)
+    path.write_text(json.dumps({"results": {"topic_en": {"acc,none": 0.5}}}))
+    with pytest.raises(SystemExit, match=r"base\.json: no 'tasks'"):
+        _aggregate(config_path, run)
 
 
 def test_plot_without_tables_is_named(tmp_path, study):

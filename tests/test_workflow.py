@@ -62,7 +62,7 @@ def expected_counts(config: dict, built_base: bool) -> dict[str, int]:
     merges = variants * ct + multi
     counts = {
         "prepare_corpus": len(langs) + 1,
-        "prepare_eval_data": len(langs) + 1,
+        "build_tasks": len(langs) + 1,
         "prepare_sft_data": 1,
         "continual_pretrain": ct,
         "finetune_sft": 1,
@@ -276,7 +276,10 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert not list(models.rglob("*.merge.yaml"))
     # tables
     scores = pd.read_csv(run / "tables" / "scores.csv")
-    assert {"model", "method", "language", "tokens", "task", "score"} <= set(scores.columns)
+    assert {"model", "method", "language", "tokens", "task", "family", "score", "stderr",
+            "n"} <= set(scores.columns)
+    assert set(scores["family"]) == {"classification", "reading_comprehension",
+                                     "response_selection", "math"}
     assert set(scores["method"]) == {"base", "sft", "ct", "ct_sft", "average", "ties", "ties_sv"}
     assert scores["score"].between(0, 1).all()
     discarded = pd.read_csv(run / "tables" / "discarded.csv")
@@ -287,7 +290,8 @@ def test_tiny_preset_end_to_end(tmp_path):
     sv = discarded[(discarded["input"] == "sft") & (discarded["method"] == "ties_sv")]
     assert (sv["reserved"] > 0).all()
     # figures
-    for name in ("saturation", "discarded"):
+    families = ("classification", "reading_comprehension", "response_selection", "math")
+    for name in ("saturation", "discarded", *(f"saturation_{f}" for f in families)):
         assert (run / "figures" / f"{name}.png").stat().st_size > 1000
         assert (run / "figures" / f"{name}.pdf").stat().st_size > 1000
     # redrawing the figures re-runs nothing upstream
@@ -350,7 +354,7 @@ def test_tiny_preset_on_a_slurm_cluster(tmp_path):
             jobs.append(fields)
     rule_of = [re.sub(r"^rule_|_wildcards_.*$", "", j.get("Comment", "")) for j in jobs]
     assert set(rule_of) == {"train_tokenizer", "prepare_corpus", "prepare_sft_data",
-                            "prepare_eval_data",
+                            "build_tasks",
                             "pretrain_base", "continual_pretrain", "finetune_sft", "ct_then_sft",
                             "merge", "evaluate"}, rule_of  # aggregate and plot: local rules
     assert all(j["JobState"] == "COMPLETED" for j in jobs)

@@ -17,16 +17,18 @@ COMMANDS = {
     "merge-config": "lrmerge.merge.cli",
     "data": "lrmerge.data.cli",
     "train": "lrmerge.train.cli",
-    "evaluate": "lrmerge.evaluate",
+    "evaluate": "lrmerge.evaluate.cli",
+    "tasks": "lrmerge.evaluate.cli",
     "report": "lrmerge.report",
 }
 
 HELP = {
     "merge": "merge models from a native or mergekit YAML config",
     "merge-config": "write a native merge config from command-line arguments",
-    "data": "generate or prepare corpora, SFT data and evaluation sets",
+    "data": "generate or prepare corpora and SFT data",
     "train": "pre-train, continually pre-train or fine-tune a model",
     "evaluate": "evaluate a model with lm-eval on the configured tasks",
+    "tasks": "list the evaluation tasks per language and family, or write them",
     "report": "aggregate evaluation results into tables and draw figures",
 }
 
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command])
     parser = argparse.ArgumentParser(prog="lrmerge")
     sub = parser.add_subparsers(dest="command", required=True)
-    module.add_parser(sub)
+    # A module serving two subcommands names the second one's parser add_<name>_parser.
+    getattr(module, f"add_{command.replace('-', '_')}_parser", module.add_parser)(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -100,6 +100,39 @@ def _fail(source: str, key: str, message: str):
     raise ConfigError(f"{source}: {key}: {message}")
 
 
+# What each kind of evaluate.sources entry must say (beyond kind and family).
+SOURCE_REQUIRED = {"milic": ("lang",), "sib200": ("test",), "belebele": ("test",),
+                   "mgsm": ("test",), "generated": (), "builtin": ()}
+# The families each benchmark kind has.
+FAMILIES = ("classification", "reading_comprehension", "response_selection", "math")
+SOURCE_FAMILIES = {"milic": FAMILIES, "sib200": ("classification",),
+                   "belebele": ("reading_comprehension",), "mgsm": ("math",),
+                   "generated": FAMILIES, "builtin": FAMILIES}
+
+
+def _check_tasks(config: dict, source: str) -> None:
+    """Every configured task has a source entry that says what its kind needs."""
+    sources = config["evaluate"]["sources"]
+    where = [(f"languages.{lang}.tasks", facts["tasks"]) for lang, facts in
+             config["languages"].items()] + [("english.tasks", config["english"]["tasks"])]
+    for key, tasks in where:
+        for task in tasks:
+            if task not in sources:
+                _fail(source, key, f"task {task!r} has no evaluate.sources.{task} entry "
+                      "(kind, family and where its data is)")
+    for task, spec in sources.items():
+        for key in SOURCE_REQUIRED[spec["kind"]]:
+            if not spec.get(key):
+                _fail(source, f"evaluate.sources.{task}.{key}",
+                      f"required for kind: {spec['kind']}")
+        if spec["family"] not in SOURCE_FAMILIES[spec["kind"]]:
+            _fail(source, f"evaluate.sources.{task}.family", f"kind {spec['kind']} has no "
+                  f"{spec['family']} task (it has {', '.join(SOURCE_FAMILIES[spec['kind']])})")
+        if spec.get("shots") == "per_label" and spec["family"] != "classification":
+            _fail(source, f"evaluate.sources.{task}.shots",
+                  "per_label is for classification tasks; give a number")
+
+
 def check_config(config: dict, source: str = "config") -> None:
     """The checks a JSON schema cannot express. Expects a schema-valid config."""
     languages = config["languages"]
@@ -116,6 +149,7 @@ def check_config(config: dict, source: str = "config") -> None:
                     f"languages.{lang}.budgets",
                     f"budgets must increase (each continues the previous one), got {prev} then {cur}",
                 )
+    _check_tasks(config, source)
     methods = config["merge"]["methods"]
     for name, spec in methods.items():
         key = f"merge.methods.{name}"
@@ -294,6 +328,14 @@ def plan_models(config: dict) -> list[ModelSpec]:
             )
         )
     return models
+
+
+def task_families(config: dict) -> list[str]:
+    """The task families the config evaluates, in the canonical order."""
+    tasks = [t for facts in config["languages"].values() for t in facts["tasks"]]
+    tasks += config["english"]["tasks"]
+    present = {config["evaluate"]["sources"][t]["family"] for t in tasks}
+    return [f for f in FAMILIES if f in present]
 
 
 def tasks_of(config: dict, lang: str) -> list[str]:

@@ -13,7 +13,15 @@ import json
 import math
 from pathlib import Path
 
-from .config import TRIMMING_METHODS, ConfigError, load_config, plan_merges, plan_models, tasks_of
+from .config import (
+    TRIMMING_METHODS,
+    ConfigError,
+    load_config,
+    plan_merges,
+    plan_models,
+    task_families,
+    tasks_of,
+)
 from .fsutil import atomic_open
 
 SCORE_COLUMNS = [
@@ -27,6 +35,10 @@ SCORE_COLUMNS = [
     "family",
     "metric",
     "score",
+    "stderr",
+    "n",
+    "macro_f1",
+    "debris",
 ]
 DISCARD_COLUMNS = [
     "model",
@@ -41,8 +53,6 @@ DISCARD_COLUMNS = [
     "discarded_fraction",
     "reserved",
 ]
-# lm-eval metric keys tried in order when an eval file holds lm-eval's raw results.
-METRIC_PREFERENCE = ("acc", "exact_match", "f1", "acc_norm")
 MODULE_ORDER = (
     "embed",
     "q_proj",
@@ -78,29 +88,27 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def task_scores(path: Path) -> dict[str, tuple[str, float]]:
-    """task -> (metric, score) from an eval file (ours, or lm-eval's raw `results`)."""
+# What an eval file's task entry must carry (lrmerge.evaluate.run writes it).
+TASK_KEYS = ("family", "metric", "score", "stderr", "n")
+
+
+def task_entries(path: Path) -> dict[str, dict]:
+    """task -> its entry (score, stderr, family, ...) from an eval file of `lrmerge evaluate`."""
     data = _read_json(path)
-    out: dict[str, tuple[str, float]] = {}
-    if "tasks" in data:
-        for task, entry in data["tasks"].items():
-            if not isinstance(entry, dict) or "score" not in entry:
-                raise ReportError(f"{path}: tasks.{task} has no 'score'")
-            out[task] = (str(entry.get("metric", "score")), _finite(entry["score"], path, task))
-        return out
-    if "results" in data:
-        for task, metrics in data["results"].items():
-            for name in METRIC_PREFERENCE:
-                key = next((k for k in metrics if k.split(",")[0] == name), None)
-                if key is not None:
-                    out[task] = (name, _finite(metrics[key], path, task))
-                    break
-            else:
-                raise ReportError(
-                    f"{path}: results.{task} has none of the metrics {', '.join(METRIC_PREFERENCE)}"
-                )
-        return out
-    raise ReportError(f"{path}: neither 'tasks' nor 'results' in the eval file")
+    if "tasks" not in data or not isinstance(data["tasks"], dict):
+        raise ReportError(f"{path}: no 'tasks' in the eval file (is it lrmerge evaluate's?)")
+    out = {}
+    for task, entry in data["tasks"].items():
+        if not isinstance(entry, dict):
+            raise ReportError(f"{path}: tasks.{task} is not an object")
+        missing = [k for k in TASK_KEYS if k not in entry]
+        if missing:
+            raise ReportError(f"{path}: tasks.{task} has no {', '.join(missing)} (written by an "
+                              "older lrmerge? re-run its evaluation)")
+        entry = dict(entry)
+        entry["score"] = _finite(entry["score"], path, task)
+        out[task] = entry
+    return out
 
 
 def _finite(value, path: Path, task: str) -> float:
@@ -113,13 +121,6 @@ def _finite(value, path: Path, task: str) -> float:
     return score
 
 
-def task_family(task: str, lang: str) -> str:
-    """topic_bn -> topic; belebele_ben_Beng -> belebele (task names ending in the code, or not)."""
-    if task.endswith(f"_{lang}"):
-        return task[: -len(lang) - 1]
-    return task.split("_")[0]
-
-
 # ----------------------------------------------------------------------------------------------
 # aggregate
 
@@ -128,26 +129,32 @@ def score_rows(config: dict, eval_dir: Path) -> list[dict]:
     rows = []
     for model in plan_models(config):
         path = eval_dir / f"{model.id}.json"
-        scores = task_scores(path)
+        entries = task_entries(path)
         for lang in model.eval_languages:
             for task in tasks_of(config, lang):
-                if task not in scores:
-                    raise ReportError(f"{path}: no score for task {task} ({lang})")
-                metric, score = scores[task]
-                rows.append(
-                    {
-                        "model": model.id,
-                        "method": model.method,
-                        "variant": model.variant,
-                        "language": model.language,
-                        "tokens": model.tokens,
-                        "task": task,
-                        "task_language": lang,
-                        "family": task_family(task, lang),
-                        "metric": metric,
-                        "score": score,
-                    }
-                )
+                if task not in entries:
+                    raise ReportError(f"{path}: no score for task {task} ({lang}); its "
+                                      "evaluation must be re-run, a task is never left out")
+                e = entries[task]
+                row = {
+                    "model": model.id,
+                    "method": model.method,
+                    "variant": model.variant,
+                    "language": model.language,
+                    "tokens": model.tokens,
+                    "task": task,
+                    "task_language": lang,
+                    "family": e["family"],
+                    "metric": e["metric"],
+                    "score": e["score"],
+                    "stderr": e["stderr"],
+                    "n": e["n"],
+                    "macro_f1": e.get("macro_f1"),
+                    "debris": e.get("debris"),
+                }
+                for k, v in (e.get("per_set") or {}).items():
+                    row[f"score.set{k}"] = v
+                rows.append(row)
     return rows
 
 
@@ -284,47 +291,77 @@ def _read_table(path: Path, required: list[str]):
     return frame
 
 
-def plot_saturation(config: dict, scores, out_dir: Path) -> list[Path]:
-    """Mean score over each language's tasks vs CT tokens: a panel per language, a line per method."""
+def _mean_with_stderr(frame, by: list[str]):
+    """Mean score over the rows of each group, and the standard error of that mean (the rows'
+    errors taken as independent: sqrt(sum se^2) / k; NaN where a row has none)."""
+    import numpy as np
+    import pandas as pd
+
+    def agg(g):
+        se = g["stderr"].astype(float)
+        err = float(np.sqrt((se**2).sum()) / len(g)) if se.notna().all() else np.nan
+        return pd.Series({"score": g["score"].mean(), "stderr": err})
+
+    return frame.groupby(by, dropna=False)[["score", "stderr"]].apply(agg).reset_index()
+
+
+def family_means(scores):
+    """One row per model x language x family: the mean over the family's tasks."""
+    keys = ["variant", "method", "language", "tokens", "task_language", "family"]
+    return _mean_with_stderr(scores, keys)
+
+
+def overall_means(scores):
+    """One row per model x language: the mean over families of the family means, so a family
+    with more tasks does not weigh more."""
+    fam = family_means(scores)
+    return _mean_with_stderr(fam, ["variant", "method", "language", "tokens", "task_language"])
+
+
+def _saturation_figure(config: dict, means, langs: list[str], title: str, ylabel: str):
+    """A panel per language, a line per method (error bars: standard error), base and SFT-flan
+    as reference lines with their error band."""
     import matplotlib.pyplot as plt
 
-    langs = list(config["languages"])
     ncols = min(len(langs), 4)
     nrows = math.ceil(len(langs) / ncols)
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False, sharey=True
+        nrows, ncols, figsize=(4.4 * ncols, 3.5 * nrows), squeeze=False, sharey=True
     )
     extra: dict = {}
     for ax, lang in zip(axes.flat, langs, strict=False):
-        own = scores[scores["task_language"] == lang]
-        means = own.groupby(["variant", "method", "language", "tokens"], dropna=False)[
-            "score"
-        ].mean()
-        means = means.reset_index()
+        own = means[means["task_language"] == lang]
         # Base and SFT-flan have no CT tokens: reference lines.
         for variant, dash in (("base", ":"), ("sft", "--")):
-            ref = means[means["variant"] == variant]
+            ref = own[own["variant"] == variant]
             if len(ref):
-                ax.axhline(ref["score"].iloc[0], color="black", linestyle=dash, lw=1, label=variant)
-        curves = means[means["tokens"].notna()]
+                y, se = float(ref["score"].iloc[0]), float(ref["stderr"].iloc[0])
+                ax.axhline(y, color="black", linestyle=dash, lw=1, label=variant)
+                if se == se:
+                    ax.axhspan(y - se, y + se, color="black", alpha=0.06, lw=0)
+        curves = own[own["tokens"].notna()]
         for (variant, method, group), curve in curves.groupby(
             ["variant", "method", "language"], sort=False
         ):
             curve = curve.sort_values("tokens")
             style = _style(variant, method, extra)
             label = variant if group == lang else f"{variant} ({group})"
-            ax.plot(
+            ax.errorbar(
                 curve["tokens"],
                 curve["score"],
+                yerr=curve["stderr"].fillna(0.0),
                 label=label,
                 linestyle="-" if group == lang else "--",
+                capsize=2,
+                markersize=4,
+                lw=1.2,
                 **style,
             )
         _token_axis(ax, curves["tokens"])
-        ax.set_title(f"{config['languages'][lang]['name']} ({lang})")
+        ax.set_title(f"{config['languages'][lang]['name']} ({lang})", fontsize="medium")
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
-        ax.set_ylabel("mean score over tasks")
+        ax.set_ylabel(ylabel)
     for ax in list(axes.flat)[len(langs) :]:
         ax.set_visible(False)
     handles: dict = {}
@@ -332,10 +369,31 @@ def plot_saturation(config: dict, scores, out_dir: Path) -> list[Path]:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lab, h)
     fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle("Score vs continual pre-training tokens")
+    fig.suptitle(title)
     fig.tight_layout()
-    paths = _save(fig, out_dir, "saturation")
+    return fig
+
+
+def plot_saturation(config: dict, scores, out_dir: Path) -> list[Path]:
+    """Score vs CT tokens, families averaged; then one figure per family (its languages only)."""
+    import matplotlib.pyplot as plt
+
+    langs = list(config["languages"])
+    paths = []
+    fig = _saturation_figure(config, overall_means(scores), langs,
+                             "Score vs continual pre-training tokens (task families averaged)",
+                             "mean accuracy over families")
+    paths += _save(fig, out_dir, "saturation")
     plt.close(fig)
+    fam = family_means(scores)
+    for family in task_families(config):
+        own = fam[fam["family"] == family]
+        fam_langs = [lang for lang in langs if (own["task_language"] == lang).any()]
+        fig = _saturation_figure(config, own, fam_langs or langs,
+                                 f"{family.replace('_', ' ').capitalize()} vs CT tokens",
+                                 "accuracy")
+        paths += _save(fig, out_dir, f"saturation_{family}")
+        plt.close(fig)
     return paths
 
 
@@ -382,7 +440,10 @@ def plot(config_path, scores_path, discarded_path, out_dir) -> list[Path]:
 
     matplotlib.use("Agg")  # files only; never needs a display
     config = load_config(config_path)
-    scores = _read_table(Path(scores_path), ["variant", "method", "language", "tokens", "score"])
+    scores = _read_table(
+        Path(scores_path),
+        ["variant", "method", "language", "tokens", "task_language", "family", "score", "stderr"],
+    )
     scores = scores[scores["task_language"].notna()]
     discarded = _read_table(
         Path(discarded_path), ["variant", "language", "tokens", "input", "discarded_fraction"]
@@ -435,7 +496,7 @@ def add_parser(subparsers) -> None:
     a.add_argument("--scores", required=True, help="scores table to write (csv)")
     a.add_argument("--discarded", required=True, help="discarded-parameters table to write (csv)")
     a.set_defaults(func=_guard(_cmd_aggregate))
-    pl = sub.add_parser("plot", help="draw figures/saturation and figures/discarded (png, pdf)")
+    pl = sub.add_parser("plot", help="draw figures/saturation*, figures/discarded (png, pdf)")
     pl.add_argument("--config", required=True, help="workflow config file")
     pl.add_argument("--scores", required=True, help="tables/scores.csv")
     pl.add_argument("--discarded", required=True, help="tables/discarded.csv")

@@ -6,7 +6,13 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-from lrmerge.config import check_config, language_entry, plan_merges, plan_models
+from lrmerge.config import (
+    check_config,
+    language_entry,
+    plan_merges,
+    plan_models,
+    task_families,
+)
 from lrmerge.data.budget import corpus_tokens_needed
 
 
@@ -202,7 +208,17 @@ def evaluate_inputs(wildcards):
     model = base_input() if m.kind == "base" else [summary(model_dir(wildcards))]
     return {
         "model": model,
-        "tasks": [f"{RESULTS}/data/eval/{lang}" for lang in m.eval_languages],
+        "tasks": [f"{RESULTS}/tasks/{lang}" for lang in m.eval_languages],
+    }
+
+
+def eval_task_settings(wildcards):
+    """The evaluate settings a language's task folder is built from (its sources only)."""
+    ev = config["evaluate"]
+    tasks = language_entry(config, wildcards.corpus)["tasks"]
+    return {
+        **{k: v for k, v in ev.items() if k != "sources"},
+        "sources": {t: ev["sources"][t] for t in tasks},
     }
 
 
@@ -218,12 +234,15 @@ def all_merge_stats():
     return [summary(f"{RESULTS}/models/merge/{key}") for key in MERGES]
 
 
+def figures():
+    """Every figure the plot rule draws: saturation (families averaged), one saturation figure
+    per task family in the config, and discarded parameters."""
+    names = ["saturation"] + [f"saturation_{f}" for f in task_families(config)] + ["discarded"]
+    return [f"{RESULTS}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
+
+
 def get_final_output():
     return [
         f"{RESULTS}/tables/scores.csv",
         f"{RESULTS}/tables/discarded.csv",
-    ] + [
-        f"{RESULTS}/figures/{name}.{ext}"
-        for name in ("saturation", "discarded")
-        for ext in ("png", "pdf")
-    ]
+    ] + figures()

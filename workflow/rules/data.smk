@@ -67,24 +67,3 @@ rule prepare_sft_data:
     shell:
         "lrmerge data sft --config {params.config} --tokenizer {params.tokenizer}"
         " --threads {threads} --out {params.out} > {log} 2>&1"
-
-
-rule prepare_eval_data:
-    output:
-        directory(f"{RESULTS}/data/eval/{{corpus}}"),
-    log:
-        f"{LOGS}/prepare_eval_data/{{corpus}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/prepare_eval_data/{{corpus}}.tsv"
-    conda:
-        "../../envs/data.yaml"
-    params:
-        config=CONFIG,
-        tasks=lambda wildcards: (
-            config["english"]
-            if wildcards.corpus == "en"
-            else config["languages"][wildcards.corpus]
-        )["tasks"],
-        mini=config["mini"],
-    shell:
-        "lrmerge data eval --config {params.config} --lang {wildcards.corpus} --out-dir {output} > {log} 2>&1"

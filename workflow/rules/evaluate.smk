@@ -1,5 +1,26 @@
-# Evaluate stage: one lm-eval process per model for all of its tasks (lrmerge.evaluate), since
-# indexing tasks and loading the model dominate the cost of a small evaluation.
+# Evaluate stage (lrmerge.evaluate): each language's benchmarks as an lm-eval task folder, then
+# one lm-eval process per model for all of its tasks, since indexing tasks and loading the model
+# dominate the cost of a small evaluation.
+
+
+rule build_tasks:
+    output:
+        directory(f"{RESULTS}/tasks/{{corpus}}"),
+    log:
+        f"{LOGS}/build_tasks/{{corpus}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/build_tasks/{{corpus}}.tsv"
+    conda:
+        "../../envs/evaluate.yaml"
+    params:
+        config=CONFIG,
+        tasks=lambda wildcards: language_entry(config, wildcards.corpus)["tasks"],
+        settings=eval_task_settings,
+        mini=config["mini"],
+        tasks_dir=lambda wildcards, output: os.path.dirname(output[0]),
+    shell:
+        "lrmerge tasks --config {params.config} --lang {wildcards.corpus}"
+        " --write {params.tasks_dir} > {log} 2>&1"
 
 
 rule evaluate:

@@ -30,12 +30,7 @@ rule plot:
         scores=f"{RESULTS}/tables/scores.csv",
         discarded=f"{RESULTS}/tables/discarded.csv",
     output:
-        expand(
-            "{results}/figures/{name}.{ext}",
-            results=RESULTS,
-            name=["saturation", "discarded"],
-            ext=["png", "pdf"],
-        ),
+        figures(),
     log:
         f"{LOGS}/plot.log",
     benchmark:

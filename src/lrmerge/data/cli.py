@@ -38,15 +38,6 @@ def cmd_sft(args) -> int:
 
 
 @fsutil.cli_errors("data")
-def cmd_eval(args) -> int:
-    from lrmerge.data.evalsets import build_eval
-
-    tasks = build_eval(_load(args.config), args.lang, args.out_dir)
-    print(f"wrote {len(tasks)} tasks to {args.out_dir}: {', '.join(tasks)}")
-    return 0
-
-
-@fsutil.cli_errors("data")
 def cmd_verify(args) -> int:
     from lrmerge.data.shards import TokenShards
 
@@ -58,7 +49,7 @@ def cmd_verify(args) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("data", help="tokenizer, token shards, SFT data and eval sets")
+    p = subparsers.add_parser("data", help="tokenizer, token shards and SFT data")
     sub = p.add_subparsers(dest="data_command", required=True)
     t = sub.add_parser("tokenizer", help="mini: a byte-level BPE on the generated English")
     t.add_argument("--config", required=True)
@@ -78,11 +69,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=cmd_sft)
-    e = sub.add_parser("eval", help="task data and lm-eval task YAMLs of a language")
-    e.add_argument("--config", required=True)
-    e.add_argument("--lang", required=True)
-    e.add_argument("--out-dir", required=True)
-    e.set_defaults(func=cmd_eval)
     v = sub.add_parser("verify", help="recompute a token folder's shard hashes")
     v.add_argument("folder")
     v.set_defaults(func=cmd_verify)

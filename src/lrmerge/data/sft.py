@@ -13,17 +13,18 @@ from lrmerge.data.sources import SourceError, jsonl_rows, load_hf
 
 def generated_rows(cfg: dict) -> list[dict]:
     """The mini FLAN: the four task families in turn, the English test items held out."""
-    from lrmerge.data.evalsets import generated_task_rows, task_family
+    from lrmerge.evaluate.benchmarks import generated_rows as task_rows
 
     mini = cfg["mini"]
     g = synthetic.Grammar(random.Random(f"sft:{cfg['seed']}"))
     lex = synthetic.Lexicon("en", None, 0)
     # The English test items stay unseen: an SFT prompt equal to one is drawn again.
     held_out = set()
+    sources = cfg["evaluate"]["sources"]
     for task in cfg["english"]["tasks"]:
-        if task.split("_", 1)[0] in synthetic.FAMILIES:
-            held_out |= {r["query"] for r in generated_task_rows(
-                cfg, "en", task, task_family(cfg, task), "test", mini["eval_examples"])}
+        if sources[task]["kind"] == "generated":
+            held_out |= {r["query"] for r in task_rows(
+                cfg, "en", task, sources[task]["family"], "test", mini["eval_examples"])}
     rows = []
     for i in range(mini["sft_examples"]):
         while True:

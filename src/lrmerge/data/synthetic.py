@@ -8,9 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Iterator
 
-from lrmerge.config import language_entry
-
-FAMILIES = ("topic", "mrc", "response", "math")
+from lrmerge.config import FAMILIES, language_entry
 
 # --------------------------------------------------------------------------------------------
 # The synthetic English. Words are lower case and punctuation is a separate word, so a target
@@ -252,12 +250,12 @@ def make_task_item(family: str, g: Grammar) -> tuple[list[str], list[list[str]],
     """One multiple-choice item of a task family, in English words: (query, choices, gold)."""
     r = g.rng
     topics = list(TOPICS)
-    if family == "topic":
+    if family == "classification":
         topic = r.choice(topics)
         doc = g.topic_doc(topic, r.randint(2, 4), label_sentence=False)
         query = ["text", ":"] + doc + ["topic", ":"]
         return query, [[t] for t in topics], topics.index(topic)
-    if family == "mrc":
+    if family == "reading_comprehension":
         story, facts = g.ownership()
         p, a, n = r.choice(facts)
         others = [x for x in NAMES if x not in {f[0] for f in facts}]
@@ -266,7 +264,7 @@ def make_task_item(family: str, g: Grammar) -> tuple[list[str], list[list[str]],
         query = (["context", ":"] + story + ["question", ":", "who", "has", "the", a, n, "?",
                                                "answer", ":"])
         return query, [[c] for c in choices], choices.index(p)
-    if family == "response":
+    if family == "response_selection":
         topic = r.choice(topics)
         speaker, replier = r.sample(NAMES, 2)
         query = ["message", ":"] + g.utterance(topic, speaker) + ["reply", ":"]

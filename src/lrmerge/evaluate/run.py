@@ -1,0 +1,167 @@
+"""Running: one lm-eval process per model for all the tasks of its languages.
+
+Reads the task folders written by `lrmerge.evaluate.tasks.build` (their `tasks.json`), runs every
+lm-eval task in them (one per shot set) plus the built-in lm-eval tasks named there, and writes one
+JSON per model. Each task entry carries its own metadata, so the report never guesses:
+
+    {"task", "family", "language", "kind", "source", "protocol", "metric", "score", "stderr",
+     "n", "n_shot", "shot_sets", "per_set": {set: score}, "per_set_stderr": {...},
+     "macro_f1", "debris"}
+
+score is the mean over the shot sets; stderr is the mean of their lm-eval standard errors (the sets
+share their test items, so their errors are correlated and this is the fully correlated case).
+debris counts generations with undecodable bytes over all sets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from lrmerge import fsutil
+from lrmerge.config import language_entry
+from lrmerge.evaluate.tasks import MANIFEST
+
+# Idle OpenMP threads sleep instead of spinning (see lrmerge.train: spinning is 10x slower on
+# shared cores). Set before lm-eval imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# The headline metric of a built-in lm-eval task, first present wins.
+METRIC_ORDER = ("acc", "exact_match", "f1", "acc_norm")
+
+
+def read_manifests(cfg: dict, langs: list[str], tasks_dir: str | Path) -> dict[str, dict]:
+    """task -> metadata for the configured tasks of `langs`, from their task folders."""
+    out = {}
+    for lang in langs:
+        path = Path(tasks_dir) / lang / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (run `lrmerge tasks --write` for {lang})")
+        with open(path, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+        for task in language_entry(cfg, lang)["tasks"]:
+            if task not in manifest["tasks"]:
+                raise ValueError(f"{path}: no task {task!r}; the folder is older than the "
+                                 "config, rebuild it")
+            out[task] = dict(manifest["tasks"][task], task=task, folder=str(path.parent))
+    return out
+
+
+def _metric(res: dict, name: str):
+    """(value, stderr) of `name` in lm-eval's {"acc,none": .9, "acc_stderr,none": .01} form."""
+    value = stderr = None
+    for key, v in res.items():
+        if "," not in key or not isinstance(v, int | float):
+            continue
+        metric = key.split(",", 1)[0]
+        if metric == name and value is None:
+            value = float(v)
+        elif metric == f"{name}_stderr" and stderr is None:
+            stderr = float(v) if v == v else None
+    return value, stderr
+
+
+def _finite(x):
+    return x if x is not None and math.isfinite(x) else None
+
+
+def task_entry(meta: dict, results: dict, n_samples: dict) -> dict:
+    """Our entry of one task from lm-eval's results of its shot sets."""
+    task = meta["task"]
+    sets = meta["lm_eval_tasks"]
+    missing = [name for name in sets.values() if name not in results]
+    if missing:
+        raise RuntimeError(f"task {task}: lm-eval returned no result for {missing} "
+                           f"(source {meta['source']})")
+    metric = meta["metric"]
+    if metric is None:  # built-in: lm-eval's own headline metric
+        res = results[next(iter(sets.values()))]
+        metric = next((m for m in METRIC_ORDER if _metric(res, m)[0] is not None), None)
+        if metric is None:
+            raise RuntimeError(f"task {task}: lm-eval's result has none of the metrics "
+                               f"{', '.join(METRIC_ORDER)}: {sorted(res)}")
+    per_set, per_set_se, f1s, debris, ns = {}, {}, [], 0, []
+    for k, name in sets.items():
+        res = results[name]
+        value, se = _metric(res, metric)
+        if value is None:
+            raise RuntimeError(f"task {task}: lm-eval's result for {name} has no {metric}")
+        per_set[k], per_set_se[k] = value, _finite(se)
+        n = (n_samples.get(name) or {}).get("effective")
+        ns.append(n)
+        f1 = _metric(res, "macro_f1")[0]
+        if f1 is not None:
+            f1s.append(f1)
+        frac = _metric(res, "debris")[0]
+        if frac is not None and n:
+            debris += round(frac * n)
+    scores = list(per_set.values())
+    ses = [s for s in per_set_se.values() if s is not None]
+    entry = {k: meta[k] for k in ("family", "language", "kind", "source", "protocol", "n_shot",
+                                  "shot_sets")}
+    entry.update(task=task, metric=metric, score=sum(scores) / len(scores),
+                 stderr=sum(ses) / len(ses) if len(ses) == len(scores) else None,
+                 n=ns[0] if ns else None, per_set=per_set if meta["shot_sets"] else None,
+                 per_set_stderr=per_set_se if meta["shot_sets"] else None,
+                 macro_f1=sum(f1s) / len(f1s) if f1s else None,
+                 debris=debris if meta.get("protocol") == "generate" else None)
+    return entry
+
+
+def evaluate(cfg: dict, model: str, langs: list[str], tasks_dir: str, out: str,
+             threads: int | None = None, limit: int | None = None, lm=None) -> dict:
+    """Run lm-eval on `model` for the tasks of `langs`; write and return the result JSON.
+
+    `lm`: an lm-eval LM object to evaluate instead of loading `model` with lm-eval's "hf"."""
+    import lm_eval
+    import torch
+    from lm_eval.tasks import TaskManager
+
+    ev = cfg["evaluate"]
+    if threads:
+        torch.set_num_threads(int(threads))
+    metas = read_manifests(cfg, langs, tasks_dir)
+    if not metas:
+        raise ValueError(f"no tasks configured for languages {langs}")
+    folders = sorted({m["folder"] for m in metas.values()})
+    builtin = any(m["kind"] == "builtin" for m in metas.values())
+    # Indexing lm-eval's ~14,700 built-in tasks costs ~6 s: only when a task needs them.
+    tm = TaskManager(include_path=folders, include_defaults=builtin)
+    names = [name for m in metas.values() for name in m["lm_eval_tasks"].values()]
+    unknown = [n for n in names if n not in tm.all_tasks]
+    if unknown:
+        raise ValueError(f"lm-eval tasks {unknown} not found in {', '.join(folders)}"
+                         + (" nor among lm-eval's built-in tasks" if builtin else ""))
+    device = ev["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model_args = {"pretrained": str(model), "dtype": ev["dtype"], "device": device}
+    seed = int(cfg["seed"])
+    t0 = time.time()
+    try:
+        results = lm_eval.simple_evaluate(
+            model=lm if lm is not None else "hf", model_args=model_args, tasks=names,
+            task_manager=tm, num_fewshot=None,
+            batch_size=ev["batch_size"], limit=limit if limit is not None else ev["limit"],
+            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            fewshot_random_seed=seed, log_samples=False)
+    except Exception as e:  # name the tasks and their sources: lm-eval's errors do not
+        sources = "; ".join(f"{t}: {m['source']}" for t, m in metas.items())
+        raise RuntimeError(f"lm-eval failed on {model} ({type(e).__name__}: {e}); "
+                           f"tasks and sources: {sources}") from e
+    n_samples = results.get("n-samples") or {}
+    per_task = {t: task_entry(m, results["results"], n_samples) for t, m in metas.items()}
+    doc = {
+        "model": str(model),
+        "languages": list(langs),
+        "tasks": per_task,
+        "lm_eval_version": getattr(lm_eval, "__version__", None),
+        "model_args": model_args,
+        "config": ev,
+        "wall_time_s": round(time.time() - t0, 2),
+    }
+    fsutil.write_json(out, doc)
+    return doc
