@@ -235,10 +235,16 @@ def all_merge_stats():
 
 
 def figures():
-    """Every figure the plot rule draws: saturation (families averaged), one saturation figure
-    per task family in the config, and discarded parameters."""
-    names = ["saturation"] + [f"saturation_{f}" for f in task_families(config)] + ["discarded"]
-    return [f"{RESULTS}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
+    """The report's figures: saturation (families averaged), saturation of each task family
+    in the config, and discarded parameters."""
+    names = (
+        ["saturation"]
+        + [f"saturation_{f}" for f in task_families(config)]
+        + ["discarded"]
+    )
+    return [
+        f"{RESULTS}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")
+    ]
 
 
 def get_final_output():
