@@ -67,20 +67,20 @@ def load_records(args: dict, where: str) -> list[dict]:
     try:
         ds = datasets.load_dataset(**args)
     except Exception as e:  # datasets' own messages do not say which task asked
-        raise BenchmarkError(f"{where}: load_dataset({_show(args)}) failed: "
+        raise BenchmarkError(f"{where}: load_dataset({show_args(args)}) failed: "
                              f"{type(e).__name__}: {e}") from None
     if isinstance(ds, datasets.DatasetDict):
         if len(ds) != 1:
-            raise BenchmarkError(f"{where}: load_dataset({_show(args)}) has splits "
+            raise BenchmarkError(f"{where}: load_dataset({show_args(args)}) has splits "
                                  f"{', '.join(ds)}; name one with 'split'")
         ds = next(iter(ds.values()))
     rows = ds.to_list()
     if not rows:
-        raise BenchmarkError(f"{where}: load_dataset({_show(args)}) holds no records")
+        raise BenchmarkError(f"{where}: load_dataset({show_args(args)}) holds no records")
     return rows
 
 
-def _show(args: dict) -> str:
+def show_args(args: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in args.items())
 
 

@@ -171,7 +171,7 @@ def read_benchmark(cfg: dict, lang: str, task: str, spec: dict) -> bm.Benchmark:
     fields = dict(bm.FIELDS[kind], **(spec.get("fields") or {}))
 
     def rows(args: dict, label: str) -> list[dict]:
-        w = f"{where} {label} ({bm._show(args)})"
+        w = f"{where} {label} ({bm.show_args(args)})"
         records = bm.load_records(dict(args), w)
         if kind == "sib200":
             return bm.sib200_rows(records, fields, max_chars, w)
@@ -277,10 +277,11 @@ def _write_task(cfg, lang, task, spec, prompts, lang_name, out_dir: Path, tmp: P
         r["family"] = family  # the scoring functions read it
     if family == "math" and spec["protocol"] == "loglik" and spec["kind"] != "generated":
         bm.math_choices(bench.test, task)
-    if spec["prompt"] not in prompts or spec["prompt"] == "language_names_zh":
+    styles = prompts["styles"]
+    if spec["prompt"] not in styles:
         raise ValueError(f"{spec['where']}.prompt: {spec['prompt']!r} is not a prompt style "
-                         f"({', '.join(k for k in prompts if k != 'language_names_zh')})")
-    prompt = _fill(prompts[spec["prompt"]][cfg["evaluate"]["prompt_language"]],
+                         f"({', '.join(styles)})")
+    prompt = _fill(styles[spec["prompt"]][cfg["evaluate"]["prompt_language"]],
                    {"language": lang_name})
     fsutil.write_jsonl(tmp / f"{task}.test.jsonl", bench.test)
     sets = bench.shot_sets or {"": []}
