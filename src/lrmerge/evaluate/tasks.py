@@ -89,6 +89,8 @@ def task_spec(cfg: dict, task: str) -> dict:
     default_shots = 0 if kind == "generated" else (
         "per_label" if family == "classification" else 3)
     spec.setdefault("shots", default_shots)
+    if kind == "builtin":
+        spec.setdefault("name", task)  # the lm-eval task
     spec["where"] = where
     return spec
 
@@ -111,7 +113,7 @@ def source_label(cfg: dict, spec: dict) -> str:
     """Where a task's data comes from, in one token (for `lrmerge tasks` and the metadata)."""
     kind = spec["kind"]
     if kind == "builtin":
-        return f"lm-eval:{spec.get('name') or '?'}"
+        return f"lm-eval:{spec['name']}"
     if kind == "generated":
         return "generated"
     if kind == "milic":
@@ -257,9 +259,9 @@ def _meta(spec: dict, lang: str, source: str) -> dict:
 
 def _write_task(cfg, lang, task, spec, prompts, lang_name, out_dir: Path, tmp: Path) -> dict:
     if spec["kind"] == "builtin":
-        meta = _meta(spec, lang, source_label(cfg, dict(spec, name=spec.get("name") or task)))
+        meta = _meta(spec, lang, source_label(cfg, spec))
         meta.update(metric=None, n_items=None, n_shot=None, shot_sets=[],
-                    lm_eval_tasks={"": spec.get("name") or task})
+                    lm_eval_tasks={"": spec["name"]})
         return meta
     bench = read_benchmark(cfg, lang, task, spec)
     family = spec["family"]
@@ -326,8 +328,8 @@ def table(cfg: dict, count: bool = False) -> list[tuple]:
                 continue
             for task in by_family[family]:
                 spec = task_spec(cfg, task)
-                rows.append((lang, family, task, source_label(cfg, dict(
-                    spec, name=spec.get("name") or task)), *_counts(cfg, lang, task, spec, count)))
+                rows.append((lang, family, task, source_label(cfg, spec),
+                             *_counts(cfg, lang, task, spec, count)))
     return rows
 
 
