@@ -97,7 +97,7 @@ def test_pretrain_builds_an_hf_model_and_reports_its_throughput(cfg, files):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lrmerge.data import synthetic
-    from lrmerge.train.model import flops_per_token, non_embedding_params
+    from lrmerge.train.model import flops_per_token, llama_matmul_params, matmul_params
 
     s = files["base_summary"]
     assert s["stage"] == "pretrain" and s["steps"] == cfg["pretrain"]["steps"]
@@ -107,9 +107,10 @@ def test_pretrain_builds_an_hf_model_and_reports_its_throughput(cfg, files):
     tok = AutoTokenizer.from_pretrained(files["base"])
     bn_word = synthetic.lexicon(cfg, "bn").map["ball"]
     assert len(tok(" " + bn_word)["input_ids"]) == 1  # one token per target word
-    # 6 x non-embedding parameters + 12 x layers x hidden x seq
-    n = non_embedding_params(model)
-    assert n == sum(p.numel() for p in model.parameters()) - 2 * len(tok) * 32
+    # 6 x matmul parameters (all but the input embedding) + 12 x layers x hidden x seq
+    n = matmul_params(model)
+    assert n == sum(p.numel() for p in model.parameters()) - len(tok) * 32
+    assert n == llama_matmul_params(model.config.to_dict())  # the planner's count, from sizes
     assert s["flops_per_token"] == flops_per_token(model, 32) == 6 * n + 12 * 2 * 32 * 32
     assert s["tokens_per_s"] > 0 and s["peak_tflops"] == cfg["pretrain"]["peak_tflops"]
     assert s["mfu"] == pytest.approx(s["tokens_per_s"] * s["flops_per_token"] / 0.157e12,

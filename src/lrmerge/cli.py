@@ -20,6 +20,7 @@ COMMANDS = {
     "evaluate": "lrmerge.evaluate.cli",
     "tasks": "lrmerge.evaluate.cli",
     "report": "lrmerge.report",
+    "plan": "lrmerge.plan",
 }
 
 HELP = {
@@ -30,6 +31,7 @@ HELP = {
     "evaluate": "evaluate a model with lm-eval on the configured tasks",
     "tasks": "list the evaluation tasks per language and family, or write them",
     "report": "aggregate evaluation results into tables and draw figures",
+    "plan": "the sweep's GPU-hours, wall time and disk per rule, before submitting",
 }
 
 

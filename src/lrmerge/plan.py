@@ -1,0 +1,222 @@
+"""The sweep's cost before submitting: `lrmerge plan [--config F] [--format table|json]`.
+
+A small model of each rule's jobs from the config alone (no SLURM, no model download):
+- training: tokens x FLOPs per token / (GPU peak x MFU). FLOPs per token come from the base
+  model's sizes (its local config.json, else `plan.model`; the mini: `mini.model`) with the
+  train stage's own formula; each CT budget trains only its increment over the previous one;
+- evaluation: prompt tokens x 2 x parameters at the same MFU, plus generated tokens at
+  `plan.decode_tokens_per_s`; items from the task table (published sizes where unread);
+- merges: bytes read and written at `plan.merge_gb_per_s`;
+- tokenizing: tokens at `plan.tokenize_tokens_per_s` per job (CPU);
+- disk: what stays (token shards at 2 bytes a token, checkpoints at `save_dtype`, merged models in
+  bf16) and, as `transient_gb`, the optimizer state (fp32 master weights and two AdamW moments:
+  12 bytes a parameter) held between budgets, one per language with `keep_optimizer: next`.
+GPU-hours count every GPU of a job; a job's wall time is its GPU-hours over its GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lrmerge import fsutil
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+OPTIMIZER_BYTES = 12  # fp32 master weights + AdamW's two moments, per parameter
+
+
+def model_sizes(cfg: dict) -> tuple[dict, str]:
+    """The base model's config.json sizes, and where they came from."""
+    if cfg["base_model"] is None:
+        m = dict(cfg["mini"]["model"])
+        m.setdefault("vocab_size", cfg["mini"]["tokenizer_vocab"])
+        return m, "mini.model"
+    local = Path(cfg["base_model"]) / "config.json"
+    if local.is_file():
+        with open(local, encoding="utf-8") as fh:
+            return json.load(fh), str(local)
+    if cfg["plan"]["model"]:
+        return dict(cfg["plan"]["model"]), "plan.model"
+    raise ValueError(f"base_model {cfg['base_model']!r} is not a local folder with config.json; "
+                     "give its sizes in config key plan.model (hidden_size, intermediate_size, "
+                     "num_hidden_layers, num_attention_heads, vocab_size)")
+
+
+def _params(sizes: dict) -> tuple[int, int]:
+    """(matmul parameters, all parameters) of a Llama of these sizes."""
+    from lrmerge.train.model import llama_matmul_params
+
+    mm = llama_matmul_params(sizes)
+    tied = sizes.get("tie_word_embeddings", False)
+    emb = sizes["vocab_size"] * sizes["hidden_size"]
+    return mm, mm + (0 if tied else emb)
+
+
+def train_flops(sizes: dict, seq_len: int) -> float:
+    from lrmerge.train.model import attention_flops
+
+    return 6.0 * _params(sizes)[0] + attention_flops(sizes["num_hidden_layers"],
+                                                     sizes["hidden_size"], seq_len)
+
+
+def _job(rule: str, cfg: dict) -> dict:
+    res = cfg["resources"]
+    return {**res["default"], **res.get(rule, {})}
+
+
+def plan(cfg: dict) -> dict:
+    from lrmerge.config import plan_merges, plan_models
+    from lrmerge.data.budget import corpus_tokens_needed
+    from lrmerge.evaluate.tasks import table
+
+    p = cfg["plan"]
+    sizes, source = model_sizes(cfg)
+    mm, n_params = _params(sizes)
+    peak = float(p["peak_tflops"]) * 1e12 * float(p["mfu"])  # achieved FLOP/s per GPU
+    rules: dict[str, dict] = {}
+
+    def add(rule, jobs, gpu_seconds=0.0, cpu_seconds=0.0, disk_bytes=0.0, **extra):
+        gpus = int(_job(rule, cfg).get("gpu") or 0)
+        r = rules.setdefault(rule, {"jobs": 0, "gpus_per_job": gpus, "gpu_hours": 0.0,
+                                    "wall_hours": 0.0, "disk_gb": 0.0})
+        r["jobs"] += jobs
+        if gpus:
+            r["gpu_hours"] += gpu_seconds / 3600
+            wall = gpu_seconds / gpus if gpu_seconds else cpu_seconds
+        else:  # a CPU job (the mini's training): its device time is its wall time
+            wall = gpu_seconds + cpu_seconds
+        r["wall_hours"] += wall / 3600
+        r["disk_gb"] += disk_bytes / 1e9
+        for k, v in extra.items():
+            r[k] = r.get(k, 0) + v
+
+    # data: each corpus tokenized once, 2 bytes a token (the Llama vocabulary is below 65,536)
+    for corpus in [*cfg["languages"], "en"]:
+        n = corpus_tokens_needed(cfg, corpus)[0] * cfg["continual_pretrain"]["data_margin"]
+        add("prepare_corpus", 1, cpu_seconds=n / p["tokenize_tokens_per_s"], disk_bytes=2 * n,
+            tokens=int(n))
+    sft = cfg["sft"]
+    sft_tokens = sft["steps"] * sft["batch_size"] * sft["seq_len"]
+    add("prepare_sft_data", 1, cpu_seconds=sft_tokens / p["tokenize_tokens_per_s"],
+        disk_bytes=2 * sft_tokens, tokens=sft_tokens)
+    # training
+    if cfg["base_model"] is None:  # the mini pre-trains its own base
+        pt = cfg["pretrain"]
+        pt_tokens = pt["steps"] * pt["batch_size"] * pt["seq_len"]
+        add("pretrain_base", 1, gpu_seconds=pt_tokens * train_flops(sizes, pt["seq_len"]) / peak,
+            disk_bytes=n_params * 4, tokens=pt_tokens)
+    ct = cfg["continual_pretrain"]
+    ct_fpt, sft_fpt = train_flops(sizes, ct["seq_len"]), train_flops(sizes, sft["seq_len"])
+    ckpt = n_params * BYTES[ct["save_dtype"]]
+    optim = n_params * OPTIMIZER_BYTES
+    n_ct = 0
+    keep_all = ct["keep_optimizer"] == "all"
+    for facts in cfg["languages"].values():
+        previous = 0
+        for i, tokens in enumerate(facts["budgets"]):
+            step = tokens - previous  # each budget continues the previous one
+            previous = tokens
+            last = i == len(facts["budgets"]) - 1
+            # keep_optimizer: all keeps every non-final budget's state; next deletes it once
+            # the following budget has read it (one state per language at a time)
+            state = optim if keep_all and not last else 0
+            add("continual_pretrain", 1, gpu_seconds=step * ct_fpt / peak,
+                disk_bytes=ckpt + state, tokens=step)
+            n_ct += 1
+    multi = [f for f in cfg["languages"].values() if len(f["budgets"]) > 1]
+    rules["continual_pretrain"]["transient_gb"] = 0.0 if keep_all else len(multi) * optim / 1e9
+    add("finetune_sft", 1, gpu_seconds=sft_tokens * sft_fpt / peak,
+        disk_bytes=n_params * BYTES[sft["save_dtype"]], tokens=sft_tokens)
+    add("ct_then_sft", n_ct, gpu_seconds=n_ct * sft_tokens * sft_fpt / peak,
+        disk_bytes=n_ct * n_params * BYTES[sft["save_dtype"]], tokens=n_ct * sft_tokens)
+    # merges: read every input and the base, write the result (streamed)
+    out_bytes = n_params * 2
+    for m in plan_merges(cfg):
+        inputs = len(m.languages) + 1 + (0 if m.method == "average" else 1)
+        moved = (inputs + 1) * out_bytes
+        add("merge", 1, cpu_seconds=moved / (p["merge_gb_per_s"] * 1e9), disk_bytes=out_bytes)
+    # evaluation: every model on the tasks of its languages, each shot set
+    items = _eval_items(cfg, table(cfg))
+    for model in plan_models(cfg):
+        n_items = sum(items.get(lang, (0, 0))[0] for lang in model.eval_languages)
+        gen = sum(items.get(lang, (0, 0))[1] for lang in model.eval_languages)
+        prompt_flops = n_items * p["eval_prompt_tokens"] * 2.0 * mm
+        add("evaluate", 1, gpu_seconds=prompt_flops / peak + gen / p["decode_tokens_per_s"],
+            items=n_items)
+    total = {"gpu_hours": sum(r["gpu_hours"] for r in rules.values()),
+             "disk_gb": sum(r["disk_gb"] for r in rules.values()),
+             "train_tokens": sum(rules[r].get("tokens", 0) for r in
+                                 ("pretrain_base", "continual_pretrain", "finetune_sft",
+                                  "ct_then_sft") if r in rules)}
+    model = {"source": source, "params": n_params, "matmul_params": mm,
+             "ct_flops_per_token": ct_fpt, "sft_flops_per_token": sft_fpt,
+             "gpu": p["gpu"], "peak_tflops": p["peak_tflops"], "mfu": p["mfu"]}
+    return {"model": model, "rules": rules, "total": total}
+
+
+def _eval_items(cfg: dict, rows: list[tuple]) -> dict[str, tuple[int, int]]:
+    """lang -> (items x shot sets, generated tokens) over its tasks."""
+    ev = cfg["evaluate"]
+    out: dict[str, list[int]] = {}
+    for row in rows:
+        if len(row) < 7:
+            continue  # a gap
+        lang, family, task, _source, n, _shots, _metric = row
+        n = int(str(n).rstrip("*")) if str(n).rstrip("*").isdigit() else 0
+        spec = ev["sources"][task]
+        sets = len(ev["shot_seeds"]) if spec.get("shots", 1) else 1
+        protocol = spec.get("protocol", ev["protocol"])
+        gen = ev["max_gen_toks"][family] if protocol == "generate" else 0
+        acc = out.setdefault(lang, [0, 0])
+        acc[0] += n * sets
+        acc[1] += n * sets * gen
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def format_table(doc: dict) -> str:
+    m = doc["model"]
+    lines = [f"model: {m['params'] / 1e9:.2f}B parameters ({m['source']}), "
+             f"{m['ct_flops_per_token'] / 1e9:.1f} GFLOP per CT token; "
+             f"{m['gpu']} at {m['peak_tflops']:g} TFLOPS x MFU {m['mfu']:g}",
+             f"{'RULE':<20}{'JOBS':>6}{'GPUS/JOB':>10}{'GPU-HOURS':>12}{'WALL/JOB':>12}"
+             f"{'DISK GB':>10}"]
+    for rule, r in doc["rules"].items():
+        per_job = r["wall_hours"] / r["jobs"] if r["jobs"] else 0.0
+        lines.append(f"{rule:<20}{r['jobs']:>6}{r['gpus_per_job']:>10}{r['gpu_hours']:>12,.1f}"
+                     f"{_duration(per_job):>12}{r['disk_gb']:>10,.1f}")
+    t = doc["total"]
+    lines.append(f"{'total':<20}{sum(r['jobs'] for r in doc['rules'].values()):>6}{'':>10}"
+                 f"{t['gpu_hours']:>12,.1f}{'':>12}{t['disk_gb']:>10,.1f}")
+    lines.append(f"training tokens: {t['train_tokens'] / 1e9:,.2f}B")
+    transient = doc["rules"].get("continual_pretrain", {}).get("transient_gb", 0.0)
+    if transient:
+        lines.append(f"optimizer state between CT budgets: up to {transient:,.0f} GB more")
+    return "\n".join(lines)
+
+
+def _duration(hours: float) -> str:
+    if hours >= 1:
+        return f"{hours:,.1f} h"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.1f} min"
+    return f"{hours * 3600:.1f} s"
+
+
+@fsutil.cli_errors("plan")
+def cmd_plan(args) -> int:
+    from lrmerge.config import load_config
+
+    doc = plan(load_config(args.config))
+    print(json.dumps(doc, indent=2) if args.format == "json" else format_table(doc))
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("plan", help="the sweep's GPU-hours, wall time and disk per rule",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="config/config.yaml", help="workflow config file")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_plan)
+    return p
+
