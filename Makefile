@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-fast test-dist test-slurm demo lint bench clean
+.PHONY: venv test test-fast test-dist test-slurm demo lint bench clean slurm-profile
 
 venv: $(VENV)/.installed
 
@@ -42,6 +42,11 @@ test-slurm: venv
 	$(BIN)/pytest -q -m slurm
 
 ## the mini preset end to end on CPU
+# Your `slurm` Snakemake profile from profiles/slurm (SLURM_ACCOUNT / SLURM_PARTITION fill it);
+# an existing one is left alone.
+slurm-profile:
+	python3 profiles/install_slurm_profile.py profiles/slurm/config.yaml
+
 demo: venv
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/mini
 	@echo "figures: $(abspath results/mini/figures)/saturation.png and discarded.png (pdf beside them)"

@@ -27,11 +27,11 @@ ENV = {
 }
 
 
-def snakemake(*args, cwd=REPO, timeout=120):
+def snakemake(*args, cwd=REPO, timeout=120, env=None):
     return subprocess.run(
         [SNAKEMAKE, *map(str, args)],
         cwd=cwd,
-        env=ENV,
+        env={**ENV, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -96,6 +96,61 @@ def test_paper_sweep_plans_on_slurm_profile():
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert job_counts(result.stdout + result.stderr) == expected_counts(config, built_base=False)
+
+
+def _resources(dry_run: str, rule: str) -> set[str]:
+    """The resources lines a dry run (-n -p) prints for the jobs of `rule`."""
+    found = set()
+    for block in dry_run.split("\n\n"):
+        if re.search(rf"^(local)?rule {rule}:", block.strip(), re.M):
+            found |= set(re.findall(r"resources: (.*)", block))
+    return found
+
+
+def test_a_labs_own_slurm_profile_works_as_it_is(tmp_path):
+    """`snakemake --profile slurm` with the user's global profile (executor, account, partition,
+    jobs only): the sweep plans with the workflow's own per-rule resources."""
+    home = tmp_path / "config"
+    (home / "snakemake" / "slurm").mkdir(parents=True)
+    (home / "snakemake" / "slurm" / "config.yaml").write_text(
+        "executor: slurm\njobs: 50\ndefault-resources:\n  slurm_account: lab\n"
+        "  slurm_partition: gpu\n")
+    result = snakemake("-n", "-p", "--profile", "slurm", env={"XDG_CONFIG_HOME": str(home)},
+                       timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert job_counts(out) == expected_counts(config, built_base=False)
+    (ct,) = _resources(out, "continual_pretrain")
+    assert "gpu=8" in ct and "cpus_per_task=64" in ct and "slurm_extra=--signal=USR1@600" in ct
+    assert "slurm_account=lab" in ct and "slurm_partition=gpu" in ct
+    assert all("gpu=1" in r for r in _resources(out, "evaluate"))
+    assert all("gpu=" not in r for r in _resources(out, "merge"))
+    assert "python -m lrmerge.train.launch --nproc 8 ct" in out  # one process per GPU
+
+
+def test_make_slurm_profile_fills_and_never_overwrites(tmp_path):
+    home = tmp_path / "config"
+    env = {**ENV, "XDG_CONFIG_HOME": str(home), "SLURM_ACCOUNT": "nlp-lab"}
+    env.pop("SLURM_PARTITION", None)
+    run = lambda: subprocess.run(["make", "-s", "slurm-profile"], cwd=REPO, env=env,  # noqa: E731
+                                 capture_output=True, text=True, timeout=60)
+    result = run()
+    assert result.returncode == 0, result.stderr
+    profile = home / "snakemake" / "slurm" / "config.yaml"
+    text = profile.read_text()
+    assert "\n  slurm_account: nlp-lab\n" in text
+    assert "\n  # slurm_partition: PARTITION\n" in text  # unset: a commented placeholder
+    assert "set slurm_partition" in result.stdout
+    assert yaml.safe_load(text)["executor"] == "slurm"
+    profile.write_text(text + "# my edit\n")
+    result = run()
+    assert result.returncode == 0 and "left as it is" in result.stdout
+    assert profile.read_text().endswith("# my edit\n")
+    # the installed profile plans the sweep
+    result = snakemake("-n", "--profile", "slurm", "--quiet", "rules",
+                       env={"XDG_CONFIG_HOME": str(home)}, timeout=300)
+    assert result.returncode == 0, result.stderr
 
 
 def test_mini_preset_plans_every_stage(tmp_path):

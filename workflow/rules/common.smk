@@ -109,6 +109,21 @@ def corpus_need(wildcards):
     ]
 
 
+def job_resources(rule):
+    """A rule's `resources` config entry over `resources.default`."""
+    res = config["resources"]
+    return {**res["default"], **res.get(rule, {})}
+
+
+def rule_threads(rule):
+    return job_resources(rule).get("threads", 1)
+
+
+def rule_resources(rule):
+    """What a rule's jobs ask of the executor (gpu, cpus_per_task, mem_mb, runtime, ...)."""
+    return {k: v for k, v in job_resources(rule).items() if k != "threads"}
+
+
 def launcher(wildcards, resources):
     """`lrmerge train`, or one process per GPU (lrmerge.train.launch) when a job has several."""
     gpus = int(getattr(resources, "gpu", 0) or 0)

@@ -11,6 +11,9 @@ rule train_tokenizer:
         f"{RESULTS}/benchmarks/train_tokenizer/train_tokenizer.tsv"
     conda:
         "../../envs/data.yaml"
+    threads: rule_threads("train_tokenizer")
+    resources:
+        **rule_resources("train_tokenizer"),
     params:
         config=CONFIG,
         out=output_dir,
@@ -30,6 +33,9 @@ rule prepare_corpus:
         f"{RESULTS}/benchmarks/prepare_corpus/{{corpus}}.tsv"
     conda:
         "../../envs/data.yaml"
+    threads: rule_threads("prepare_corpus")
+    resources:
+        **rule_resources("prepare_corpus"),
     params:
         config=CONFIG,
         tokenizer=TOKENIZER,
@@ -53,6 +59,9 @@ rule prepare_sft_data:
         f"{RESULTS}/benchmarks/prepare_sft_data/sft.tsv"
     conda:
         "../../envs/data.yaml"
+    threads: rule_threads("prepare_sft_data")
+    resources:
+        **rule_resources("prepare_sft_data"),
     params:
         config=CONFIG,
         tokenizer=TOKENIZER,

@@ -12,6 +12,9 @@ rule build_tasks:
         f"{RESULTS}/benchmarks/build_tasks/{{corpus}}.tsv"
     conda:
         "../../envs/evaluate.yaml"
+    threads: rule_threads("build_tasks")
+    resources:
+        **rule_resources("build_tasks"),
     params:
         config=CONFIG,
         tasks=lambda wildcards: language_entry(config, wildcards.corpus)["tasks"],
@@ -34,6 +37,9 @@ rule evaluate:
         f"{RESULTS}/benchmarks/evaluate/{{model}}.tsv"
     conda:
         "../../envs/evaluate.yaml"
+    threads: rule_threads("evaluate")
+    resources:
+        **rule_resources("evaluate"),
     params:
         config=CONFIG,
         tasks_dir=tasks_dir,

@@ -14,6 +14,9 @@ rule merge:
         f"{RESULTS}/benchmarks/merge/{{method}}/{{group}}/{{tokens}}.tsv"
     conda:
         "../../envs/merge.yaml"
+    threads: rule_threads("merge")
+    resources:
+        **rule_resources("merge"),
     params:
         args=merge_args,
         out=output_dir,

@@ -16,6 +16,9 @@ rule pretrain_base:
         f"{RESULTS}/benchmarks/pretrain_base/base.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: rule_threads("pretrain_base")
+    resources:
+        **rule_resources("pretrain_base"),
     params:
         config=CONFIG,
         launch=launcher,
@@ -42,6 +45,9 @@ rule continual_pretrain:
         f"{RESULTS}/benchmarks/continual_pretrain/{{lang}}/{{tokens}}.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: rule_threads("continual_pretrain")
+    resources:
+        **rule_resources("continual_pretrain"),
     params:
         config=CONFIG,
         launch=launcher,
@@ -68,6 +74,9 @@ rule finetune_sft:
         f"{RESULTS}/benchmarks/finetune_sft/sft.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: rule_threads("finetune_sft")
+    resources:
+        **rule_resources("finetune_sft"),
     params:
         config=CONFIG,
         launch=launcher,
@@ -92,6 +101,9 @@ rule ct_then_sft:
         f"{RESULTS}/benchmarks/ct_then_sft/{{lang}}/{{tokens}}.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: rule_threads("ct_then_sft")
+    resources:
+        **rule_resources("ct_then_sft"),
     params:
         config=CONFIG,
         launch=launcher,
