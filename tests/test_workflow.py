@@ -368,6 +368,54 @@ def test_tiny_preset_end_to_end(tmp_path):
     )
     assert redo.returncode == 0, redo.stderr
     assert job_counts(redo.stdout + redo.stderr) == {"plot": 1, "all": 1, "total": 2}
+    check_reruns(tmp_path, config)
+
+
+def _counts(**jobs) -> dict[str, int]:
+    jobs = {k: v for k, v in jobs.items() if v}
+    return {**jobs, "all": 1, "total": sum(jobs.values()) + 1}
+
+
+def check_reruns(tmp_path: Path, config: Path) -> None:
+    """On a completed run, one config key edited in place at a time: `snakemake -n` plans exactly
+    the jobs that read it and those downstream (rule params are exactly what commands read)."""
+    from lrmerge.config import load_config, plan_merges, plan_models
+
+    original = config.read_text()
+    cfg = load_config(config)
+    models, merges = plan_models(cfg), plan_merges(cfg)
+
+    def plan_after(edit) -> dict[str, int]:
+        edited = yaml.safe_load(original)
+        edit(edited)
+        config.write_text(yaml.safe_dump(edited, sort_keys=False, allow_unicode=True))
+        try:
+            result = snakemake("-n", "-s", REPO / "Snakefile", "-d", tmp_path, "--configfile",
+                               config, "--quiet", "rules", cwd=tmp_path)
+        finally:
+            config.write_text(original)
+        assert result.returncode == 0, result.stderr
+        out = result.stdout + result.stderr
+        return job_counts(out) if "Job stats:" in out else {}
+
+    # a merge density: only those merges, their evaluations and the report
+    ties = [m for m in merges if m.variant == "ties"]
+    assert plan_after(lambda c: c["merge"]["methods"]["ties"].update(density=0.3)) == _counts(
+        merge=len(ties), evaluate=len(ties), aggregate=1, plot=1)
+    # an evaluation source: that language's tasks, the evaluations that use them, the report
+    bn_models = [m for m in models if "bn" in m.eval_languages]
+    assert plan_after(lambda c: c["evaluate"]["sources"]["topic_bn"].update(
+        protocol="generate")) == _counts(build_tasks=1, evaluate=len(bn_models), aggregate=1,
+                                         plot=1)
+    # a language's display name: only the figures
+    assert plan_after(lambda c: c["languages"]["bn"].update(name="Bangla")) == _counts(plot=1)
+    # the CT learning rate: every CT chain and everything downstream of it
+    ct = sum(len(f["budgets"]) for f in cfg["languages"].values())
+    assert plan_after(lambda c: c["continual_pretrain"].update(lr=1e-3)) == _counts(
+        continual_pretrain=ct, ct_then_sft=ct, merge=len(merges),
+        evaluate=len(models) - 2, aggregate=1, plot=1)  # all but base and SFT-flan
+    # the run is up to date again with the original config
+    assert plan_after(lambda c: None) == {}
 
 
 # ----------------------------------------------------------------------------------------------

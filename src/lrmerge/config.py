@@ -360,3 +360,111 @@ def language_entry(config: dict, lang: str) -> dict:
 def corpus_key(lang: str) -> str:
     """The config key of a language's corpus entry (for messages)."""
     return "english.corpus" if lang == "en" else f"languages.{lang}.corpus"
+
+
+# ----------------------------------------------------------------------------------------------
+# What each rule's command reads of the config. The rule's params are exactly this slice (so a
+# changed key re-runs exactly the jobs that read it), and the command sees the config pruned to
+# it (so a key it reads but that is not listed fails loudly, in the tests, instead of silently
+# escaping the rerun triggers).
+
+
+def _entry(lang: str) -> str:
+    return "english" if lang == "en" else f"languages.{lang}"
+
+
+def _generated(config: dict, lang: str) -> bool:
+    return language_entry(config, lang)["corpus"]["kind"] == "generated"
+
+
+def rule_keys(config: dict, rule: str, lang: str | None = None) -> list[str]:
+    """Dotted config paths a rule's command reads (`*`: every key at that level)."""
+    entry = _entry(lang) if lang else None
+    ev = config["evaluate"]
+    if rule == "train_tokenizer":
+        return ["seed", "mini.tokenizer_docs", "mini.tokenizer_vocab", "mini.vocab_extension",
+                "languages.*.corpus"]
+    if rule == "prepare_corpus":
+        keys = [f"{entry}.corpus", "continual_pretrain.seq_len", "continual_pretrain.english_ratio",
+                "continual_pretrain.data_margin", "data.shard_tokens"]
+        if lang == "en":  # sized for every language's English replay, and the mini's base
+            keys += ["languages.*.budgets", "base_model"]
+            if config["base_model"] is None:
+                keys += ["pretrain.steps", "pretrain.batch_size", "pretrain.seq_len"]
+        else:
+            keys += [f"languages.{lang}.budgets"]
+        if _generated(config, lang):
+            keys += ["seed"] + (["mini.code_switch"] if lang != "en" else [])
+        return keys
+    if rule == "prepare_sft_data":
+        keys = ["sft.data", "sft.join", "sft.seq_len", "sft.steps", "sft.batch_size",
+                "data.shard_tokens"]
+        if config["sft"]["data"]["kind"] == "generated":  # English test items are held out
+            keys += ["seed", "mini.sft_examples", "mini.eval_examples", "english.tasks"]
+            keys += [f"evaluate.sources.{t}" for t in config["english"]["tasks"]]
+        return keys
+    if rule == "pretrain_base":
+        return ["seed", "pretrain", "mini.model"]
+    if rule == "continual_pretrain":  # every budget: the step count and decay depend on them
+        return ["seed", "continual_pretrain", f"languages.{lang}.budgets"]
+    if rule in ("finetune_sft", "ct_then_sft"):
+        return ["seed", "sft"]
+    if rule == "build_tasks":
+        tasks = language_entry(config, lang)["tasks"]
+        kinds = {ev["sources"][t]["kind"] for t in tasks}
+        keys = [f"{entry}.tasks", *(f"evaluate.sources.{t}" for t in tasks),
+                "evaluate.prompt_language", "evaluate.protocol", "evaluate.shot_seeds",
+                "evaluate.max_gen_toks", "evaluate.max_text_chars"]
+        if "milic" in kinds:
+            keys.append("evaluate.milic_root")
+        if kinds - {"generated", "builtin"}:  # prompts that name the language
+            keys += [f"{entry}.name", f"{entry}.prompt_name", f"{entry}.prompt_name_zh"]
+        if "generated" in kinds:
+            keys += ["seed", "mini.eval_examples", "mini.fewshot_examples"]
+            if lang != "en":
+                keys.append(f"{entry}.corpus")  # the generated language's script
+        return keys
+    if rule == "evaluate":  # lang: the model's languages, joined by "+"
+        return ["seed", "evaluate.batch_size", "evaluate.device", "evaluate.dtype",
+                "evaluate.limit", *(f"{_entry(lg)}.tasks" for lg in lang.split("+"))]
+    if rule == "aggregate":
+        return ["base_model", "languages.*.budgets", "languages.*.tasks", "english.tasks", "merge"]
+    if rule == "plot":
+        return ["languages.*.name", "languages.*.tasks", "english.tasks",
+                *(f"evaluate.sources.{t}.family" for t in _all_tasks(config))]
+    raise KeyError(f"no config slice for rule {rule!r}")
+
+
+def _all_tasks(config: dict) -> list[str]:
+    tasks = [t for facts in config["languages"].values() for t in facts["tasks"]]
+    return list(dict.fromkeys(tasks + config["english"]["tasks"]))
+
+
+def prune(config: dict, paths: list[str]) -> dict:
+    """The parts of `config` at the dotted `paths`, nested as in the config. A path that is not
+    in the config (an optional key left out) is skipped."""
+    out: dict = {}
+
+    def walk(src, dst, parts):
+        key, rest = parts[0], parts[1:]
+        keys = list(src) if key == "*" else [key]
+        for k in keys:
+            if not isinstance(src, dict) or k not in src:
+                continue
+            if not rest:
+                dst[k] = src[k]
+            elif isinstance(src[k], dict):
+                walk(src[k], dst.setdefault(k, {}), rest)
+
+    for path in paths:
+        walk(config, out, path.split("."))
+    return out
+
+
+def rule_config(config: dict, rule: str, lang: str | None = None) -> dict:
+    """The config as a rule's command sees it: only what it reads."""
+    return prune(config, rule_keys(config, rule, lang))
+
+
+def load_rule_config(path: str | os.PathLike, rule: str, lang: str | None = None) -> dict:
+    return rule_config(load_config(path), rule, lang)

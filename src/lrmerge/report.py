@@ -16,7 +16,7 @@ from pathlib import Path
 from .config import (
     TRIMMING_METHODS,
     ConfigError,
-    load_config,
+    load_rule_config,
     plan_merges,
     plan_models,
     task_families,
@@ -215,7 +215,7 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def aggregate(config_path, eval_dir, models_dir, scores_path, discarded_path) -> tuple[int, int]:
-    config = load_config(config_path)
+    config = load_rule_config(config_path, "aggregate")
     scores = score_rows(config, Path(eval_dir))
     discards = discarded_rows(config, Path(models_dir))
     _write_csv(Path(scores_path), scores, SCORE_COLUMNS)
@@ -439,7 +439,7 @@ def plot(config_path, scores_path, discarded_path, out_dir) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
-    config = load_config(config_path)
+    config = load_rule_config(config_path, "plot")
     scores = _read_table(
         Path(scores_path),
         ["variant", "method", "language", "tokens", "task_language", "family", "score", "stderr"],

@@ -11,9 +11,9 @@ from lrmerge.config import (
     language_entry,
     plan_merges,
     plan_models,
+    rule_config,
     task_families,
 )
-from lrmerge.data.budget import corpus_tokens_needed
 
 
 def config_file():
@@ -96,19 +96,6 @@ def tokenizer_input(wildcards=None):
     return [f"{TOKENIZER}/tokenizer.json"] if BASE_IS_BUILT else []
 
 
-def corpus_source(wildcards):
-    return language_entry(config, wildcards.corpus)["corpus"]
-
-
-def corpus_need(wildcards):
-    """What the corpus is sized for: a changed budget, ratio or margin re-tokenizes it."""
-    return [
-        corpus_tokens_needed(config, wildcards.corpus),
-        config["continual_pretrain"]["data_margin"],
-        config["data"]["shard_tokens"],
-    ]
-
-
 def job_resources(rule):
     """A rule's `resources` config entry over `resources.default`."""
     res = config["resources"]
@@ -122,6 +109,23 @@ def rule_threads(rule):
 def rule_resources(rule):
     """What a rule's jobs ask of the executor (gpu, cpus_per_task, mem_mb, runtime, ...)."""
     return {k: v for k, v in job_resources(rule).items() if k != "threads"}
+
+
+def config_slice(name):
+    """A params function: exactly what the rule's command reads of the config, so a changed key
+    re-runs exactly the jobs that read it (lrmerge.config.rule_keys; commands see only that).
+    """
+
+    def get(wildcards):
+        if name == "evaluate":
+            lang = "+".join(MODELS[wildcards.model].eval_languages)
+        else:
+            lang = getattr(wildcards, "corpus", None) or getattr(
+                wildcards, "lang", None
+            )
+        return rule_config(config, name, lang)
+
+    return get
 
 
 def launcher(wildcards, resources):
@@ -224,16 +228,6 @@ def evaluate_inputs(wildcards):
     return {
         "model": model,
         "tasks": [f"{RESULTS}/tasks/{lang}" for lang in m.eval_languages],
-    }
-
-
-def eval_task_settings(wildcards):
-    """The evaluate settings a language's task folder is built from (its sources only)."""
-    ev = config["evaluate"]
-    tasks = language_entry(config, wildcards.corpus)["tasks"]
-    return {
-        **{k: v for k, v in ev.items() if k != "sources"},
-        "sources": {t: ev["sources"][t] for t in tasks},
     }
 
 

@@ -16,8 +16,8 @@ rule train_tokenizer:
         **rule_resources("train_tokenizer"),
     params:
         config=CONFIG,
+        cfg=config_slice("train_tokenizer"),
         out=output_dir,
-        mini=config["mini"],
     shell:
         "lrmerge data tokenizer --config {params.config} --out {params.out} > {log} 2>&1"
 
@@ -38,11 +38,9 @@ rule prepare_corpus:
         **rule_resources("prepare_corpus"),
     params:
         config=CONFIG,
+        cfg=config_slice("prepare_corpus"),
         tokenizer=TOKENIZER,
         out=output_dir,
-        source=corpus_source,
-        need=corpus_need,
-        mini=config["mini"] if BASE_IS_BUILT else None,
     shell:
         "lrmerge data corpus --config {params.config} --lang {wildcards.corpus}"
         " --tokenizer {params.tokenizer} --threads {threads} --out {params.out} > {log} 2>&1"
@@ -64,15 +62,9 @@ rule prepare_sft_data:
         **rule_resources("prepare_sft_data"),
     params:
         config=CONFIG,
+        cfg=config_slice("prepare_sft_data"),
         tokenizer=TOKENIZER,
         out=output_dir,
-        data=config["sft"]["data"],
-        packing=[
-            config["sft"]["seq_len"],
-            config["sft"]["steps"],
-            config["sft"]["batch_size"],
-        ],
-        mini=config["mini"] if BASE_IS_BUILT else None,
     shell:
         "lrmerge data sft --config {params.config} --tokenizer {params.tokenizer}"
         " --threads {threads} --out {params.out} > {log} 2>&1"

@@ -17,9 +17,7 @@ rule build_tasks:
         **rule_resources("build_tasks"),
     params:
         config=CONFIG,
-        tasks=lambda wildcards: language_entry(config, wildcards.corpus)["tasks"],
-        settings=eval_task_settings,
-        mini=config["mini"],
+        cfg=config_slice("build_tasks"),
         tasks_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "lrmerge tasks --config {params.config} --lang {wildcards.corpus}"
@@ -42,10 +40,10 @@ rule evaluate:
         **rule_resources("evaluate"),
     params:
         config=CONFIG,
+        cfg=config_slice("evaluate"),
         tasks_dir=tasks_dir,
         model=model_dir,
         langs=eval_langs,
-        settings=config["evaluate"],
     shell:
         "lrmerge evaluate --config {params.config} --threads {threads} --model {params.model}"
         " {params.langs} --tasks-dir {params.tasks_dir} --out {output} > {log} 2>&1"

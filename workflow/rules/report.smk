@@ -17,6 +17,7 @@ rule aggregate:
         "../../envs/report.yaml"
     params:
         config=CONFIG,
+        cfg=config_slice("aggregate"),
         eval_dir=eval_dir,
         models_dir=models_dir,
     shell:
@@ -39,6 +40,7 @@ rule plot:
         "../../envs/report.yaml"
     params:
         config=CONFIG,
+        cfg=config_slice("plot"),
         out_dir=figures_dir,
     shell:
         "lrmerge report plot --config {params.config} --scores {input.scores}"

@@ -21,12 +21,11 @@ rule pretrain_base:
         **rule_resources("pretrain_base"),
     params:
         config=CONFIG,
+        cfg=config_slice("pretrain_base"),
         launch=launcher,
         tokenizer=TOKENIZER,
         data=data_dir,
         out=output_dir,
-        recipe=config["pretrain"],
-        mini=config["mini"],
     shell:
         "{params.launch} pretrain --config {params.config} --threads {threads}"
         " --tokenizer {params.tokenizer} --data {params.data} --out {params.out} > {log} 2>&1"
@@ -50,12 +49,12 @@ rule continual_pretrain:
         **rule_resources("continual_pretrain"),
     params:
         config=CONFIG,
+        cfg=config_slice("continual_pretrain"),
         launch=launcher,
         init=ct_init_dir,
         data=data_dir,
         english=english_dir,
         out=output_dir,
-        recipe=config["continual_pretrain"],
     shell:
         "{params.launch} ct --config {params.config} --threads {threads} --lang {wildcards.lang}"
         " --tokens {wildcards.tokens} --init {params.init} --data {params.data}"
@@ -79,11 +78,11 @@ rule finetune_sft:
         **rule_resources("finetune_sft"),
     params:
         config=CONFIG,
+        cfg=config_slice("finetune_sft"),
         launch=launcher,
         init=BASE,
         data=data_dir,
         out=output_dir,
-        recipe=config["sft"],
     shell:
         "{params.launch} sft --config {params.config} --threads {threads} --init {params.init}"
         " --data {params.data} --out {params.out} > {log} 2>&1"
@@ -106,11 +105,11 @@ rule ct_then_sft:
         **rule_resources("ct_then_sft"),
     params:
         config=CONFIG,
+        cfg=config_slice("ct_then_sft"),
         launch=launcher,
         init=init_dir,
         data=data_dir,
         out=output_dir,
-        recipe=config["sft"],
     shell:
         "{params.launch} sft --config {params.config} --threads {threads} --init {params.init}"
         " --data {params.data} --out {params.out} > {log} 2>&1"

@@ -7,17 +7,18 @@ import argparse
 from lrmerge import fsutil
 
 
-def _load(path: str) -> dict:
-    from lrmerge.config import load_config
+def _load(path: str, rule: str, lang: str | None = None) -> dict:
+    """The config as the rule's command reads it (lrmerge.config.rule_keys)."""
+    from lrmerge.config import load_rule_config
 
-    return load_config(path)
+    return load_rule_config(path, rule, lang)
 
 
 @fsutil.cli_errors("data")
 def cmd_tokenizer(args) -> int:
     from lrmerge.data.tokenize import train_tokenizer
 
-    train_tokenizer(_load(args.config), args.out)
+    train_tokenizer(_load(args.config, "train_tokenizer"), args.out)
     return 0
 
 
@@ -25,7 +26,7 @@ def cmd_tokenizer(args) -> int:
 def cmd_corpus(args) -> int:
     from lrmerge.data.tokenize import prepare_corpus
 
-    prepare_corpus(_load(args.config), args.lang, args.tokenizer, args.out, args.threads)
+    prepare_corpus(_load(args.config, "prepare_corpus", args.lang), args.lang, args.tokenizer, args.out, args.threads)
     return 0
 
 
@@ -33,7 +34,7 @@ def cmd_corpus(args) -> int:
 def cmd_sft(args) -> int:
     from lrmerge.data.tokenize import prepare_sft
 
-    prepare_sft(_load(args.config), args.tokenizer, args.out, args.threads)
+    prepare_sft(_load(args.config, "prepare_sft_data"), args.tokenizer, args.out, args.threads)
     return 0
 
 

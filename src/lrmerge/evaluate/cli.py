@@ -12,10 +12,10 @@ DEFAULT_CONFIG = "config/config.yaml"
 
 @fsutil.cli_errors("evaluate")
 def cmd_evaluate(args) -> int:
-    from lrmerge.config import load_config
+    from lrmerge.config import load_rule_config
     from lrmerge.evaluate.run import evaluate
 
-    cfg = load_config(args.config)
+    cfg = load_rule_config(args.config, "evaluate", "+".join(args.lang))
     doc = evaluate(cfg, args.model, args.lang, args.tasks_dir, args.out, args.threads, args.limit)
     for task, m in doc["tasks"].items():
         se = f" ± {m['stderr']:.4f}" if m["stderr"] is not None else ""
@@ -25,13 +25,14 @@ def cmd_evaluate(args) -> int:
 
 @fsutil.cli_errors("tasks")
 def cmd_tasks(args) -> int:
-    from lrmerge.config import load_config
+    from lrmerge.config import load_config, rule_config
     from lrmerge.evaluate import tasks
 
     cfg = load_config(args.config)
     if args.write:
         for lang in args.lang or []:
-            manifest = tasks.build(cfg, lang, Path(args.write) / lang)
+            manifest = tasks.build(rule_config(cfg, "build_tasks", lang), lang,
+                                   Path(args.write) / lang)
             for task, meta in manifest["tasks"].items():
                 print(f"{lang}\t{task}\t{meta['family']}\t{meta['n_items'] or '-'} items\t"
                       f"{', '.join(meta['lm_eval_tasks'].values())}")

@@ -237,7 +237,6 @@ def build(cfg: dict, lang: str, out_dir: str | Path) -> dict:
     tasks = entry["tasks"]
     ev = cfg["evaluate"]
     prompts = template("prompts")
-    name = prompt_language_name(cfg, lang)
     manifest = {"language": lang, "prompt_language": ev["prompt_language"], "tasks": {}}
     # Files go to a temporary folder renamed at the end; the YAMLs name the final absolute
     # paths, since lm-eval resolves data_files against the working directory.
@@ -246,8 +245,7 @@ def build(cfg: dict, lang: str, out_dir: str | Path) -> dict:
                           "from lrmerge.evaluate.scoring import *  # noqa: F401,F403\n")
         for task in tasks:
             spec = task_spec(cfg, task)
-            manifest["tasks"][task] = _write_task(cfg, lang, task, spec, prompts, name,
-                                                  out_dir, tmp)
+            manifest["tasks"][task] = _write_task(cfg, lang, task, spec, prompts, out_dir, tmp)
         fsutil.write_json(tmp / MANIFEST, manifest)
     return manifest
 
@@ -257,7 +255,7 @@ def _meta(spec: dict, lang: str, source: str) -> dict:
             "protocol": None if spec["kind"] == "builtin" else spec["protocol"]}
 
 
-def _write_task(cfg, lang, task, spec, prompts, lang_name, out_dir: Path, tmp: Path) -> dict:
+def _write_task(cfg, lang, task, spec, prompts, out_dir: Path, tmp: Path) -> dict:
     if spec["kind"] == "builtin":
         meta = _meta(spec, lang, source_label(cfg, spec))
         meta.update(metric=None, n_items=None, n_shot=None, shot_sets=[],
@@ -283,8 +281,10 @@ def _write_task(cfg, lang, task, spec, prompts, lang_name, out_dir: Path, tmp: P
     if spec["prompt"] not in styles:
         raise ValueError(f"{spec['where']}.prompt: {spec['prompt']!r} is not a prompt style "
                          f"({', '.join(styles)})")
-    prompt = _fill(styles[spec["prompt"]][cfg["evaluate"]["prompt_language"]],
-                   {"language": lang_name})
+    style = styles[spec["prompt"]][cfg["evaluate"]["prompt_language"]]
+    # the language's name, only where a prompt says it (the mini's generated prompts do not)
+    named = "${language}" in style["text"]
+    prompt = _fill(style, {"language": prompt_language_name(cfg, lang) if named else ""})
     fsutil.write_jsonl(tmp / f"{task}.test.jsonl", bench.test)
     sets = bench.shot_sets or {"": []}
     lm_tasks = {}

@@ -9,10 +9,11 @@ import sys
 from lrmerge import fsutil
 
 
-def _load_cfg(path):
-    from lrmerge.config import load_config
+def _load_cfg(path, rule: str, lang: str | None = None):
+    """The config as the rule's command reads it (lrmerge.config.rule_keys)."""
+    from lrmerge.config import load_rule_config
 
-    return load_config(path)
+    return load_rule_config(path, rule, lang)
 
 
 def _run(fn):
@@ -34,7 +35,7 @@ def cmd_pretrain(args) -> int:
     from lrmerge.train.loop import train
     from lrmerge.train.model import build_model
 
-    cfg = _load_cfg(args.config)
+    cfg = _load_cfg(args.config, "pretrain_base")
     tok = load_tokenizer(args.tokenizer)
     model = build_model(cfg, tok, cfg["seed"], cfg["pretrain"]["attention"])
     print(f"model: {sum(p.numel() for p in model.parameters())} parameters, tokenizer "
@@ -47,7 +48,7 @@ def cmd_pretrain(args) -> int:
 def cmd_ct(args) -> int:
     from lrmerge.train.loop import train
 
-    train(stage="ct", cfg=_load_cfg(args.config), out=args.out, data=args.data,
+    train(stage="ct", cfg=_load_cfg(args.config, "continual_pretrain", args.lang), out=args.out, data=args.data,
           english=args.english, init=args.init, tokens=args.tokens, lang=args.lang,
           threads=args.threads)
     return 0
@@ -56,7 +57,7 @@ def cmd_ct(args) -> int:
 def cmd_sft(args) -> int:
     from lrmerge.train.loop import train
 
-    train(stage="sft", cfg=_load_cfg(args.config), out=args.out, data=args.data, init=args.init,
+    train(stage="sft", cfg=_load_cfg(args.config, "finetune_sft"), out=args.out, data=args.data, init=args.init,
           threads=args.threads)
     return 0
 
