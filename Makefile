@@ -36,9 +36,13 @@ test-dist: venv
 	$(BIN)/pytest -q -m dist
 
 ## the tiny preset through the SLURM executor on a real single-node cluster started here
-## (tests/slurm/cluster.sh: Debian's slurm-wlm and munge, as root; ~6 min)
+## (tests/slurm/cluster.sh: Debian's slurm-wlm and munge, as root; ~10 min), then its HTML report
+## in headless Chromium (Debian's chromium, driven by Playwright)
 test-slurm: venv
 	tests/slurm/cluster.sh
+	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null \
+		|| { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+	$(BIN)/pip install -q "playwright==1.65.2"
 	$(BIN)/pytest -q -m slurm
 
 ## the mini preset end to end on CPU

@@ -369,6 +369,27 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert redo.returncode == 0, redo.stderr
     assert job_counts(redo.stdout + redo.stderr) == {"plot": 1, "all": 1, "total": 2}
     check_reruns(tmp_path, config)
+    check_html_report(tmp_path, config)
+
+
+def check_html_report(tmp_path: Path, config: Path) -> Path:
+    """`snakemake --report` of the completed run: every figure and table, with its caption,
+    category and labels."""
+    html = tmp_path / "report.html"
+    result = snakemake("-s", REPO / "Snakefile", "-d", tmp_path, "--configfile", config,
+                       "--report", html, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = html.read_text(encoding="utf-8", errors="replace")
+    families = ("classification", "reading_comprehension", "response_selection", "math")
+    for name in ("saturation.png", "discarded.png", "scores.csv", "discarded.csv",
+                 *(f"saturation_{f}.png" for f in families)):
+        assert name in text, name
+    for category in ("Data", "Train", "Merge", "Evaluate", "Report", "Figures", "Tables"):
+        assert f'"{category}"' in text, category
+    # captions, and labels per language and method
+    assert "task families averaged" in text and "sign election discards" in text
+    assert '"ties_sv"' in text and '"bn+bo"' in text
+    return html
 
 
 def _counts(**jobs) -> dict[str, int]:
@@ -475,5 +496,9 @@ def test_tiny_preset_on_a_slurm_cluster(tmp_path):
     assert len(scores) > 0 and scores["score"].between(0, 1).all()
     for lang in cfg["languages"]:
         assert (run / "eval" / "merge" / "ties_sv" / lang).is_dir()
+    # the HTML report of the run, opened in headless Chromium: its figures render
+    from report_browser import check_figures_render
+
+    check_figures_render(check_html_report(tmp_path, config), tmp_path)
     for name in ("saturation", "discarded"):
         assert (run / "figures" / f"{name}.png").stat().st_size > 1000

@@ -256,6 +256,45 @@ def figures():
     ]
 
 
+def report_figures():
+    """The figures; the PNGs flagged for `snakemake --report`, each with its caption."""
+    flagged = []
+    for path in figures():
+        name = Path(path).stem
+        if not path.endswith(".png"):
+            flagged.append(path)  # the PDFs: the same figures, for papers
+            continue
+        family = name.partition("_")[2] if name.startswith("saturation_") else ""
+        caption = (
+            "discarded"
+            if name == "discarded"
+            else ("saturation_family" if family else "saturation")
+        )
+        item = report(
+            path,
+            caption=f"../report/{caption}.rst",
+            category="Report",
+            subcategory="Figures",
+            labels={"figure": name.split("_")[0], "family": family or "all"},
+        )
+        flagged.append(item)
+    return flagged
+
+
+def eval_subcategory(wildcards):
+    return MODELS[wildcards.model].variant
+
+
+def eval_labels(wildcards):
+    """Report labels of an evaluation: its model's method, language and CT tokens."""
+    m = MODELS[wildcards.model]
+    return {
+        "method": m.variant,
+        "language": m.language or "-",
+        "tokens": str(m.tokens) if m.tokens else "-",
+    }
+
+
 def get_final_output():
     return [
         f"{RESULTS}/tables/scores.csv",

@@ -26,7 +26,12 @@ rule prepare_corpus:
     input:
         tokenizer_input,
     output:
-        f"{RESULTS}/data/tokens/{{corpus}}/manifest.json",
+        report(
+            f"{RESULTS}/data/tokens/{{corpus}}/manifest.json",
+            caption="../report/tokens.rst",
+            category="Data",
+            labels={"corpus": "{corpus}"},
+        ),
     log:
         f"{LOGS}/prepare_corpus/{{corpus}}.log",
     benchmark:

@@ -28,7 +28,13 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        f"{RESULTS}/eval/{{model}}.json",
+        report(
+            f"{RESULTS}/eval/{{model}}.json",
+            caption="../report/eval.rst",
+            category="Evaluate",
+            subcategory=eval_subcategory,
+            labels=eval_labels,
+        ),
     log:
         f"{LOGS}/evaluate/{{model}}.log",
     benchmark:

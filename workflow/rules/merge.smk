@@ -7,7 +7,13 @@ rule merge:
     input:
         unpack(merge_inputs),
     output:
-        f"{RESULTS}/models/merge/{{method}}/{{group}}/{{tokens}}/merge_stats.json",
+        report(
+            f"{RESULTS}/models/merge/{{method}}/{{group}}/{{tokens}}/merge_stats.json",
+            caption="../report/merge_stats.rst",
+            category="Merge",
+            subcategory="{method}",
+            labels={"method": "{method}", "language": "{group}", "tokens": "{tokens}"},
+        ),
     log:
         f"{LOGS}/merge/{{method}}/{{group}}/{{tokens}}.log",
     benchmark:

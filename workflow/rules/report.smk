@@ -7,8 +7,20 @@ rule aggregate:
         evals=all_evals(),
         stats=all_merge_stats(),
     output:
-        scores=f"{RESULTS}/tables/scores.csv",
-        discarded=f"{RESULTS}/tables/discarded.csv",
+        scores=report(
+            f"{RESULTS}/tables/scores.csv",
+            caption="../report/scores.rst",
+            category="Report",
+            subcategory="Tables",
+            labels={"table": "scores"},
+        ),
+        discarded=report(
+            f"{RESULTS}/tables/discarded.csv",
+            caption="../report/discarded_table.rst",
+            category="Report",
+            subcategory="Tables",
+            labels={"table": "discarded"},
+        ),
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -31,7 +43,7 @@ rule plot:
         scores=f"{RESULTS}/tables/scores.csv",
         discarded=f"{RESULTS}/tables/discarded.csv",
     output:
-        figures(),
+        report_figures(),
     log:
         f"{LOGS}/plot.log",
     benchmark:

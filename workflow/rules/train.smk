@@ -9,7 +9,13 @@ rule pretrain_base:
         tokenizer=tokenizer_input,
         data=f"{RESULTS}/data/tokens/en/manifest.json",
     output:
-        f"{RESULTS}/models/base/train_summary.json",
+        report(
+            f"{RESULTS}/models/base/train_summary.json",
+            caption="../report/train_summary.rst",
+            category="Train",
+            subcategory="base (pre-trained)",
+            labels={"model": "base"},
+        ),
     log:
         f"{LOGS}/pretrain_base.log",
     benchmark:
@@ -37,7 +43,13 @@ rule continual_pretrain:
         data=f"{RESULTS}/data/tokens/{{lang}}/manifest.json",
         english=f"{RESULTS}/data/tokens/en/manifest.json",
     output:
-        f"{RESULTS}/models/ct/{{lang}}/{{tokens}}/train_summary.json",
+        report(
+            f"{RESULTS}/models/ct/{{lang}}/{{tokens}}/train_summary.json",
+            caption="../report/train_summary.rst",
+            category="Train",
+            subcategory="CT",
+            labels={"language": "{lang}", "tokens": "{tokens}"},
+        ),
     log:
         f"{LOGS}/continual_pretrain/{{lang}}/{{tokens}}.log",
     benchmark:
@@ -66,7 +78,13 @@ rule finetune_sft:
         init=base_input,
         data=f"{RESULTS}/data/tokens/sft/manifest.json",
     output:
-        f"{RESULTS}/models/sft/train_summary.json",
+        report(
+            f"{RESULTS}/models/sft/train_summary.json",
+            caption="../report/train_summary.rst",
+            category="Train",
+            subcategory="SFT-flan",
+            labels={"model": "sft"},
+        ),
     log:
         f"{LOGS}/finetune_sft.log",
     benchmark:
@@ -93,7 +111,13 @@ rule ct_then_sft:
         init=f"{RESULTS}/models/ct/{{lang}}/{{tokens}}/train_summary.json",
         data=f"{RESULTS}/data/tokens/sft/manifest.json",
     output:
-        f"{RESULTS}/models/ct_sft/{{lang}}/{{tokens}}/train_summary.json",
+        report(
+            f"{RESULTS}/models/ct_sft/{{lang}}/{{tokens}}/train_summary.json",
+            caption="../report/train_summary.rst",
+            category="Train",
+            subcategory="CT-then-SFT",
+            labels={"language": "{lang}", "tokens": "{tokens}"},
+        ),
     log:
         f"{LOGS}/ct_then_sft/{{lang}}/{{tokens}}.log",
     benchmark:
