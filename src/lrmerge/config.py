@@ -377,6 +377,12 @@ def _generated(config: dict, lang: str) -> bool:
     return language_entry(config, lang)["corpus"]["kind"] == "generated"
 
 
+def job_resources(config: dict, rule: str) -> dict:
+    """A rule's `resources` entry over `resources.default` (threads and executor resources)."""
+    res = config["resources"]
+    return {**res["default"], **res.get(rule, {})}
+
+
 def rule_keys(config: dict, rule: str, lang: str | None = None) -> list[str]:
     """Dotted config paths a rule's command reads (`*`: every key at that level)."""
     entry = _entry(lang) if lang else None

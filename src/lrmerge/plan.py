@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from lrmerge import fsutil
+from lrmerge.config import job_resources
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 OPTIMIZER_BYTES = 12  # fp32 master weights + AdamW's two moments, per parameter
@@ -60,15 +61,9 @@ def train_flops(sizes: dict, seq_len: int) -> float:
                                                      sizes["hidden_size"], seq_len)
 
 
-def _job(rule: str, cfg: dict) -> dict:
-    res = cfg["resources"]
-    return {**res["default"], **res.get(rule, {})}
-
-
 def plan(cfg: dict) -> dict:
     from lrmerge.config import plan_merges, plan_models
     from lrmerge.data.budget import corpus_tokens_needed
-    from lrmerge.evaluate.tasks import table
 
     p = cfg["plan"]
     sizes, source = model_sizes(cfg)
@@ -77,7 +72,7 @@ def plan(cfg: dict) -> dict:
     rules: dict[str, dict] = {}
 
     def add(rule, jobs, gpu_seconds=0.0, cpu_seconds=0.0, disk_bytes=0.0, **extra):
-        gpus = int(_job(rule, cfg).get("gpu") or 0)
+        gpus = int(job_resources(cfg, rule).get("gpu") or 0)
         r = rules.setdefault(rule, {"jobs": 0, "gpus_per_job": gpus, "gpu_hours": 0.0,
                                     "wall_hours": 0.0, "disk_gb": 0.0})
         r["jobs"] += jobs
@@ -137,7 +132,7 @@ def plan(cfg: dict) -> dict:
         moved = (inputs + 1) * out_bytes
         add("merge", 1, cpu_seconds=moved / (p["merge_gb_per_s"] * 1e9), disk_bytes=out_bytes)
     # evaluation: every model on the tasks of its languages, each shot set
-    items = _eval_items(cfg, table(cfg))
+    items = _eval_items(cfg)
     for model in plan_models(cfg):
         n_items = sum(items.get(lang, (0, 0))[0] for lang in model.eval_languages)
         gen = sum(items.get(lang, (0, 0))[1] for lang in model.eval_languages)
@@ -155,23 +150,23 @@ def plan(cfg: dict) -> dict:
     return {"model": model, "rules": rules, "total": total}
 
 
-def _eval_items(cfg: dict, rows: list[tuple]) -> dict[str, tuple[int, int]]:
-    """lang -> (items x shot sets, generated tokens) over its tasks."""
-    ev = cfg["evaluate"]
-    out: dict[str, list[int]] = {}
-    for row in rows:
-        if len(row) < 7:
-            continue  # a gap
-        lang, family, task, _source, n, _shots, _metric = row
-        n = int(str(n).rstrip("*")) if str(n).rstrip("*").isdigit() else 0
-        spec = ev["sources"][task]
-        sets = len(ev["shot_seeds"]) if spec.get("shots", 1) else 1
-        protocol = spec.get("protocol", ev["protocol"])
-        gen = ev["max_gen_toks"][family] if protocol == "generate" else 0
-        acc = out.setdefault(lang, [0, 0])
-        acc[0] += n * sets
-        acc[1] += n * sets * gen
-    return {k: (v[0], v[1]) for k, v in out.items()}
+def _eval_items(cfg: dict) -> dict[str, tuple[int, int]]:
+    """lang -> (items x shot sets, generated tokens) over its tasks (built-in lm-eval tasks,
+    whose size is unknown here, count 0)."""
+    from lrmerge.config import language_entry
+    from lrmerge.evaluate.tasks import task_spec, test_items
+
+    sets = len(cfg["evaluate"]["shot_seeds"])
+    out = {}
+    for lang in [*cfg["languages"], "en"]:
+        items = gen = 0
+        for task in language_entry(cfg, lang)["tasks"]:
+            spec = task_spec(cfg, task)
+            n = (test_items(cfg, lang, task, spec)[0] or 0) * (sets if spec["shots"] else 1)
+            items += n
+            gen += n * spec["max_gen_toks"] if spec["protocol"] == "generate" else 0
+        out[lang] = (items, gen)
+    return out
 
 
 def format_table(doc: dict) -> str:

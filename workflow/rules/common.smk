@@ -8,6 +8,7 @@ from snakemake.utils import validate
 
 from lrmerge.config import (
     check_config,
+    job_resources,
     language_entry,
     plan_merges,
     plan_models,
@@ -96,19 +97,13 @@ def tokenizer_input(wildcards=None):
     return [f"{TOKENIZER}/tokenizer.json"] if BASE_IS_BUILT else []
 
 
-def job_resources(rule):
-    """A rule's `resources` config entry over `resources.default`."""
-    res = config["resources"]
-    return {**res["default"], **res.get(rule, {})}
-
-
 def rule_threads(rule):
-    return job_resources(rule).get("threads", 1)
+    return job_resources(config, rule).get("threads", 1)
 
 
 def rule_resources(rule):
     """What a rule's jobs ask of the executor (gpu, cpus_per_task, mem_mb, runtime, ...)."""
-    return {k: v for k, v in job_resources(rule).items() if k != "threads"}
+    return {k: v for k, v in job_resources(config, rule).items() if k != "threads"}
 
 
 def config_slice(name):

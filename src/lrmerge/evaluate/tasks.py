@@ -342,9 +342,19 @@ def _counts(cfg, lang, task, spec, count: bool) -> tuple[str, str, str]:
     n_shot = "1/label" if shots == "per_label" else str(shots)
     if len(cfg["evaluate"]["shot_seeds"]) > 1 and shots:
         n_shot += f"x{len(cfg['evaluate']['shot_seeds'])}"
+    n, published = test_items(cfg, lang, task, spec, count)
+    shown = "?" if n is None else f"{n}*" if published else str(n)
+    return shown, n_shot, f"{metric}/{spec['protocol']}"
+
+
+def test_items(cfg: dict, lang: str, task: str, spec: dict, count: bool = False
+               ) -> tuple[int | None, bool]:
+    """(test items, whether that is the release's published size rather than a count). The
+    data is read when `count` (generated tasks always: it costs nothing); None: unknown."""
+    kind = spec["kind"]
+    if kind == "builtin":
+        return None, False
     if count or kind == "generated":
-        n = str(len(read_benchmark(cfg, lang, task, spec).test))
-    else:
-        key = (kind, _milic_folder(spec) if kind == "milic" else None)
-        n = f"{bm.PUBLISHED_ITEMS[key]}*" if key in bm.PUBLISHED_ITEMS else "?"
-    return n, n_shot, f"{metric}/{spec['protocol']}"
+        return len(read_benchmark(cfg, lang, task, spec).test), False
+    key = (kind, _milic_folder(spec) if kind == "milic" else None)
+    return bm.PUBLISHED_ITEMS.get(key), True
