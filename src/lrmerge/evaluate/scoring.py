@@ -60,7 +60,7 @@ def parse_number(text: str) -> float | None:
 
 
 def _same_number(pred: float | None, gold) -> bool:
-    return pred is not None and pred == float(_ascii_digits(str(gold)).replace(",", ""))
+    return pred is not None and pred == float(_ascii_digits(str(gold)))  # separators dropped there
 
 
 def _correct(doc: dict, output: str):
