@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -443,39 +444,105 @@ def check_reruns(tmp_path: Path, config: Path) -> None:
 # On a real SLURM cluster (`make test-slurm`, which starts one with tests/slurm/cluster.sh)
 
 
+REQUEUE_TOKENS = 240000  # ~10 s of training here: room to requeue the job mid-run
+
+
+def _slurm_jobs() -> list[dict]:
+    """Every job slurmctld still knows (MinJobAge keeps finished ones), as field dicts."""
+    records = subprocess.run(["scontrol", "--oneliner", "show", "job"], capture_output=True,
+                             text=True).stdout.splitlines()
+    return [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in records]
+
+
+def _requeue_mid_run(log: Path, prefix: str, watch: tuple[str, ...], at_step: int,
+                     stop: threading.Event, seen: dict) -> None:
+    """Once the training job writing `log` has logged step `at_step`, requeue it as an admin or
+    SLURM's preemption would (`scontrol requeue`): SLURM sends SIGTERM, waits, and starts the
+    same job id again."""
+    while not stop.wait(0.1):
+        if not (log.exists() and re.search(rf"^step {at_step}/", log.read_text(errors="replace"),
+                                           re.M)):
+            continue
+        for job in _slurm_jobs():
+            if (job.get("JobName", "").startswith(prefix) and job.get("JobState") == "RUNNING"
+                    and job.get("Comment", "").startswith("rule_continual_pretrain_")
+                    and all(w in job["Comment"] for w in watch)):
+                seen["job"] = job["JobId"]
+                seen["requeue"] = subprocess.run(["scontrol", "requeue", job["JobId"]],
+                                                 capture_output=True, text=True)
+                return
+
+
 @pytest.mark.slurm
 def test_tiny_preset_on_a_slurm_cluster(tmp_path):
     """The tiny preset through Snakemake's SLURM executor: every job an sbatch job on a real
     single-node cluster, tracked with squeue (no accounting there), the evaluation jobs asking for
-    a GPU of the cluster's (fake) gres and falling back to the CPU inside the job."""
+    a GPU of the cluster's (fake) gres and falling back to the CPU inside the job. One CT job is
+    requeued mid-run (`scontrol requeue`): it resumes from the checkpoint it saved on SIGTERM and
+    ends with the weights of an uninterrupted run."""
     if shutil.which("sbatch") is None or subprocess.run(["sinfo"], capture_output=True).returncode:
         pytest.fail("no SLURM cluster answers: start one with tests/slurm/cluster.sh (as root)")
-    config = write_config(tmp_path, tiny)
+
+    def budgets(cfg):
+        tiny(cfg)
+        first, second = list(cfg["languages"])[:2]
+        cfg["languages"][first]["budgets"] = [20000, REQUEUE_TOKENS]
+        cfg["languages"][second]["budgets"] = [REQUEUE_TOKENS]
+
+    config = write_config(tmp_path, budgets)
     cfg = yaml.safe_load(config.read_text())
+    second = list(cfg["languages"])[1]
     prefix = f"lrmtest{os.getpid()}"
-    result = snakemake(
-        "-s", REPO / "Snakefile", "-d", tmp_path, "--configfile", config,
-        "--executor", "slurm", "--jobs", "2", "--latency-wait", "10",
-        "--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-jobname-prefix", prefix,
-        "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
-        "--default-resources", "mem_mb=2000", "runtime=30", "cpus_per_task=1",
-        "--set-threads", "pretrain_base=2", "continual_pretrain=2", "finetune_sft=2",
-        "ct_then_sft=2",
-        "--set-resources", "evaluate:gpu=1", "pretrain_base:cpus_per_task=2",
-        "continual_pretrain:cpus_per_task=2", "finetune_sft:cpus_per_task=2",
-        "ct_then_sft:cpus_per_task=2",
-        cwd=tmp_path, timeout=1800,
-    )
+    stop, requeued = threading.Event(), {}
+    ct_log = tmp_path / "logs" / "tiny" / "continual_pretrain" / second / f"{REQUEUE_TOKENS}.log"
+    watcher = threading.Thread(target=_requeue_mid_run, args=(ct_log, prefix, (second, str(REQUEUE_TOKENS)), 30, stop, requeued))
+    watcher.start()
+    try:
+        result = snakemake(
+            "-s", REPO / "Snakefile", "-d", tmp_path, "--configfile", config,
+            "--executor", "slurm", "--jobs", "2", "--latency-wait", "10", "--slurm-requeue",
+            "--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-jobname-prefix",
+            prefix, "--slurm-init-seconds-before-status-checks", "1",
+            "--seconds-between-status-checks", "2",
+            "--default-resources", "mem_mb=2000", "runtime=30", "cpus_per_task=1",
+            "--set-threads", "pretrain_base=2", "continual_pretrain=2", "finetune_sft=2",
+            "ct_then_sft=2",
+            "--set-resources", "evaluate:gpu=1", "pretrain_base:cpus_per_task=2",
+            "continual_pretrain:cpus_per_task=2", "finetune_sft:cpus_per_task=2",
+            "ct_then_sft:cpus_per_task=2",
+            cwd=tmp_path, timeout=1800,
+        )
+    finally:
+        stop.set()
+        watcher.join()
     assert result.returncode == 0, result.stderr[-5000:]
     run = tmp_path / "results" / "tiny"
+    # the requeued CT job: SLURM ran it twice under one id, and the second run resumed from the
+    # checkpoint the first saved on SIGTERM, not from the start
+    assert "job" in requeued, f"the CT job never logged step 30 while running: {ct_log}"
+    assert requeued["requeue"].returncode == 0, requeued["requeue"].stderr
+    job = next(j for j in _slurm_jobs() if j["JobId"] == requeued["job"])
+    assert job["Restarts"] == "1" and job["JobState"] == "COMPLETED", job
+    ct = run / "models" / "ct" / second / str(REQUEUE_TOKENS)
+    summary = json.loads((ct / "train_summary.json").read_text())
+    assert 30 <= summary["resumed_own_checkpoint_at_step"] < summary["steps"], summary
+    assert summary["tokens_seen"] == REQUEUE_TOKENS and not (ct / "checkpoint").exists()
+    # ... and ended with the weights of the same job run straight through
+    import torch
+    from safetensors.torch import load_file
+
+    straight = tmp_path / "straight"
+    subprocess.run(
+        ["lrmerge", "train", "ct", "--config", config, "--threads", "2", "--lang", second,
+         "--tokens", str(REQUEUE_TOKENS), "--init", run / "models" / "base",
+         "--data", run / "data" / "tokens" / second, "--english", run / "data" / "tokens" / "en",
+         "--out", straight], env=ENV, check=True, capture_output=True, timeout=600)
+    requeued_weights = load_file(str(ct / "model.safetensors"))
+    straight_weights = load_file(str(straight / "model.safetensors"))
+    assert requeued_weights.keys() == straight_weights.keys()
+    assert all(torch.equal(requeued_weights[k], straight_weights[k]) for k in requeued_weights)
     # every job of every stage but the report ran as a SLURM job, and completed
-    records = subprocess.run(["scontrol", "--oneliner", "show", "job"], capture_output=True,
-                             text=True).stdout.splitlines()
-    jobs = []
-    for line in records:
-        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-        if fields.get("JobName", "").startswith(prefix):
-            jobs.append(fields)
+    jobs = [j for j in _slurm_jobs() if j.get("JobName", "").startswith(prefix)]
     rule_of = [re.sub(r"^rule_|_wildcards_.*$", "", j.get("Comment", "")) for j in jobs]
     assert set(rule_of) == {"train_tokenizer", "prepare_corpus", "prepare_sft_data",
                             "build_tasks",

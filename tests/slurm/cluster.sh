@@ -40,6 +40,9 @@ ClusterName=lrmerge-test
 SlurmctldHost=$host
 SlurmUser=root
 AuthType=auth/munge
+# A requeued job waits cred_expire + 1 s before it starts again (default 120 s): 10 keeps the
+# requeue check of make test-slurm short.
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres

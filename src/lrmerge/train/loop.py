@@ -73,6 +73,11 @@ class StopSignals:
             signal.signal(s, h)
 
 
+def log_line(*args) -> None:
+    """A log line written through at once: a job's log is a file, and one tailed for days."""
+    print(*args, flush=True)
+
+
 def _fingerprint(obj) -> str:
     import hashlib
 
@@ -147,7 +152,7 @@ def _disk_gb(folder: Path) -> float:
 
 def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = None,
           init: str | None = None, tokens: int | None = None, lang: str | None = None,
-          model=None, tokenizer=None, threads: int | None = None, log=print) -> dict | None:
+          model=None, tokenizer=None, threads: int | None = None, log=log_line) -> dict | None:
     """Run one training job; return its summary (process 0; also OUT/train_summary.json).
 
     stage: pretrain | ct | sft. `data` is a token folder (CT: the language's; SFT: the SFT
