@@ -16,9 +16,20 @@ import yaml
 
 from .errors import MergeError
 
-METHODS = ("average", "task_arithmetic", "ties", "ties_sv", "dare_ties", "dare_linear")
+METHODS = ("average", "task_arithmetic", "ties", "ties_sv", "dare_ties", "dare_linear",
+           "chat_vector", "layer_swap")
 NATIVE_KEYS = {"method", "base", "models", "weight", "density", "lambda", "slack", "protect",
-               "trim_scope", "vote", "seed", "dtype", "out_dtype"}
+               "target_discarded", "trim_scope", "vote", "seed", "dtype", "out_dtype", "ratio",
+               "skip_embed", "task_model", "bottom", "top", "transition", "embed_from",
+               "head_from"}
+# Methods of ours that a mergekit YAML cannot name, and what to write instead.
+NOT_IN_MERGEKIT = {
+    "ties_sv": "TIES-SV (slack) has no mergekit equivalent",
+    "layer_swap": "layer swapping has no mergekit equivalent (its slices cannot blend transition "
+                  "layers or pick embeddings and head from another model)",
+    "chat_vector": "a chat vector is mergekit's task_arithmetic with weights 1 (CT) and r "
+                   "(SFT); write that, or a native config",
+}
 MODEL_KEYS = {"path", "weight", "name", "density"}
 OUT_DTYPES = ("float32", "bfloat16", "float16")
 # mergekit method -> (our method, its default for `normalize`)
@@ -57,6 +68,8 @@ class MergeConfig:
     density: float | None = None
     lambda_: float = 1.0
     slack: float = 0.0
+    slack_auto: bool = False  # slack: auto, reserving down to target_discarded per tensor
+    target_discarded: float | str | None = None  # a fraction, or a merge_stats.json path
     protect: str | None = None
     trim_scope: str = "tensor"
     vote: str = "weighted"
@@ -64,6 +77,14 @@ class MergeConfig:
     dtype: str = "float32"
     out_dtype: str | None = None  # None: each tensor keeps the base's dtype
     normalize: bool = True
+    ratio: float = 1.0  # chat_vector: r
+    skip_embed: bool = False  # chat_vector: embeddings and LM head stay the CT model's
+    task_model: str | None = None  # layer_swap: the model whose middle layers are kept
+    bottom: int = 0  # layer_swap: layers taken from the language model at the bottom ...
+    top: int = 0  # ... and at the top
+    transition: int = 0  # layer_swap: blended layers at each boundary
+    embed_from: str | None = None  # layer_swap: the model the embeddings come from
+    head_from: str | None = None  # layer_swap: the model the final norm and LM head come from
     source: str = "native"  # or "mergekit"
     notes: list[str] = field(default_factory=list)
 
@@ -73,6 +94,12 @@ class MergeConfig:
 
     def densities(self) -> list[float]:
         return [m.density if m.density is not None else self.density for m in self.models]
+
+    @property
+    def language_model(self) -> str | None:
+        """layer_swap: the model that is not the task model."""
+        others = [n for n in self.names if n != self.task_model]
+        return others[0] if self.method == "layer_swap" and len(others) == 1 else None
 
     def to_dict(self) -> dict[str, Any]:
         """The effective parameters, as recorded in the model card and stats."""
@@ -84,11 +111,17 @@ class MergeConfig:
             | ({"density": m.density} if m.density is not None else {})
             for m in self.models
         ]
-        for key in ("density", "slack", "protect", "trim_scope", "vote", "seed"):
+        for key in ("density", "slack", "protect", "trim_scope", "vote", "seed", "ratio",
+                    "skip_embed", "task_model", "bottom", "top", "transition", "embed_from",
+                    "head_from"):
             if _uses(self.method, key):
                 out[key] = getattr(self, key)
-        out["lambda"] = self.lambda_
-        out["normalize"] = self.normalize
+        if self.slack_auto:
+            out["slack"] = "auto"
+            out["target_discarded"] = self.target_discarded
+        if self.method != "layer_swap":
+            out["lambda"] = self.lambda_
+            out["normalize"] = self.normalize
         out["dtype"] = self.dtype
         out["out_dtype"] = self.out_dtype
         return out
@@ -102,6 +135,14 @@ def _uses(method: str, key: str) -> bool:
         "trim_scope": method in ("ties", "ties_sv"),
         "vote": method in ("ties", "ties_sv", "dare_ties"),
         "seed": method in ("dare_ties", "dare_linear"),
+        "ratio": method == "chat_vector",
+        "skip_embed": method == "chat_vector",
+        "task_model": method == "layer_swap",
+        "bottom": method == "layer_swap",
+        "top": method == "layer_swap",
+        "transition": method == "layer_swap",
+        "embed_from": method == "layer_swap",
+        "head_from": method == "layer_swap",
     }[key]
 
 
@@ -196,10 +237,24 @@ def _from_native(data: dict, label: str, root: Path) -> MergeConfig:
         ))
     base = _resolve(data["base"], f"{label}: key 'base'", root) if data.get("base") else None
     config = MergeConfig(method=method, models=models, base=base)
+    for key in sorted(set(data) & METHOD_ONLY_KEYS):
+        if not _uses(method, key):
+            owner = ", ".join(m for m in METHODS if _uses(m, key))
+            raise MergeError(f"{label}: key '{key}' is for {owner}, not {method}")
     if "density" in data and data["density"] is not None:
         config.density = _number(data["density"], f"{label}: key 'density'", 0, 1)
     config.lambda_ = _number(data.get("lambda", 1.0), f"{label}: key 'lambda'")
-    config.slack = _number(data.get("slack", 0.0), f"{label}: key 'slack'", 0, 1)
+    if data.get("slack") == "auto":
+        config.slack_auto = True
+        config.target_discarded = _target_discarded(data.get("target_discarded"), label, root)
+    else:
+        config.slack = _number(data.get("slack", 0.0), f"{label}: key 'slack'", 0, 1)
+        if "target_discarded" in data:
+            raise MergeError(f"{label}: key 'target_discarded' goes with slack: auto")
+    if method == "chat_vector":
+        _chat_vector(config, data, label)
+    elif method == "layer_swap":
+        _layer_swap(config, data, label)
     config.protect = data.get("protect")
     config.trim_scope = data.get("trim_scope", "tensor")
     config.vote = data.get("vote", "weighted")
@@ -210,8 +265,82 @@ def _from_native(data: dict, label: str, root: Path) -> MergeConfig:
     config.dtype = data.get("dtype", "float32")
     config.out_dtype = data.get("out_dtype")
     # average and ties divide by the summed weights by definition; task arithmetic and DARE do not
-    config.normalize = method in ("average", "ties", "ties_sv")
+    # (layer_swap's blends are convex: their weights sum to one)
+    config.normalize = method in ("average", "ties", "ties_sv", "layer_swap")
     return config
+
+
+METHOD_ONLY_KEYS = {"ratio", "skip_embed", "task_model", "bottom", "top", "transition",
+                    "embed_from", "head_from"}
+
+
+def _target_discarded(value: Any, label: str, root: Path) -> float | str:
+    """slack: auto's target: a fraction, or a merge_stats.json whose per-tensor discarded
+    fractions of the protected model are the targets (read when the merge opens its inputs)."""
+    where = f"{label}: key 'target_discarded'"
+    if value is None:
+        raise MergeError(f"{where} is required with slack: auto (a fraction in [0, 1], or the "
+                         "path of a merge_stats.json whose per-tensor fractions are the targets)")
+    if value == "first_budget":
+        raise MergeError(f"{where}: first_budget is resolved by the workflow (it names the merge "
+                         "at the language's smallest budget); in a merge config give a fraction "
+                         "or that merge's merge_stats.json")
+    if isinstance(value, str):
+        path = Path(os.path.expanduser(value))
+        path = path if path.is_absolute() else root / path
+        if not path.is_file():
+            raise MergeError(f"{where}: stats file {path} does not exist")
+        return str(path)
+    return _number(value, where, 0, 1)
+
+
+def _chat_vector(config: MergeConfig, data: dict, label: str) -> None:
+    """theta_CT + r (theta_SFT - theta_base): task arithmetic with weights (1, r), lambda 1."""
+    if len(config.models) != 2:
+        raise MergeError(f"{label}: key 'models': chat_vector takes two models, the CT model "
+                         f"first, then the chat (SFT) model; got {len(config.models)}")
+    for key in ("weight", "lambda", "density"):
+        if key in data:
+            raise MergeError(f"{label}: key '{key}' has no meaning for chat_vector (give 'ratio')")
+    for i, entry in enumerate(data["models"]):
+        if isinstance(entry, dict) and ("weight" in entry or "density" in entry):
+            raise MergeError(f"{label}: models[{i}]: chat_vector takes no per-model weight or "
+                             "density (give 'ratio')")
+    config.ratio = _number(data.get("ratio", 1.0), f"{label}: key 'ratio'")
+    skip = data.get("skip_embed", False)
+    if not isinstance(skip, bool):
+        raise MergeError(f"{label}: key 'skip_embed': expected true or false, got {skip!r}")
+    config.skip_embed = skip
+    config.models[0].weight, config.models[1].weight = 1.0, config.ratio
+
+
+def _layer_swap(config: MergeConfig, data: dict, label: str) -> None:
+    names = config.names
+    if len(names) != 2:
+        raise MergeError(f"{label}: key 'models': layer_swap takes two models (the language "
+                         f"model and the task model); got {len(names)}")
+    for key in ("base", "weight", "lambda", "density", "slack", "protect"):
+        if key in data:
+            raise MergeError(f"{label}: key '{key}' has no meaning for layer_swap")
+    task = data.get("task_model")
+    if task not in names:
+        raise MergeError(f"{label}: key 'task_model': expected the name of the model whose middle "
+                         f"layers are kept, one of {', '.join(names)}; got {task!r}")
+    config.task_model = task
+    language = config.language_model
+    for key in ("bottom", "top", "transition"):
+        value = data.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise MergeError(f"{label}: key '{key}': expected a layer count >= 0, got {value!r}")
+        setattr(config, key, value)
+    if config.bottom == 0 and config.top == 0:
+        raise MergeError(f"{label}: keys 'bottom' and 'top' are both 0: nothing is swapped")
+    for key in ("embed_from", "head_from"):
+        value = data.get(key, language)
+        if value not in names:
+            raise MergeError(f"{label}: key '{key}': {value!r} names no model "
+                             f"(models: {', '.join(names)})")
+        setattr(config, key, value)
 
 
 def _from_mergekit(data: dict, label: str) -> MergeConfig:
@@ -222,6 +351,9 @@ def _from_mergekit(data: dict, label: str) -> MergeConfig:
     if unknown:
         raise MergeError(f"{label}: unsupported mergekit key '{unknown[0]}'")
     mk_method = data["merge_method"]
+    if mk_method in NOT_IN_MERGEKIT:
+        raise MergeError(f"{label}: key 'merge_method': {NOT_IN_MERGEKIT[mk_method]}; write a "
+                         f"native lrmerge config (method: {mk_method})")
     if mk_method not in MERGEKIT_METHODS:
         raise MergeError(
             f"{label}: key 'merge_method': {mk_method!r} is not supported "
@@ -285,7 +417,7 @@ def _from_mergekit(data: dict, label: str) -> MergeConfig:
 
 
 def _validate(config: MergeConfig, label: str) -> None:
-    if config.method != "average" and config.base is None:
+    if config.method not in ("average", "layer_swap") and config.base is None:
         raise MergeError(f"{label}: key 'base': method {config.method} needs a base model")
     names = config.names
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -308,6 +440,8 @@ def _validate(config: MergeConfig, label: str) -> None:
     if config.out_dtype is not None and config.out_dtype not in OUT_DTYPES:
         raise MergeError(f"{label}: key 'out_dtype': expected one of {', '.join(OUT_DTYPES)}, "
                          f"got {config.out_dtype!r}")
+    if config.slack_auto and config.method != "ties_sv":
+        raise MergeError(f"{label}: key 'slack': auto is for ties_sv, not {config.method}")
     if config.method == "ties_sv":
         if config.protect is None:
             raise MergeError(f"{label}: key 'protect' is required for ties_sv (the model whose "

@@ -7,16 +7,21 @@ function here plus, if its per-element math is new, a kernel.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import kernels as K
 from .config import MergeConfig
 from .errors import MergeError
+from .stats import module_of
 from .topk import (
     Selection,
     radix_select,
@@ -25,6 +30,10 @@ from .topk import (
 )
 
 REGISTRY: dict[str, Callable[[TensorTask], np.ndarray]] = {}
+# Methods that decide something per tensor from the config and the tensor names alone, before any
+# tensor is read (so that a bad name or stats file fails at once): name -> planner(config, names,
+# model config.json) -> {tensor: plan}.
+PLANNERS: dict[str, Callable[[MergeConfig, list[str], dict], dict[str, Any]]] = {}
 
 
 def register(*names: str):
@@ -34,6 +43,14 @@ def register(*names: str):
         return fn
 
     return wrap
+
+
+def plan_tensors(config: MergeConfig, names: list[str], model_config: dict) -> dict[str, Any] | None:
+    """Each tensor's plan, or None for methods without a planner."""
+    if config.slack_auto:
+        return _slack_targets(config, names)
+    planner = PLANNERS.get(config.method)
+    return planner(config, names, model_config) if planner else None
 
 
 class Scratch:
@@ -65,6 +82,8 @@ class TensorTask:
     out_kind: int
     trim: list[Selection | None] | None = None  # model-scope trim, precomputed for this tensor
     scratch: Scratch = field(default_factory=Scratch)
+    plan: Any = None  # what the method's planner decided for this tensor (PLANNERS)
+    facts: dict = field(default_factory=dict)  # per-tensor facts for the stats (JSON values)
 
     @property
     def arith(self) -> int:
@@ -321,19 +340,30 @@ def ties_family(task: TensorTask) -> np.ndarray:
                       np.uint32(sv_bucket), np.uint32(sv_threshold), sv_quota, sv_hist, sv_collect,
                       task.out, task.out_kind, stats)
 
-    if protect >= 0 and cfg.slack > 0 and n <= 8:
+    reserving = protect >= 0 and (cfg.slack > 0 or cfg.slack_auto)
+    kept = discarded = 0  # the protected model's counts, which slack: auto needs
+
+    def how_many(candidates: int, kept: int, discarded: int) -> int:
+        if not cfg.slack_auto:
+            return math.floor(cfg.slack * candidates)
+        m = auto_reserve(float(task.plan), kept, discarded, candidates)
+        task.facts["slack"] = m / candidates if candidates else 0.0
+        return m
+
+    if reserving and n <= 8:
         # one pass merges as TIES and collects the candidates; the few reserved ones are re-merged
-        kept = numel if keep_all[protect] else min(numel, math.ceil(density[protect] * numel))
-        cap = min(numel // K.GROUPS + 1, math.ceil(kept * SV_SHARE / K.GROUPS) + SV_SLACK)
+        trimmed = numel if keep_all[protect] else min(numel, math.ceil(density[protect] * numel))
+        cap = min(numel // K.GROUPS + 1, math.ceil(trimmed * SV_SHARE / K.GROUPS) + SV_SLACK)
         collect = (task.scratch.get("sv_keys", (K.GROUPS, cap), np.uint32),
                    task.scratch.get("sv_offsets", (K.GROUPS, cap), np.uint32),
                    task.scratch.get("sv_keep", (K.GROUPS, cap), np.uint8),
                    np.zeros(K.GROUPS, np.int64))
         bad = run(K.SV_COLLECT, 0, 0, no_quota, no_hist, collect)
         counts = collect[3]
+        kept, discarded = int(stats[:, protect, 0].sum()), int(stats[:, protect, 1].sum())
         if (counts <= cap).all():
             task.check(bad)
-            m = math.floor(cfg.slack * int(counts.sum()))
+            m = how_many(int(counts.sum()), kept, discarded)
             if m > 0:
                 sv_threshold, sv_quota = K.select_smallest(collect[0], counts, m)
                 task.check(K.TIES_SV_RESERVE[task.arith](
@@ -343,7 +373,12 @@ def ties_family(task: TensorTask) -> np.ndarray:
         stats[:] = 0  # more candidates than the buffers hold: the radix passes below
 
     sv_threshold, sv_quota = 0, no_quota  # reserve nothing
-    if protect >= 0 and cfg.slack > 0:
+    if reserving and cfg.slack_auto and not (n <= 8):
+        # the protected model's kept and discarded counts, from a merge that reserves nothing
+        task.check(run(-1, 0, 0, no_quota, no_hist))
+        kept, discarded = int(stats[:, protect, 0].sum()), int(stats[:, protect, 1].sum())
+        stats[:] = 0
+    if reserving:
 
         def sv_pass(mode, bucket, thr):
             if mode == K.COUNT_EQUAL:
@@ -357,7 +392,7 @@ def ties_family(task: TensorTask) -> np.ndarray:
         wanted = []
 
         def reserve_count(totals):
-            wanted.append((math.floor(cfg.slack * int(totals[0])), int(totals[0])))
+            wanted.append((how_many(int(totals[0]), kept, discarded), int(totals[0])))
             return np.array([wanted[0][0]], np.int64)
 
         (sel,) = radix_select(sv_pass, 1, reserve_count, largest=False)
@@ -372,3 +407,156 @@ def ties_family(task: TensorTask) -> np.ndarray:
             sv_threshold = 0xFFFFFFFF  # every candidate
     task.check(run(-1, 0, sv_threshold, sv_quota, no_hist))
     return stats.sum(axis=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# chat vectors and layer swapping: copies and convex blends of whole tensors
+
+
+def _copy(task: TensorTask, i: int) -> np.ndarray:
+    """The output is model i's tensor (converted to the output dtype)."""
+    task.check(K.linear(task.xs[i:i + 1], task.kind, np.ones(1, np.float32), True, task.out,
+                        task.out_kind))
+    n, numel = task.xs.shape
+    stats = np.zeros((n, 3), np.int64)
+    stats[i, 0] = numel
+    return stats
+
+
+@register("chat_vector")
+def chat_vector(task: TensorTask) -> np.ndarray:
+    """theta_CT + r (theta_SFT - theta_base) (Huang et al., ACL 2024): the config made it task
+    arithmetic with weights (1, r) and lambda 1, so this is that kernel; with skip_embed the
+    embeddings and LM head stay the CT model's."""
+    if task.config.skip_embed and module_of(task.name) in ("embed", "lm_head"):
+        return _copy(task, 0)
+    return task_arithmetic(task)
+
+
+_LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.")
+_EMBED_NAMES = ("model.embed_tokens.weight",)
+_HEAD_NAMES = ("model.norm.weight", "lm_head.weight")
+
+
+def swap_weights(config: MergeConfig, layers: int) -> list[float]:
+    """The language model's weight in each layer (the task model's is one minus it): 1 in the
+    bottom and top layers, 0 in the middle, and across each transition zone of t layers a linear
+    ramp j / (t + 1), j = t .. 1 going up from the bottom and j = 1 .. t going up to the top."""
+    t, bottom, top = config.transition, config.bottom, config.top
+    needed = bottom + top + t * (bottom > 0) + t * (top > 0)
+    if needed >= layers:
+        raise MergeError(f"layer_swap: bottom {bottom} + top {top} + transition {t} at each of "
+                         f"{(bottom > 0) + (top > 0)} boundaries take {needed} of the model's "
+                         f"{layers} layers and leave none of the task model's")
+    w = [0.0] * layers
+    for i in range(bottom):
+        w[i] = 1.0
+    for i in range(layers - top, layers):
+        w[i] = 1.0
+    for j in range(1, t + 1):
+        if bottom:
+            w[bottom + j - 1] = 1 - j / (t + 1)
+        if top:
+            w[layers - top - t + j - 1] = j / (t + 1)
+    return w
+
+
+def _plan_layer_swap(config: MergeConfig, names: list[str], model_config: dict) -> dict:
+    """Per tensor, each model's weight (config order), from Llama-architecture tensor names."""
+    index: dict[str, int | str] = {}
+    for name in names:
+        m = _LAYER_NAME.match(name)
+        if m:
+            index[name] = int(m.group(1))
+        elif name in _EMBED_NAMES:
+            index[name] = "embed"
+        elif name in _HEAD_NAMES:
+            index[name] = "head"
+        else:
+            raise MergeError(f"layer_swap: tensor {name} is not a Llama-architecture name "
+                             "(model.layers.N.*, model.embed_tokens.weight, model.norm.weight, "
+                             "lm_head.weight), so its layer is unknown")
+    found = sorted({i for i in index.values() if isinstance(i, int)})
+    if not found:
+        raise MergeError("layer_swap: no tensor named model.layers.N.*: nothing to swap")
+    layers = found[-1] + 1
+    missing = sorted(set(range(layers)) - set(found))
+    if missing:
+        raise MergeError(f"layer_swap: layer {missing[0]} has no tensors (model.layers."
+                         f"{missing[0]}.*) but layer {found[-1]} has")
+    declared = model_config.get("num_hidden_layers")
+    if declared is not None and declared != layers:
+        raise MergeError(f"layer_swap: config.json num_hidden_layers is {declared} but the "
+                         f"tensors name {layers} layers")
+    language = config.names.index(config.language_model)
+    per_layer = swap_weights(config, layers)
+    plan = {}
+    for name, where in index.items():
+        w = np.zeros(len(config.names), np.float32)
+        if where == "embed":
+            w[config.names.index(config.embed_from)] = 1
+        elif where == "head":
+            w[config.names.index(config.head_from)] = 1
+        else:
+            w[language] = per_layer[where]
+            w[1 - language] = 1 - per_layer[where]
+        plan[name] = w
+    return plan
+
+
+PLANNERS["layer_swap"] = _plan_layer_swap
+
+
+@register("layer_swap")
+def layer_swap(task: TensorTask) -> np.ndarray:
+    """Layer swapping (Bandarkar et al., ICLR 2025): each tensor copied from one model, or in a
+    transition layer the convex blend of the two with the planned weights."""
+    w = task.plan
+    task.facts["source"] = {name: float(x) for name, x in zip(task.config.names, w, strict=True)}
+    whole = np.flatnonzero(w == 1)
+    if len(whole):
+        return _copy(task, int(whole[0]))
+    weights = np.array([round_weight(float(x), task.arith) for x in w], np.float32)
+    task.check(K.linear(task.xs, task.kind, weights, True, task.out, task.out_kind))
+    n, numel = task.xs.shape
+    stats = np.zeros((n, 3), np.int64)
+    stats[w > 0, 0] = numel
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# slack: auto
+
+
+def _slack_targets(config: MergeConfig, names: list[str]) -> dict[str, float]:
+    """Each tensor's target discarded fraction of the protected model: the configured fraction, or
+    that tensor's fraction in a merge_stats.json (the same model name protected there)."""
+    target = config.target_discarded
+    if not isinstance(target, str):
+        return {name: float(target) for name in names}
+    path = Path(target)
+    try:
+        stats = json.loads(path.read_text())
+        models, tensors = stats["models"], stats["tensors"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MergeError(f"target_discarded: {path} is not a readable merge_stats.json "
+                         f"({type(e).__name__}: {e})") from e
+    if config.protect not in models:
+        raise MergeError(f"target_discarded: {path} has no model named '{config.protect}' "
+                         f"(models: {', '.join(models)})")
+    i = models.index(config.protect)
+    out = {}
+    for name in names:
+        if name not in tensors:
+            raise MergeError(f"target_discarded: tensor {name} is missing from {path}")
+        out[name] = float(tensors[name][i]["discarded_fraction"])
+    return out
+
+
+def auto_reserve(target: float, kept: int, discarded: int, candidates: int) -> int:
+    """How many of the protected model's discarded entries (candidates: those with a nonzero
+    task-vector entry, which a reserve can turn) slack: auto reserves so that its discarded
+    fraction, discarded / kept, is at most the target: the fewest that suffice, or every
+    candidate if even that cannot."""
+    allowed = math.floor(target * kept + 1e-6)  # a fraction read back from JSON: D / K exactly
+    return max(0, min(candidates, discarded - allowed))
