@@ -279,11 +279,22 @@ def run_merge(
         raise MergeError(f"--device {device}: expected cpu or cuda")
     if device == "cuda" and cfg.trim_scope == "model" and cfg.method in ("ties", "ties_sv"):
         raise MergeError("trim_scope: model is merged on the CPU only; drop --device cuda")
+    if device == "cuda" and (cfg.slack_auto or cfg.method in ("chat_vector", "layer_swap")):
+        what = "slack: auto" if cfg.slack_auto else cfg.method
+        raise MergeError(f"{what} is merged on the CPU only; drop --device cuda")
     if out_dir.exists() and not force:
         raise MergeError(f"{out_dir} already exists; pass --force to replace it")
     inputs = open_inputs(cfg)
     ref = inputs.reference
     order = sorted(ref.tensors, key=lambda t: (str(ref.tensors[t].file), ref.tensors[t].offset))
+    from .methods import plan_tensors
+
+    try:
+        plans = plan_tensors(cfg, order, ref.config())
+    except BaseException:
+        for ckpt in inputs.all:
+            ckpt.close()
+        raise
     hashers = {c.name: xxhash.xxh3_128() for c in inputs.all}
     # two input buffer sets, reused in turn: one being read while the other is merged
     largest_in = max((ref.tensors[t].nbytes for t in order), default=0)
@@ -293,16 +304,16 @@ def run_merge(
     pending = (reader.submit(_read_tensor, inputs, order[0], hashers, in_buffers[0])
                if order else None)
     try:
-        return _merge_tensors(cfg, inputs, order, hashers, in_buffers, reader, pending, out_dir,
-                              stats_path, threads, device, shard_size, progress)
+        return _merge_tensors(cfg, inputs, order, plans, hashers, in_buffers, reader, pending,
+                              out_dir, stats_path, threads, device, shard_size, progress)
     finally:
         reader.shutdown(cancel_futures=True)
         for ckpt in inputs.all:
             ckpt.close()
 
 
-def _merge_tensors(cfg, inputs, order, hashers, in_buffers, reader, pending, out_dir, stats_path,
-                   threads, device, shard_size, progress) -> dict:
+def _merge_tensors(cfg, inputs, order, plans, hashers, in_buffers, reader, pending, out_dir,
+                   stats_path, threads, device, shard_size, progress) -> dict:
     # Threads that spin between the kernels' many short parallel regions steal the cores the
     # other threads need on a shared machine; sleeping costs microseconds per region.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -334,6 +345,7 @@ def _merge_tensors(cfg, inputs, order, hashers, in_buffers, reader, pending, out
         shutil.rmtree(partial)  # left by an interrupted run of this same merge
     partial.mkdir(parents=True)
     per_tensor: dict[str, np.ndarray] = {}
+    facts: dict[str, dict] = {}
     total_bytes = sum(ref.tensors[t].nbytes * len(inputs.all) for t in order)
     bar = Progress(len(order), total_bytes, enabled=progress)
     try:
@@ -361,15 +373,18 @@ def _merge_tensors(cfg, inputs, order, hashers, in_buffers, reader, pending, out
                 out_bytes = np.dtype(out_storage).itemsize * info.numel
                 out = out_buffers[t % OUT_BUFFERS][:out_bytes].view(out_storage).reshape(1, info.numel)
                 task = TensorTask(name, cfg, base, xs, kind, out, out_kind,
-                                  trims[name] if trims else None, scratch)
+                                  trims[name] if trims else None, scratch,
+                                  plans[name] if plans else None)
                 per_tensor[name] = method(task)
+                if task.facts:
+                    facts[name] = task.facts
                 writes.append(write_pool.submit(writer.write, name, out))
                 bar.update(info.nbytes * len(inputs.all))
                 del base, xs, task
             for w in writes:
                 w.result()
         writer.close()
-        stats = summarize(cfg.method, cfg.names, per_tensor)
+        stats = summarize(cfg.method, cfg.names, per_tensor, facts)
         hashes = {name: h.hexdigest() for name, h in hashers.items()}
         stats["input_hashes"] = hashes
         stats["parameters"] = cfg.to_dict()

@@ -41,8 +41,13 @@ def _entries(counts: np.ndarray) -> list[dict]:
     return out
 
 
-def summarize(method: str, names: list[str], per_tensor: dict[str, np.ndarray]) -> dict:
-    """The stats JSON: totals, tensors, by_layer and by_module, each a list per model (config order)."""
+def summarize(method: str, names: list[str], per_tensor: dict[str, np.ndarray],
+              facts: dict[str, dict] | None = None) -> dict:
+    """The stats JSON: totals, tensors, by_layer and by_module, each a list per model (config order).
+
+    facts: what a method recorded per tensor, each key becoming a top-level {tensor: value} map:
+    `slack` (slack: auto, the share of candidates reserved) and `source` (layer_swap, each model's
+    weight), which is also given per layer as `source_by_layer` (embed, 0..L-1, norm, lm_head)."""
     n = len(names)
     totals = np.zeros((n, 3), np.int64)
     by_layer: dict[str, np.ndarray] = {}
@@ -57,7 +62,7 @@ def summarize(method: str, names: list[str], per_tensor: dict[str, np.ndarray]) 
     def layer_order(key: str):
         return (1, 0) if key == "other" else (0, int(key))
 
-    return {
+    out = {
         "method": method,
         "models": names,
         "totals": _entries(totals),
@@ -65,3 +70,18 @@ def summarize(method: str, names: list[str], per_tensor: dict[str, np.ndarray]) 
         "by_layer": {k: _entries(by_layer[k]) for k in sorted(by_layer, key=layer_order)},
         "by_module": {k: _entries(by_module[k]) for k in sorted(by_module)},
     }
+    for name, recorded in (facts or {}).items():
+        for key, value in recorded.items():
+            out.setdefault(key, {})[name] = value
+    if "source" in out:
+        # a layer's tensors share their source; outside the layers, by module
+        where = {name: layer_of(name) if layer_of(name) != "other" else module_of(name)
+                 for name in out["source"]}
+
+        def order(key: str):
+            return ((0, 0) if key == "embed" else (1, int(key)) if key.isdigit()
+                    else (2, 0 if key == "norm" else 1))
+
+        out["source_by_layer"] = {where[name]: out["source"][name]
+                                  for name in sorted(out["source"], key=lambda n: order(where[n]))}
+    return out
