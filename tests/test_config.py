@@ -142,6 +142,40 @@ def test_mini_preset_plans_the_study():
             lambda c: c["merge"]["methods"]["average"].update(weights=[[1.0, 1.0, 1.0]]),
             r"merge\.methods\.average\.weights\[0\]: give one \(CT, SFT-flan\) pair",
         ),
+        # the methods beyond the paper
+        (
+            lambda c: c["merge"]["methods"]["ties_auto"].pop("target_discarded"),
+            r"merge\.methods\.ties_auto: slack: auto and target_discarded .* go together",
+        ),
+        (
+            lambda c: c["merge"]["methods"]["ties_auto"].update(target_discarded="last_budget"),
+            r"merge\.methods\.ties_auto\.target_discarded: ",
+        ),
+        (
+            lambda c: c["merge"]["methods"]["layer_swap"].update(bottom=0, top=0),
+            r"merge\.methods\.layer_swap: layer_swap needs bottom or top",
+        ),
+        (
+            lambda c: c["merge"]["methods"]["layer_swap"].update(embed_from="base"),
+            r"merge\.methods\.layer_swap\.embed_from: ",
+        ),
+        (
+            lambda c: c["merge"]["methods"]["chat_vector"].update(weights=[[1.0, 2.0]]),
+            r"merge\.methods\.chat_vector\.weights: chat_vector takes no merge weights",
+        ),
+        (
+            lambda c: c["merge"]["methods"]["chat_vector"].update(density=0.2),
+            r"merge\.methods\.chat_vector: density not used by method chat_vector",
+        ),
+        (
+            lambda c: c["merge"]["multi"][0].update(method="layer_swap"),
+            r"merge\.multi\[0\]\.method: 'layer_swap' merges one CT model with SFT-flan",
+        ),
+        (
+            lambda c: c["merge"]["multi"][0].update(method="ties_auto"),
+            r"merge\.multi\[0\]\.tokens: 'ties_auto' aims at the discarded fraction of the "
+            r"group's first budget \(100000\)",
+        ),
         # multi-language merges
         (
             lambda c: c["merge"]["multi"][0].update(languages=["bn", "ta"], name="bn+ta"),
@@ -189,6 +223,25 @@ def test_variants_of_a_weight_grid_and_named_methods(tmp_path):
     assert ("ties_d05", "ties_d05", "ties", (1.0, 1.0)) in variants
     ids = {m.id for m in plan_models(config)}
     assert "merge/ties_d05/bo/400000" in ids and "merge/ties/bn+bo/400000" in ids
+
+
+def test_first_budget_target_names_the_merge_at_the_smallest_budget(tmp_path):
+    from lrmerge.config import target_stats_budget
+
+    def multi_auto(c):
+        c["merge"]["multi"][0].update(method="ties_auto", tokens="all")
+
+    config = _check(tmp_path, multi_auto)
+    firsts = {(m.variant, m.group, m.tokens): target_stats_budget(m, config)
+              for m in plan_merges(config) if m.variant == "ties_auto"}
+    assert firsts == {
+        ("ties_auto", "bn", 100000): None, ("ties_auto", "bn", 200000): 100000,
+        ("ties_auto", "bn", 400000): 100000, ("ties_auto", "bo", 100000): None,
+        ("ties_auto", "bo", 200000): 100000, ("ties_auto", "bo", 400000): 100000,
+        ("ties_auto", "bn+bo", 100000): None, ("ties_auto", "bn+bo", 200000): 100000,
+        ("ties_auto", "bn+bo", 400000): 100000}
+    ties = next(m for m in plan_merges(config) if m.variant == "ties")
+    assert target_stats_budget(ties, config) is None
 
 
 def test_multi_merge_tokens(tmp_path):

@@ -57,11 +57,18 @@ def write_study(cfg: dict, tmp_path: Path):
                 for n in names
             ]
 
+        # per tensor: SFT-flan loses more in the upper layer and in down_proj
+        tensors = {"model.embed_tokens.weight": entries(1)}
+        for layer in (0, 1):
+            for module, tensor in (("q_proj", "self_attn.q_proj"), ("down_proj", "mlp.down_proj")):
+                share = {n: f * (1 + layer) * (2 if module == "down_proj" else 1)
+                         for n, f in frac.items()}
+                tensors[f"model.layers.{layer}.{tensor}.weight"] = entries(1, share)
         stats = {
             "method": m.method,
             "models": names,
             "totals": entries(len(MODULES)),
-            "tensors": {},
+            "tensors": tensors,
             "by_layer": {"0": entries(len(MODULES))},
             "by_module": {mod: entries(1) for mod in MODULES},
         }
@@ -97,6 +104,8 @@ def _aggregate(config_path, run):
             str(run / "tables" / "scores.csv"),
             "--discarded",
             str(run / "tables" / "discarded.csv"),
+            "--discarded-map",
+            str(run / "tables" / "discarded_map.csv"),
         ]
     )
 
@@ -112,6 +121,8 @@ def _plot(config_path, run):
             str(run / "tables" / "scores.csv"),
             "--discarded",
             str(run / "tables" / "discarded.csv"),
+            "--discarded-map",
+            str(run / "tables" / "discarded_map.csv"),
             "--out-dir",
             str(run / "figures"),
         ]
@@ -127,7 +138,8 @@ def test_scores_table_has_one_row_per_model_and_task(study):
     assert len(scores) == len(expected)
     got = {(r.model, r.task): r.score for r in scores.itertuples()}
     assert got == pytest.approx(expected)
-    assert set(scores["method"]) == {"base", "sft", "ct", "ct_sft", "average", "ties", "ties_sv"}
+    assert set(scores["method"]) == {"base", "sft", "ct", "ct_sft", "average", "ties", "ties_sv",
+                                     "ties_auto", "chat_vector", "layer_swap"}
     # the averaging grid gives two variants of one method
     assert set(scores.loc[scores["method"] == "average", "variant"]) == {
         "average_w1-1",
@@ -169,8 +181,8 @@ def test_discarded_table_lists_each_input_with_modules(study):
     config_path, config, run, _ = study
     _aggregate(config_path, run)
     table = pd.read_csv(run / "tables" / "discarded.csv")
-    # average merges elect no sign and discard nothing: not in the table
-    assert set(table["method"]) == {"ties", "ties_sv"}
+    # average, chat vector and layer swap elect no sign and discard nothing: not in the table
+    assert set(table["method"]) == {"ties", "ties_sv", "ties_auto"}
     sft = table[(table["input"] == "sft") & (table["variant"] == "ties")]
     bn = sft[sft["language"] == "bn"].sort_values("tokens")
     assert list(bn["tokens"]) == [1000, 2000, 4000]
@@ -184,6 +196,36 @@ def test_discarded_table_lists_each_input_with_modules(study):
     assert set(multi["input"]) == {"ct_bn", "ct_bo", "sft"}
 
 
+def test_discarded_map_has_each_layer_and_module(study):
+    config_path, config, run, _ = study
+    _aggregate(config_path, run)
+    cells = pd.read_csv(run / "tables" / "discarded_map.csv")
+    # the per-tensor counts summed per (layer, module); embeddings belong to no layer
+    assert set(zip(cells["layer"], cells["module"], strict=True)) == {
+        (0, "q_proj"), (0, "down_proj"), (1, "q_proj"), (1, "down_proj")}
+    sft = cells[(cells["variant"] == "ties") & (cells["language"] == "bn")
+                & (cells["tokens"] == 2000) & (cells["input"] == "sft")]
+    got = {(r.layer, r.module): r.discarded_fraction for r in sft.itertuples()}
+    assert got == pytest.approx({(0, "q_proj"): 0.07, (0, "down_proj"): 0.14,
+                                 (1, "q_proj"): 0.14, (1, "down_proj"): 0.28})
+    assert list(sft["module"]) == ["q_proj", "down_proj", "q_proj", "down_proj"]  # model order
+    assert set(cells["variant"]) == {"ties", "ties_sv", "ties_auto"}
+
+
+def test_map_figures_show_the_ties_merge(study):
+    from lrmerge.report import map_variant
+
+    config_path, config, run, _ = study
+    _aggregate(config_path, run)
+    cells = pd.read_csv(run / "tables" / "discarded_map.csv")
+    assert map_variant(cells) == "ties"
+    # without a TIES merge: the first sign-electing merge of the config
+    methods = config["merge"]["methods"]
+    first = next(n for n, spec in methods.items() if n != "ties"
+                 and spec.get("method", n) in ("ties_sv", "dare_ties"))
+    assert map_variant(cells[cells["variant"] != "ties"]) == first
+
+
 def test_plot_writes_figures_from_tables_only(study, tmp_path):
     config_path, config, run, _ = study
     _aggregate(config_path, run)
@@ -191,7 +233,7 @@ def test_plot_writes_figures_from_tables_only(study, tmp_path):
     for path in sorted((run / "eval").rglob("*.json")) + sorted((run / "models").rglob("*.json")):
         path.unlink()
     assert _plot(config_path, run) == 0
-    names = ["saturation", "discarded"] + [
+    names = ["saturation", "discarded", "discarded_map", "discarded_modules"] + [
         f"saturation_{f}"
         for f in ("classification", "reading_comprehension", "response_selection", "math")
     ]

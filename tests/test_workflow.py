@@ -269,6 +269,7 @@ def tiny(cfg: dict) -> None:
     cfg["pretrain"].update(steps=40, warmup_steps=5, checkpoint_every=0)
     cfg["sft"].update(steps=15, checkpoint_every=0)
     cfg["continual_pretrain"].update(checkpoint_every=0)
+    cfg["merge"]["methods"]["layer_swap"] = {"bottom": 1}  # of the tiny model's 2 layers
 
 
 @pytest.mark.slow

@@ -17,17 +17,24 @@ import yaml
 
 SCHEMA_ENV = "LRMERGE_SCHEMA"
 # Engine methods (lrmerge merge) and which of them elect signs and so discard entries.
-ENGINE_METHODS = ("average", "task_arithmetic", "ties", "ties_sv", "dare_ties")
+ENGINE_METHODS = ("average", "task_arithmetic", "ties", "ties_sv", "dare_ties", "chat_vector",
+                  "layer_swap")
 TRIMMING_METHODS = ("ties", "ties_sv", "dare_ties")
 # Parameters each engine method takes besides weights.
 METHOD_PARAMS = {
     "average": set(),
     "task_arithmetic": {"lambda"},
     "ties": {"density", "lambda"},
-    "ties_sv": {"density", "lambda", "slack"},
+    "ties_sv": {"density", "lambda", "slack", "target_discarded"},
     "dare_ties": {"density", "lambda"},
+    "chat_vector": {"ratio", "skip_embed"},
+    "layer_swap": {"bottom", "top", "transition", "embed_from", "head_from"},
 }
 REQUIRED_PARAMS = {"ties": {"density"}, "ties_sv": {"density", "slack"}, "dare_ties": {"density"}}
+# Methods that do not read the base model, and methods of exactly one CT model and SFT-flan whose
+# weights are their own (chat_vector: 1 and ratio; layer_swap: per layer), not merge weights.
+NO_BASE = ("average", "layer_swap")
+ONE_LANGUAGE = ("chat_vector", "layer_swap")
 
 
 class ConfigError(ValueError):
@@ -167,6 +174,13 @@ def check_config(config: dict, source: str = "config") -> None:
         missing = REQUIRED_PARAMS.get(engine, set()) - set(spec)
         if missing:
             _fail(source, key, f"method {engine} needs {', '.join(sorted(missing))}")
+        if (spec.get("slack") == "auto") != ("target_discarded" in spec):
+            _fail(source, key, "slack: auto and target_discarded (a fraction, or first_budget) "
+                  "go together")
+        if engine == "layer_swap" and not (spec.get("bottom") or spec.get("top")):
+            _fail(source, key, "layer_swap needs bottom or top (layers taken from CT-X)")
+        if engine in ONE_LANGUAGE and spec["weights"] != [[1.0, 1.0]]:
+            _fail(source, f"{key}.weights", f"{engine} takes no merge weights")
         for i, pair in enumerate(spec["weights"]):
             if len(pair) != 2:
                 _fail(source, f"{key}.weights[{i}]", f"give one (CT, SFT-flan) pair, got {pair}")
@@ -191,6 +205,10 @@ def check_config(config: dict, source: str = "config") -> None:
             _fail(source, f"{key}.languages", "a language is listed twice")
         if multi["method"] not in methods:
             _fail(source, f"{key}.method", f"{multi['method']!r} is not in merge.methods")
+        spec = methods[multi["method"]]
+        if spec.get("method", multi["method"]) in ONE_LANGUAGE:
+            _fail(source, f"{key}.method", f"{multi['method']!r} merges one CT model with "
+                  "SFT-flan, not several")
         weights = multi.get("weights")
         if weights is not None and len(weights) != len(multi["languages"]) + 1:
             _fail(
@@ -206,6 +224,11 @@ def check_config(config: dict, source: str = "config") -> None:
             for n in tokens:
                 if n not in common:
                     _fail(source, f"{key}.tokens", f"{n} is not a budget of every language")
+        chosen = _chosen_budgets(sorted(common), tokens)
+        if spec.get("target_discarded") == "first_budget" and min(common) not in chosen:
+            _fail(source, f"{key}.tokens", f"{multi['method']!r} aims at the discarded fraction "
+                  f"of the group's first budget ({min(common)}), which this entry does not merge; "
+                  "add it (tokens: all, or a list with it)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,6 +281,22 @@ def _params(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if k not in ("method", "weights")}
 
 
+def _chosen_budgets(common: list[int], tokens) -> list[int]:
+    """A multi-language entry's budgets: of those its languages share (ascending)."""
+    return common[-1:] if tokens == "max" else common if tokens == "all" else list(tokens)
+
+
+def target_stats_budget(merge: MergeSpec, config: dict) -> int | None:
+    """target_discarded: first_budget: the budget whose merge (the same variant and group) gives
+    this merge its per-tensor targets; None at that budget itself, where the target is the merge's
+    own fraction (nothing is reserved: TIES)."""
+    if merge.params.get("target_discarded") != "first_budget":
+        return None
+    first = min(set.intersection(*(set(config["languages"][lg]["budgets"])
+                                   for lg in merge.languages)))
+    return None if merge.tokens == first else first
+
+
 def plan_merges(config: dict) -> list[MergeSpec]:
     languages = config["languages"]
     merges = []
@@ -281,7 +320,7 @@ def plan_merges(config: dict) -> list[MergeSpec]:
         langs = tuple(multi["languages"])
         common = sorted(set.intersection(*(set(languages[lg]["budgets"]) for lg in langs)))
         tokens = multi["tokens"]
-        chosen = common[-1:] if tokens == "max" else common if tokens == "all" else tokens
+        chosen = _chosen_budgets(common, tokens)
         weights = tuple(float(w) for w in multi.get("weights") or [1.0] * (len(langs) + 1))
         for n in chosen:
             merges.append(

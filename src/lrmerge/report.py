@@ -1,9 +1,10 @@
 """The report stage: tables from cached evaluations and merge statistics, figures from the tables.
 
 `lrmerge report aggregate` reads `eval/{model_id}.json` for every model of the config and the
-`merge_stats.json` of every merge, and writes `tables/scores.csv` and `tables/discarded.csv`.
-`lrmerge report plot` reads only those two tables, so figures can be redrawn without re-running
-anything upstream.
+`merge_stats.json` of every merge, and writes `tables/scores.csv`, `tables/discarded.csv` (per
+merge input, with per-module fractions) and `tables/discarded_map.csv` (per input, layer and
+module). `lrmerge report plot` reads only those tables, so figures can be redrawn without
+re-running anything upstream.
 """
 
 from __future__ import annotations
@@ -65,6 +66,21 @@ MODULE_ORDER = (
     "norm",
     "lm_head",
 )
+
+
+MAP_COLUMNS = [
+    "model",
+    "variant",
+    "engine_method",
+    "language",
+    "tokens",
+    "input",
+    "layer",
+    "module",
+    "kept",
+    "discarded",
+    "discarded_fraction",
+]
 
 
 class ReportError(ValueError):
@@ -202,6 +218,50 @@ def discarded_rows(config: dict, models_dir: Path) -> list[dict]:
     return rows
 
 
+def discarded_map_rows(config: dict, models_dir: Path) -> list[dict]:
+    """Per sign-electing merge, input model, layer and module inside the layers: the discarded
+    counts summed over that cell's tensors (from the stats' per-tensor counts)."""
+    from .merge.stats import layer_of, module_of
+
+    rows = []
+    for m in plan_merges(config):
+        if m.method not in TRIMMING_METHODS:
+            continue
+        model_id = f"merge/{m.variant}/{m.group}/{m.tokens}"
+        path = models_dir / model_id / "merge_stats.json"
+        stats = _read_json(path)
+        if "tensors" not in stats or "models" not in stats:
+            raise ReportError(f"{path}: no 'tensors' or 'models' in the merge stats")
+        cells: dict[tuple[int, str, str], list[int]] = {}
+        for tensor, entries in stats["tensors"].items():
+            layer = layer_of(tensor)
+            if layer == "other":
+                continue  # embeddings, final norm and head belong to no layer
+            if len(entries) != len(stats["models"]):
+                raise ReportError(f"{path}: tensors.{tensor} does not list every model")
+            for name, e in zip(stats["models"], entries, strict=True):
+                cell = cells.setdefault((int(layer), module_of(tensor), name), [0, 0])
+                cell[0] += e["kept"]
+                cell[1] += e["discarded"]
+        for (layer, module, name), (kept, discarded) in sorted(
+            cells.items(), key=lambda kv: (kv[0][2], kv[0][0], _module_key(kv[0][1]))
+        ):
+            rows.append({
+                "model": model_id,
+                "variant": m.variant,
+                "engine_method": m.method,
+                "language": m.group,
+                "tokens": m.tokens,
+                "input": name,
+                "layer": layer,
+                "module": module,
+                "kept": kept,
+                "discarded": discarded,
+                "discarded_fraction": discarded / kept if kept else 0.0,
+            })
+    return rows
+
+
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     import pandas as pd
 
@@ -214,13 +274,16 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         frame.to_csv(fh, index=False, float_format="%.6g")
 
 
-def aggregate(config_path, eval_dir, models_dir, scores_path, discarded_path) -> tuple[int, int]:
+def aggregate(config_path, eval_dir, models_dir, scores_path, discarded_path,
+              discarded_map_path) -> tuple[int, int, int]:
     config = load_rule_config(config_path, "aggregate")
     scores = score_rows(config, Path(eval_dir))
     discards = discarded_rows(config, Path(models_dir))
+    cells = discarded_map_rows(config, Path(models_dir))
     _write_csv(Path(scores_path), scores, SCORE_COLUMNS)
     _write_csv(Path(discarded_path), discards, DISCARD_COLUMNS)
-    return len(scores), len(discards)
+    _write_csv(Path(discarded_map_path), cells, MAP_COLUMNS)
+    return len(scores), len(discards), len(cells)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,8 +296,11 @@ METHOD_STYLE = {
     "average": {"color": "tab:blue", "marker": "^"},
     "ties": {"color": "tab:green", "marker": "D"},
     "ties_sv": {"color": "tab:purple", "marker": "v"},
+    "ties_auto": {"color": "tab:pink", "marker": "P"},
+    "chat_vector": {"color": "tab:orange", "marker": "X"},
+    "layer_swap": {"color": "tab:brown", "marker": "h"},
 }
-OTHER_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+OTHER_COLORS = ("tab:olive", "tab:cyan", "gold", "navy", "lime")
 
 
 def _style(variant: str, method: str, extra: dict) -> dict:
@@ -435,7 +501,98 @@ def plot_discarded(config: dict, discarded, out_dir: Path) -> list[Path]:
     return paths
 
 
-def plot(config_path, scores_path, discarded_path, out_dir) -> list[Path]:
+def map_variant(discarded) -> str | None:
+    """The merge whose SFT-flan losses the map figures show: the first TIES merge (its losses are
+    those of sign election alone, no slack), else the first sign-electing merge."""
+    variants = list(dict.fromkeys(discarded["variant"]))
+    ties = [v for v in variants
+            if (discarded[discarded["variant"] == v]["engine_method"] == "ties").all()]
+    return (ties or variants or [None])[0]
+
+
+def plot_discarded_map(config: dict, cells, out_dir: Path) -> list[Path]:
+    """Where SFT-flan's task skills are lost: per language (rows) and CT budget (columns), a
+    layers x modules heatmap of its discarded fraction at sign election, one colour scale."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    variant = map_variant(cells)
+    sft = cells[(cells["input"] == "sft") & (cells["variant"] == variant)] if variant else cells
+    # single-language merges, in the config's order, each at the budgets it was merged at
+    budgets_of = {lg: sorted(set(sft.loc[sft["language"] == lg, "tokens"]))
+                  for lg in config["languages"]}
+    langs = [lg for lg, budgets in budgets_of.items() if budgets]
+    ncols = max((len(budgets_of[lg]) for lg in langs), default=1)
+    fig, axes = plt.subplots(max(1, len(langs)), ncols, figsize=(2.6 * ncols + 1.2,
+                             2.4 * max(1, len(langs)) + 0.6), squeeze=False)
+    modules = sorted(set(sft["module"]), key=_module_key)
+    layers = sorted(set(sft["layer"]))
+    vmax = float(sft["discarded_fraction"].max()) if len(sft) else 1.0
+    image = None
+    for r, lang in enumerate(langs):
+        budgets = budgets_of[lang]
+        for c in range(ncols):
+            ax = axes[r, c]
+            if c >= len(budgets):
+                ax.axis("off")
+                continue
+            rows = sft[(sft["language"] == lang) & (sft["tokens"] == budgets[c])]
+            grid = np.full((len(layers), len(modules)), np.nan)
+            for row in rows.itertuples():
+                grid[layers.index(row.layer), modules.index(row.module)] = row.discarded_fraction
+            image = ax.imshow(grid, origin="lower", aspect="auto", cmap="magma_r", vmin=0,
+                              vmax=vmax or 1.0, interpolation="nearest")
+            ax.set_xticks(range(len(modules)))
+            ax.set_xticklabels([m.replace("_proj", "") for m in modules], rotation=90,
+                               fontsize="x-small")
+            ax.set_yticks(range(len(layers)))
+            ax.set_yticklabels(layers, fontsize="x-small")
+            ax.set_title(f"{config['languages'][lang]['name']}, {_tokens_label(budgets[c])}",
+                         fontsize="small")
+            if c == 0:
+                ax.set_ylabel("layer")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="SFT-flan discarded\n(fraction of kept)")
+    else:
+        axes[0, 0].text(0.5, 0.5, "no sign-electing merge", ha="center", va="center")
+        axes[0, 0].axis("off")
+    fig.suptitle(f"Where SFT-flan entries are discarded ({variant or 'none'})")
+    paths = _save(fig, out_dir, "discarded_map")
+    plt.close(fig)
+    return paths
+
+
+def plot_discarded_modules(config: dict, discarded, out_dir: Path) -> list[Path]:
+    """SFT-flan's discarded fraction per module (embeddings and head too) vs CT tokens, in the
+    merge of the layer map: a panel per language."""
+    import matplotlib.pyplot as plt
+
+    variant = map_variant(discarded)
+    sft = discarded[(discarded["input"] == "sft") & (discarded["variant"] == variant)]
+    langs = list(config["languages"])
+    fig, axes = plt.subplots(1, len(langs), figsize=(4.2 * len(langs), 3.6), squeeze=False,
+                             sharey=True)
+    columns = [c for c in sft.columns if c.startswith("discarded_fraction.")]
+    modules = sorted((c.partition(".")[2] for c in columns), key=_module_key)
+    for ax, lang in zip(axes[0], langs, strict=True):
+        rows = sft[sft["language"] == lang].sort_values("tokens")
+        for i, module in enumerate(modules):
+            ax.plot(rows["tokens"], rows[f"discarded_fraction.{module}"], marker="o",
+                    markersize=4, color=f"C{i % 10}", label=module.replace("_proj", ""))
+        _token_axis(ax, rows["tokens"])
+        ax.set_title(config["languages"][lang]["name"])
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("SFT-flan entries discarded\n(fraction of kept)")
+    if modules:
+        axes[0, -1].legend(fontsize="x-small", ncol=2)
+    fig.suptitle(f"SFT-flan losses per module ({variant or 'no sign-electing merge'})")
+    fig.tight_layout()
+    paths = _save(fig, out_dir, "discarded_modules")
+    plt.close(fig)
+    return paths
+
+
+def plot(config_path, scores_path, discarded_path, discarded_map_path, out_dir) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -446,10 +603,18 @@ def plot(config_path, scores_path, discarded_path, out_dir) -> list[Path]:
     )
     scores = scores[scores["task_language"].notna()]
     discarded = _read_table(
-        Path(discarded_path), ["variant", "language", "tokens", "input", "discarded_fraction"]
+        Path(discarded_path),
+        ["variant", "engine_method", "language", "tokens", "input", "discarded_fraction"],
+    )
+    cells = _read_table(
+        Path(discarded_map_path),
+        ["variant", "engine_method", "language", "tokens", "input", "layer", "module", "kept",
+         "discarded", "discarded_fraction"],
     )
     out_dir = Path(out_dir)
-    return plot_saturation(config, scores, out_dir) + plot_discarded(config, discarded, out_dir)
+    return (plot_saturation(config, scores, out_dir) + plot_discarded(config, discarded, out_dir)
+            + plot_discarded_map(config, cells, out_dir)
+            + plot_discarded_modules(config, discarded, out_dir))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,15 +622,17 @@ def plot(config_path, scores_path, discarded_path, out_dir) -> list[Path]:
 
 
 def _cmd_aggregate(args) -> int:
-    n_scores, n_discards = aggregate(
-        args.config, args.eval_dir, args.models_dir, args.scores, args.discarded
+    n_scores, n_discards, n_cells = aggregate(
+        args.config, args.eval_dir, args.models_dir, args.scores, args.discarded,
+        args.discarded_map
     )
-    print(f"wrote {args.scores} ({n_scores} rows) and {args.discarded} ({n_discards} rows)")
+    print(f"wrote {args.scores} ({n_scores} rows), {args.discarded} ({n_discards} rows) and "
+          f"{args.discarded_map} ({n_cells} rows)")
     return 0
 
 
 def _cmd_plot(args) -> int:
-    for path in plot(args.config, args.scores, args.discarded, args.out_dir):
+    for path in plot(args.config, args.scores, args.discarded, args.discarded_map, args.out_dir):
         print(f"wrote {path}")
     return 0
 
@@ -487,7 +654,7 @@ def add_parser(subparsers) -> None:
     sub = p.add_subparsers(dest="report_command", required=True, metavar="{aggregate,plot}")
     a = sub.add_parser(
         "aggregate",
-        help="write tables/scores.csv and tables/discarded.csv",
+        help="write tables/scores.csv, tables/discarded.csv and tables/discarded_map.csv",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a.add_argument("--config", required=True, help="workflow config file")
@@ -495,10 +662,13 @@ def add_parser(subparsers) -> None:
     a.add_argument("--models-dir", required=True, help="results/{run}/models")
     a.add_argument("--scores", required=True, help="scores table to write (csv)")
     a.add_argument("--discarded", required=True, help="discarded-parameters table to write (csv)")
+    a.add_argument("--discarded-map", required=True,
+                   help="discarded fractions per layer and module, table to write (csv)")
     a.set_defaults(func=_guard(_cmd_aggregate))
-    pl = sub.add_parser("plot", help="draw figures/saturation*, figures/discarded (png, pdf)")
+    pl = sub.add_parser("plot", help="draw figures/saturation*, figures/discarded* (png, pdf)")
     pl.add_argument("--config", required=True, help="workflow config file")
     pl.add_argument("--scores", required=True, help="tables/scores.csv")
     pl.add_argument("--discarded", required=True, help="tables/discarded.csv")
+    pl.add_argument("--discarded-map", required=True, help="tables/discarded_map.csv")
     pl.add_argument("--out-dir", required=True, help="results/{run}/figures")
     pl.set_defaults(func=_guard(_cmd_plot))

@@ -7,12 +7,15 @@ import yaml
 from snakemake.utils import validate
 
 from lrmerge.config import (
+    NO_BASE,
+    ONE_LANGUAGE,
     check_config,
     job_resources,
     language_entry,
     plan_merges,
     plan_models,
     rule_config,
+    target_stats_budget,
     task_families,
 )
 
@@ -189,27 +192,49 @@ def merge_inputs(wildcards):
         for lang in m.languages
     }
     inputs["sft"] = summary(f"{RESULTS}/models/sft")
-    if m.method != "average":
+    if m.method not in NO_BASE:
         inputs["base"] = base_input()
+    first = target_stats_budget(m, config)
+    if first is not None:
+        inputs["target"] = target_stats(m, first)
     return inputs
+
+
+def target_stats(m, tokens):
+    """The merge stats whose per-tensor discarded fractions a slack: auto merge aims at."""
+    return summary(f"{RESULTS}/models/merge/{m.variant}/{m.group}/{tokens}")
 
 
 def merge_args(wildcards):
     """The lrmerge merge-config arguments for one merge."""
     m = merge_spec(wildcards)
     args = ["--method", m.method]
-    if m.method != "average":
+    if m.method not in NO_BASE:
         args += ["--base", BASE]
     single = len(m.languages) == 1
+    weighted = (
+        m.method not in ONE_LANGUAGE
+    )  # chat_vector and layer_swap weigh by themselves
     for lang, weight in zip(m.languages, m.weights):
         name = "ct" if single else f"ct_{lang}"
-        args += ["--model", f"{name}={RESULTS}/models/ct/{lang}/{m.tokens}@{weight:g}"]
-    args += ["--model", f"sft={RESULTS}/models/sft@{m.weights[-1]:g}"]
-    for key in ("density", "lambda", "slack"):
-        if key in m.params:
-            args += [f"--{key}", f"{m.params[key]:g}"]
+        at = f"@{weight:g}" if weighted else ""
+        args += ["--model", f"{name}={RESULTS}/models/ct/{lang}/{m.tokens}{at}"]
+    at = f"@{m.weights[-1]:g}" if weighted else ""
+    args += ["--model", f"sft={RESULTS}/models/sft{at}"]
+    for key, value in m.params.items():
+        flag = f"--{key.replace('_', '-')}"
+        if key == "target_discarded" and value == "first_budget":
+            first = target_stats_budget(m, config)
+            # at the first budget the target is the merge's own fraction: nothing is reserved
+            value = target_stats(m, first) if first is not None else 1.0
+        if isinstance(value, bool):
+            args += [flag] if value else []
+        else:
+            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     if m.method == "ties_sv":
         args += ["--protect", "sft"]
+    if m.method == "layer_swap":
+        args += ["--task-model", "sft"]
     return " ".join(args)
 
 
@@ -240,12 +265,10 @@ def all_merge_stats():
 
 def figures():
     """The report's figures: saturation (families averaged), saturation of each task family
-    in the config, and discarded parameters."""
-    names = (
-        ["saturation"]
-        + [f"saturation_{f}" for f in task_families(config)]
-        + ["discarded"]
-    )
+    in the config, discarded parameters, and where they are lost (layer map, per module).
+    """
+    families = [f"saturation_{f}" for f in task_families(config)]
+    names = ["saturation", *families, "discarded", "discarded_map", "discarded_modules"]
     return [
         f"{RESULTS}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")
     ]
@@ -260,17 +283,19 @@ def report_figures():
             flagged.append(path)  # the PDFs: the same figures, for papers
             continue
         family = name.partition("_")[2] if name.startswith("saturation_") else ""
-        caption = (
-            "discarded"
-            if name == "discarded"
-            else ("saturation_family" if family else "saturation")
-        )
+        if name.startswith("discarded"):
+            caption = name
+        else:
+            caption = "saturation_family" if family else "saturation"
         item = report(
             path,
             caption=f"../report/{caption}.rst",
             category="Report",
             subcategory="Figures",
-            labels={"figure": name.split("_")[0], "family": family or "all"},
+            labels={
+                "figure": name if name.startswith("discarded") else "saturation",
+                "family": family or "all",
+            },
         )
         flagged.append(item)
     return flagged

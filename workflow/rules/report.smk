@@ -21,6 +21,13 @@ rule aggregate:
             subcategory="Tables",
             labels={"table": "discarded"},
         ),
+        discarded_map=report(
+            f"{RESULTS}/tables/discarded_map.csv",
+            caption="../report/discarded_map_table.rst",
+            category="Report",
+            subcategory="Tables",
+            labels={"table": "discarded_map"},
+        ),
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -35,13 +42,14 @@ rule aggregate:
     shell:
         "lrmerge report aggregate --config {params.config} --eval-dir {params.eval_dir}"
         " --models-dir {params.models_dir} --scores {output.scores}"
-        " --discarded {output.discarded} > {log} 2>&1"
+        " --discarded {output.discarded} --discarded-map {output.discarded_map} > {log} 2>&1"
 
 
 rule plot:
     input:
         scores=f"{RESULTS}/tables/scores.csv",
         discarded=f"{RESULTS}/tables/discarded.csv",
+        discarded_map=f"{RESULTS}/tables/discarded_map.csv",
     output:
         report_figures(),
     log:
@@ -56,4 +64,5 @@ rule plot:
         out_dir=figures_dir,
     shell:
         "lrmerge report plot --config {params.config} --scores {input.scores}"
-        " --discarded {input.discarded} --out-dir {params.out_dir} > {log} 2>&1"
+        " --discarded {input.discarded} --discarded-map {input.discarded_map}"
+        " --out-dir {params.out_dir} > {log} 2>&1"

@@ -29,15 +29,37 @@ def add_parser(subparsers) -> None:
     c.add_argument("--base", help="base model folder")
     c.add_argument("--model", action="append", required=True, metavar="NAME=DIR[@WEIGHT]",
                    help="a model to merge (repeat); weight defaults to 1")
-    for key in ("density", "lambda", "slack"):
+    for key in ("density", "lambda"):
         c.add_argument(f"--{key}", type=float)
+    c.add_argument("--slack", type=_slack, help="ties_sv: a share of the candidates, or auto")
+    c.add_argument("--target-discarded", type=_fraction_or_path,
+                   help="slack auto: a fraction, or a merge_stats.json of per-tensor targets")
     c.add_argument("--protect", help="ties_sv: the model whose discarded entries the slack reserves")
+    c.add_argument("--ratio", type=float, help="chat_vector: r in CT + r (SFT - base)")
+    c.add_argument("--skip-embed", action="store_true", default=None,
+                   help="chat_vector: keep the CT model's embeddings and LM head")
+    c.add_argument("--task-model", help="layer_swap: the model whose middle layers are kept")
+    for key in ("bottom", "top", "transition"):
+        c.add_argument(f"--{key}", type=int, help=f"layer_swap: {key} layer count")
+    c.add_argument("--embed-from", help="layer_swap: the model the embeddings come from")
+    c.add_argument("--head-from", help="layer_swap: the model the final norm and head come from")
     c.add_argument("--trim-scope", choices=["tensor", "model"])
     c.add_argument("--vote", choices=["weighted", "unweighted"])
     c.add_argument("--seed", type=int)
     c.add_argument("--out-dtype", choices=["float32", "bfloat16", "float16"])
     c.add_argument("--out", required=True, help="config file to write")
     c.set_defaults(func=_merge_config)
+
+
+def _slack(text: str) -> float | str:
+    return text if text == "auto" else float(text)
+
+
+def _fraction_or_path(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return str(Path(text).resolve())
 
 
 def _absolute(path: str) -> str:
@@ -98,7 +120,9 @@ def _merge_config(args: argparse.Namespace) -> int:
     if args.base:
         data["base"] = _absolute(args.base)
     data["models"] = models
-    for key in ("density", "lambda", "slack", "protect", "trim_scope", "vote", "seed", "out_dtype"):
+    for key in ("density", "lambda", "slack", "target_discarded", "protect", "trim_scope", "vote",
+                "seed", "out_dtype", "ratio", "skip_embed", "task_model", "bottom", "top",
+                "transition", "embed_from", "head_from"):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
