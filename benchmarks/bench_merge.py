@@ -5,7 +5,10 @@ two fine-tunes (base + independent noise) -- then runs, side by side in one run,
 process:
 
   mergekit-yaml   TIES (density 0.2), linear, task_arithmetic   (YAML: dtype float32, out bf16)
-  lrmerge merge   on the SAME YAML files, and TIES-SV (slack 0.1; lrmerge only, native config)
+  lrmerge merge   on the SAME YAML files, and (lrmerge only, native configs) TIES-SV (slack 0.1),
+                  TIES-SV with slack: auto (target 0.05), chat_vector (ratio 1: its output must
+                  equal mergekit's task_arithmetic with weights 1, 1) and layer_swap (bottom 4,
+                  top 2, transition 1 of the 16 layers)
   plain script    reads the three models with safetensors and writes one
 
 Each process is measured for wall time (perf_counter around the process) and peak resident memory:
@@ -47,7 +50,8 @@ SIZES = {
     "quick": dict(hidden=512, layers=8, heads=8, intermediate=1408, vocab=8000),
 }
 TARGETS = {"speedup": 10.0, "memory_ratio": 0.5, "vs_plain": 2.0}
-LRMERGE_ONLY = {"ties_sv"}  # timed against the plain script only
+LRMERGE_ONLY = {"ties_sv", "ties_auto", "chat_vector", "layer_swap"}  # against the plain script
+SAME_AS_MERGEKIT = {"chat_vector": "task_arithmetic"}  # ratio 1: weights (1, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,6 +169,20 @@ def write_configs(work: Path, paths: dict[str, Path]) -> dict[str, Path]:
         "ties_sv": {"method": "ties_sv", "base": str(paths["base"]),
                     "models": [{"path": models[0], "name": "ct"}, {"path": models[1], "name": "sft"}],
                     "density": 0.2, "slack": 0.1, "protect": "sft", "out_dtype": "bfloat16"},
+        "ties_auto": {"method": "ties_sv", "base": str(paths["base"]),
+                      "models": [{"path": models[0], "name": "ct"},
+                                 {"path": models[1], "name": "sft"}],
+                      "density": 0.2, "slack": "auto", "target_discarded": 0.05,
+                      "protect": "sft", "out_dtype": "bfloat16"},
+        "chat_vector": {"method": "chat_vector", "base": str(paths["base"]),
+                        "models": [{"path": models[0], "name": "ct"},
+                                   {"path": models[1], "name": "sft"}],
+                        "ratio": 1.0, "out_dtype": "bfloat16"},
+        "layer_swap": {"method": "layer_swap",
+                       "models": [{"path": models[0], "name": "ct"},
+                                  {"path": models[1], "name": "sft"}],
+                       "task_model": "sft", "bottom": 4, "top": 2, "transition": 1,
+                       "out_dtype": "bfloat16"},
     }
     out = {}
     for name, cfg in configs.items():
@@ -316,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each command (median kept)")
     ap.add_argument("--no-check", action="store_true", help="exit 0 even if a target is missed")
     ap.add_argument("--threads", type=int, default=None, help="lrmerge --threads")
-    ap.add_argument("--methods", default="ties,linear,task_arithmetic,ties_sv",
-                    help="comma-separated subset of ties,linear,task_arithmetic,ties_sv")
+    every = "ties,linear,task_arithmetic,ties_sv,ties_auto,chat_vector,layer_swap"
+    ap.add_argument("--methods", default=every, help=f"comma-separated subset of {every}")
     ap.add_argument("--work", type=Path, default=HERE / "_work")
     args = ap.parse_args(argv)
 
@@ -388,9 +406,19 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:
         lr_w, lr_p = med("lrmerge", m)
         if m in LRMERGE_ONLY:
-            print(f"{m:16s} {'-':>8s} {'-':>9s} {lr_w / plain_wall:7.2f}x (lrmerge only)")
-            report["methods"][m] = {"lrmerge": {"wall": lr_w, "peak_gb": lr_p},
-                                    "vs_plain": lr_w / plain_wall}
+            note = "(lrmerge only)"
+            entry = {"lrmerge": {"wall": lr_w, "peak_gb": lr_p}, "vs_plain": lr_w / plain_wall,
+                     "peak_vs_plain": lr_p / plain_peak}
+            twin = SAME_AS_MERGEKIT.get(m)
+            if twin in methods:
+                agree = compare(runs / f"lrmerge_{m}", runs / f"mergekit_{twin}")
+                entry["agreement_with_mergekit_" + twin] = agree
+                note = (f"(vs mergekit {twin}: {agree.get('differing', '?')} differing entries, "
+                        f"max|diff| {agree.get('max_abs_diff', float('nan')):.3g})")
+                if not agree.get("same_names") or agree.get("differing"):
+                    missed.append(f"{m}: differs from mergekit's {twin}")
+            print(f"{m:16s} {'-':>8s} {lr_p / plain_peak:8.2f}p {lr_w / plain_wall:7.2f}x {note}")
+            report["methods"][m] = entry
             continue
         mk_w, mk_p = med("mergekit", m)
         agree = compare(runs / f"lrmerge_{m}", runs / f"mergekit_{m}",
@@ -419,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             missed.append(f"{m}: entries differ from mergekit "
                           f"{'outside threshold ties' if m == 'ties' else ''}".rstrip())
     (work / f"results_{size}.json").write_text(json.dumps(report, indent=2))
+    print("(lrmerge-only methods: 'mem ratio' is the peak over the plain script's, marked p)")
     print(f"\ntargets (ties): speedup >= {TARGETS['speedup']:.0f}x, memory ratio <= "
           f"{TARGETS['memory_ratio']}, time vs plain <= {TARGETS['vs_plain']:.0f}x")
     if missed:

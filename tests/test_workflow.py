@@ -337,8 +337,31 @@ def test_tiny_preset_end_to_end(tmp_path):
             "n"} <= set(scores.columns)
     assert set(scores["family"]) == {"classification", "reading_comprehension",
                                      "response_selection", "math"}
-    assert set(scores["method"]) == {"base", "sft", "ct", "ct_sft", "average", "ties", "ties_sv"}
+    assert set(scores["method"]) == {"base", "sft", "ct", "ct_sft", *cfg["merge"]["methods"]}
     assert scores["score"].between(0, 1).all()
+    # slack: auto, target first_budget: the second Bengali budget aims, tensor by tensor, at
+    # SFT-flan's discarded fraction in the first budget's merge (which reserved nothing: TIES)
+    first, second = (models / "merge" / "ties_auto" / "bn" / str(t) for t in (20000, 40000))
+    spec = yaml.safe_load((second / "merge.yaml").read_text())
+    assert spec["slack"] == "auto"
+    assert Path(spec["target_discarded"]).resolve() == (first / "merge_stats.json").resolve()
+    assert yaml.safe_load((first / "merge.yaml").read_text())["target_discarded"] == 1.0
+    aims = json.loads((first / "merge_stats.json").read_text())
+    auto = json.loads((second / "merge_stats.json").read_text())
+    assert aims["totals"][1]["reserved"] == 0 and auto["totals"][1]["reserved"] > 0
+    for name, entries in auto["tensors"].items():
+        target = aims["tensors"][name][1]["discarded_fraction"]
+        assert entries[1]["discarded"] <= target * entries[1]["kept"] + 1e-6, name
+    # layer swapping: the tiny model's bottom layer, embeddings and head from CT-X
+    swap = json.loads((models / "merge" / "layer_swap" / "bo" / "40000" / "merge_stats.json")
+                      .read_text())
+    assert swap["source_by_layer"] == {"embed": {"ct": 1.0, "sft": 0.0},
+                                       "0": {"ct": 1.0, "sft": 0.0}, "1": {"ct": 0.0, "sft": 1.0},
+                                       "norm": {"ct": 1.0, "sft": 0.0},
+                                       "lm_head": {"ct": 1.0, "sft": 0.0}}
+    cells = pd.read_csv(run / "tables" / "discarded_map.csv")
+    assert set(cells["layer"]) == {0, 1} and set(cells["variant"]) == {"ties", "ties_sv",
+                                                                       "ties_auto"}
     discarded = pd.read_csv(run / "tables" / "discarded.csv")
     sft = discarded[(discarded["input"] == "sft") & (discarded["method"] == "ties")]
     assert set(sft["language"]) == {"bn", "bo", "bn+bo"}
@@ -383,14 +406,16 @@ def check_html_report(tmp_path: Path, config: Path) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     text = html.read_text(encoding="utf-8", errors="replace")
     families = ("classification", "reading_comprehension", "response_selection", "math")
-    for name in ("saturation.png", "discarded.png", "scores.csv", "discarded.csv",
+    for name in ("saturation.png", "discarded.png", "discarded_map.png", "discarded_modules.png",
+                 "scores.csv", "discarded.csv", "discarded_map.csv",
                  *(f"saturation_{f}.png" for f in families)):
         assert name in text, name
     for category in ("Data", "Train", "Merge", "Evaluate", "Report", "Figures", "Tables"):
         assert f'"{category}"' in text, category
     # captions, and labels per language and method
     assert "task families averaged" in text and "sign election discards" in text
-    assert '"ties_sv"' in text and '"bn+bo"' in text
+    assert "Where SFT-flan's task skills are lost" in text
+    assert '"ties_sv"' in text and '"bn+bo"' in text and '"layer_swap"' in text
     return html
 
 
@@ -425,6 +450,10 @@ def check_reruns(tmp_path: Path, config: Path) -> None:
     ties = [m for m in merges if m.variant == "ties"]
     assert plan_after(lambda c: c["merge"]["methods"]["ties"].update(density=0.3)) == _counts(
         merge=len(ties), evaluate=len(ties), aggregate=1, plot=1)
+    # a slack: auto merge's density: every budget of it (later budgets aim at the first's stats)
+    auto = [m for m in merges if m.variant == "ties_auto"]
+    assert plan_after(lambda c: c["merge"]["methods"]["ties_auto"].update(density=0.3)) == (
+        _counts(merge=len(auto), evaluate=len(auto), aggregate=1, plot=1))
     # an evaluation source: that language's tasks, the evaluations that use them, the report
     bn_models = [m for m in models if "bn" in m.eval_languages]
     assert plan_after(lambda c: c["evaluate"]["sources"]["topic_bn"].update(
@@ -560,7 +589,7 @@ def test_tiny_preset_on_a_slurm_cluster(tmp_path):
     assert all(j["NumCPUs"] == "2" for r, j in zip(rule_of, jobs, strict=True) if r == "pretrain_base")
     # the outputs the figures are drawn from
     scores = pd.read_csv(run / "tables" / "scores.csv")
-    assert set(scores["method"]) == {"base", "sft", "ct", "ct_sft", "average", "ties", "ties_sv"}
+    assert set(scores["method"]) == {"base", "sft", "ct", "ct_sft", *cfg["merge"]["methods"]}
     assert len(scores) > 0 and scores["score"].between(0, 1).all()
     for lang in cfg["languages"]:
         assert (run / "eval" / "merge" / "ties_sv" / lang).is_dir()
