@@ -8,7 +8,7 @@ process:
   lrmerge merge   on the SAME YAML files, and (lrmerge only, native configs) TIES-SV (slack 0.1),
                   TIES-SV with slack: auto (target 0.05), chat_vector (ratio 1: its output must
                   equal mergekit's task_arithmetic with weights 1, 1) and layer_swap (bottom 4,
-                  top 2, transition 1 of the 16 layers)
+                  top 2, transition 1 of the full size's 16 layers; 2, 1, 1 of the quick size's 8)
   plain script    reads the three models with safetensors and writes one
 
 Each process is measured for wall time (perf_counter around the process) and peak resident memory:
@@ -149,7 +149,7 @@ def _numel(shape) -> int:
     return n
 
 
-def write_configs(work: Path, paths: dict[str, Path]) -> dict[str, Path]:
+def write_configs(work: Path, paths: dict[str, Path], layers: int) -> dict[str, Path]:
     import yaml
 
     models = [str(paths["ft1"]), str(paths["ft2"])]
@@ -181,7 +181,9 @@ def write_configs(work: Path, paths: dict[str, Path]) -> dict[str, Path]:
         "layer_swap": {"method": "layer_swap",
                        "models": [{"path": models[0], "name": "ct"},
                                   {"path": models[1], "name": "sft"}],
-                       "task_model": "sft", "bottom": 4, "top": 2, "transition": 1,
+                       # a quarter of the layers at the bottom, an eighth at the top
+                       "task_model": "sft", "bottom": layers // 4, "top": layers // 8,
+                       "transition": 1,
                        "out_dtype": "bfloat16"},
     }
     out = {}
@@ -343,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     paths = build_models(work, size)
-    configs = write_configs(work, paths)
+    configs = write_configs(work, paths, SIZES[size]["layers"])
     methods = [m for m in args.methods.split(",") if m]
     runs = work / "runs"
     shutil.rmtree(runs, ignore_errors=True)
