@@ -20,9 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test,dev]'
 	touch $@
 
-## the whole test suite (unit tests, dry runs, a tiny end-to-end run)
+## the whole test suite (unit tests, dry runs, a tiny end-to-end run), on two workers
 test: venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 ## unit tests only, no end-to-end workflow run
 test-fast: venv

@@ -13,6 +13,21 @@ import itertools  # noqa: E402
 import pytest  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
+# `make test` runs two workers (pytest-xdist, --dist loadgroup): the merge tests share one, so that
+# numba compiles the kernels once (minutes on a clean clone, then cached on disk); the workflow
+# tests share the other's turn at Snakemake's working directory (dry runs in the repository).
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        if name.startswith("test_merge_"):
+            item.add_marker(pytest.mark.xdist_group("merge_kernels"))
+        elif name == "test_workflow.py":
+            item.add_marker(pytest.mark.xdist_group("workflow"))
+
+
+# ---------------------------------------------------------------------------------------------
 # merge engine fixtures: tiny random Llama checkpoints (see tests/merge_helpers.py)
 
 
