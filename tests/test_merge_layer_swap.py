@@ -92,6 +92,10 @@ def test_swapped_layers_copied_blended_and_recorded(eight_layers, tmp_path):
         {"kept": 0, "discarded": 0, "discarded_fraction": 0.0, "reserved": 0},
         {"kept": numel, "discarded": 0, "discarded_fraction": 0.0, "reserved": 0}]
     assert stats["parameters"]["task_model"] == "sft" and stats["parameters"]["head_from"] == "ct"
+    # the model card says where each layer came from, and gives no merge weights
+    card = (tmp_path / "swap" / "README.md").read_text()
+    assert "| layer | ct | sft |" in card and "| 2 | 0.5 | 0.5 |" in card
+    assert "| embed | 0 | 1 |" in card and "weight:" not in card
     # the output is a loadable model of the same architecture
     from transformers import LlamaForCausalLM
 

@@ -106,8 +106,10 @@ class MergeConfig:
         out: dict[str, Any] = {"method": self.method}
         if self.base is not None:
             out["base"] = str(self.base)
+        weighted = self.method not in ("layer_swap", "chat_vector")  # their own weights
         out["models"] = [
-            {"name": m.name, "path": str(m.path), "weight": m.weight}
+            {"name": m.name, "path": str(m.path)}
+            | ({"weight": m.weight} if weighted else {})
             | ({"density": m.density} if m.density is not None else {})
             for m in self.models
         ]

@@ -248,6 +248,13 @@ def _model_card(config: MergeConfig, hashes: dict[str, str], inputs: Inputs, sta
               yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip(), "```", ""]
     if config.notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in config.notes] + [""]
+    if "source_by_layer" in stats:  # layer_swap: where each layer came from
+        names = stats["models"]
+        lines += ["## Layer sources", "", "| layer | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 1) + "|"]
+        for layer, weights in stats["source_by_layer"].items():
+            lines.append(f"| {layer} | " + " | ".join(f"{weights[n]:.3g}" for n in names) + " |")
+        return "\n".join(lines) + "\n"
     lines += ["## Discarded entries", "", "| model | kept | discarded | fraction | reserved |",
               "|---|---|---|---|---|"]
     for name, t in zip(stats["models"], stats["totals"], strict=False):
