@@ -158,3 +158,42 @@ def test_declared_depth_must_match_the_tensors(tmp_path):
 
     with pytest.raises(MergeError, match="num_hidden_layers is 5 but the tensors name 4 layers"):
         run_merge(swap_config(inputs, bottom=1, top=1), tmp_path / "out")
+
+
+def test_merge_config_writes_what_merge_reads(eight_layers, tmp_path, capsys):
+    """`lrmerge merge-config` (what the workflow's merge rule runs) with the new keys."""
+    import yaml
+    from merge_helpers import run_cli_inprocess
+
+    from lrmerge.merge.config import load_merge_config
+
+    ct, sft = eight_layers.model_paths
+    out = tmp_path / "swap.yaml"
+    code, _, err = run_cli_inprocess(
+        ["merge-config", "--method", "layer_swap", "--model", f"ct={ct}", "--model", f"sft={sft}",
+         "--task-model", "sft", "--bottom", "2", "--top", "1", "--transition", "1",
+         "--head-from", "sft", "--out", out], capsys)
+    assert code == 0, err
+    assert yaml.safe_load(out.read_text()) == {
+        "method": "layer_swap", "models": [{"name": "ct", "path": str(ct)},
+                                           {"name": "sft", "path": str(sft)}],
+        "task_model": "sft", "bottom": 2, "top": 1, "transition": 1, "head_from": "sft"}
+    cfg = load_merge_config(out)
+    assert (cfg.bottom, cfg.top, cfg.transition, cfg.embed_from, cfg.head_from) == (
+        2, 1, 1, "ct", "sft")
+    # what merge would refuse, merge-config refuses, and writes nothing
+    code, _, err = run_cli_inprocess(
+        ["merge-config", "--method", "layer_swap", "--model", f"ct={ct}", "--model", f"sft={sft}",
+         "--task-model", "sft", "--out", tmp_path / "bad.yaml"], capsys)
+    assert code == 2 and "keys 'bottom' and 'top' are both 0" in err
+    assert not (tmp_path / "bad.yaml").exists()
+    # slack: auto with a stats file of per-tensor targets
+    stats = tmp_path / "first.json"
+    stats.write_text("{}")
+    code, _, err = run_cli_inprocess(
+        ["merge-config", "--method", "ties_sv", "--base", ct, "--model", f"ct={ct}",
+         "--model", f"sft={sft}", "--density", "0.2", "--slack", "auto", "--target-discarded",
+         stats, "--protect", "sft", "--out", tmp_path / "auto.yaml"], capsys)
+    assert code == 0, err
+    auto = load_merge_config(tmp_path / "auto.yaml")
+    assert auto.slack_auto and auto.target_discarded == str(stats.resolve())
