@@ -95,6 +95,9 @@ def test_stop_signal_saves_and_the_rerun_ends_where_an_uninterrupted_run_ends(da
     assert not (tmp_path / "job" / "train_summary.json").exists()
     rerun = _run(lrmerge + _args(config, paths, root, tmp_path / "job"))
     assert f"resuming own checkpoint at step {saved['step']}" in rerun.stdout
+    attempts = [(a["event"], a["step"], a.get("signal")) for a in _summary(tmp_path / "job")["attempts"]]
+    assert attempts == [("start", 0, None), ("stop", saved["step"], "SIGUSR1"),
+                        ("start", saved["step"], None)]
     _run(lrmerge + _args(config, paths, root, tmp_path / "straight"))
     a, b = _weights(tmp_path / "job"), _weights(tmp_path / "straight")
     assert all(torch.equal(a[k], b[k]) for k in a)

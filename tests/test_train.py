@@ -202,6 +202,9 @@ def test_interrupted_job_resumes_from_its_own_checkpoint(files, tmp_path):
     assert _same(_weights(tmp_path / "killed"), _weights(tmp_path / "reference"))
     assert summary["final_loss"] == reference["final_loss"]
     assert not (tmp_path / "killed" / "checkpoint").exists()  # removed once done
+    # the record of the job's attempts: killed outright (no stop event), then resumed at step 2
+    assert [(a["event"], a["step"]) for a in summary["attempts"]] == [("start", 0), ("start", 2)]
+    assert [(a["event"], a["step"]) for a in reference["attempts"]] == [("start", 0)]
 
 
 def _ct_args(config, files, out, tokens=5000):

@@ -557,6 +557,13 @@ def test_tiny_preset_on_a_slurm_cluster(tmp_path):
     summary = json.loads((ct / "train_summary.json").read_text())
     assert 30 <= summary["resumed_own_checkpoint_at_step"] < summary["steps"], summary
     assert summary["tokens_seen"] == REQUEUE_TOKENS and not (ct / "checkpoint").exists()
+    # the job's record of its attempts: started, stopped by SLURM's SIGTERM, resumed there, all
+    # under the one SLURM job id
+    step = summary["resumed_own_checkpoint_at_step"]
+    assert [(a["event"], a["step"], a.get("signal"), a.get("slurm_job"))
+            for a in summary["attempts"]] == [
+        ("start", 0, None, requeued["job"]), ("stop", step, "SIGTERM", None),
+        ("start", step, None, requeued["job"])]
     # ... and ended with the weights of the same job run straight through
     import torch
     from safetensors.torch import load_file

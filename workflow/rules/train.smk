@@ -1,7 +1,8 @@
 # Train stage (lrmerge.train): the tiny base (mini only), CT chains, SFT-flan and CT-then-SFT, all
 # streaming the data stage's token shards. Outputs are the small train_summary.json written last;
 # the folder is a param so that a job re-run after a failure, a time limit or preemption resumes
-# from its own checkpoint. With resources gpu > 1 a job runs under torchrun (`launch`).
+# from its own checkpoint (each attempt is recorded in the folder's train_attempts.jsonl: the log
+# does not survive the next attempt). With resources gpu > 1 a job runs under torchrun (`launch`).
 
 
 rule pretrain_base:

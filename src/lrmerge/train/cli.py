@@ -24,7 +24,7 @@ def _run(fn):
         try:
             return fsutil.cli_errors("train")(fn)(args)
         except Preempted as e:
-            print(f"lrmerge train: preempted: {e}", file=sys.stderr)
+            print(f"lrmerge train: preempted: {e}", file=sys.stderr, flush=True)
             return PREEMPTED_EXIT
 
     return run

@@ -73,6 +73,29 @@ class StopSignals:
             signal.signal(s, h)
 
 
+ATTEMPTS_FILE = "train_attempts.jsonl"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def _record_attempt(out: Path, event: dict, fresh: bool) -> None:
+    """One line per start and stop of this job, kept beside its checkpoint: the log is replaced
+    on every attempt, this record is not (it restarts with a run that starts afresh)."""
+    with open(out / ATTEMPTS_FILE, "w" if fresh else "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(event) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _read_attempts(out: Path) -> list[dict]:
+    path = out / ATTEMPTS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
 def log_line(*args) -> None:
     """A log line written through at once: a job's log is a file, and one tailed for days."""
     print(*args, flush=True)
@@ -171,6 +194,9 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
     if rank != 0:  # one log per job; errors still raise in every process
         def log(*args, **kwargs):
             pass
+    job = os.environ.get("SLURM_JOB_ID")
+    log(f"=== {stage}{f' {lang}' if lang else ''}{f' {tokens} tokens' if tokens else ''}: "
+        f"started {_now()}" + (f", SLURM job {job}" if job else ""))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -224,6 +250,9 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
             step, seen = meta["step"], meta["tokens_seen"]
             log(f"continuing {init} at step {step}, {seen} tokens")
     start_step, start_seen = step, seen
+    if rank == 0:  # a fresh run starts the record; a resumed one adds to it
+        _record_attempt(out, {"event": "start", "time": _now(), "step": step, "tokens": seen,
+                              "slurm_job": job}, fresh=resumed_at is None)
 
     fpt = flops_per_token(backend.module(), seq_len)
     peak = peak_flops(tc, device)
@@ -286,6 +315,10 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
             if seen < sched.total_tokens:
                 if all_max(stop.received is not None, device):
                     save_checkpoint()
+                    if rank == 0:
+                        name = signal.Signals(stop.received).name if stop.received else "peer"
+                        _record_attempt(out, {"event": "stop", "time": _now(), "step": step,
+                                              "tokens": seen, "signal": name}, fresh=False)
                     raise Preempted(f"stop signal: saved {ckpt} at step {step} ({seen} tokens); "
                                     "re-run the job to continue from there")
                 if every and step % every == 0:
@@ -322,6 +355,7 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
             "init": None if init is None else str(init),
             "resumed_from": str(init) if chain is not None else None,
             "resumed_own_checkpoint_at_step": resumed_at,
+            "attempts": _read_attempts(out),
             "tokens_seen": seen,
             "tokens_this_run": seen - (int(chain["tokens_seen"]) if chain else 0),
             "steps": step,
