@@ -19,12 +19,18 @@ import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
+    lane = {}
     for item in items:
         name = item.path.name
         if name.startswith("test_merge_"):
             item.add_marker(pytest.mark.xdist_group("merge_kernels"))
+            lane[item] = 1
         elif name == "test_workflow.py":
             item.add_marker(pytest.mark.xdist_group("workflow"))
+            lane[item] = 0
+    # the two long groups first, one per worker; the short rest fills in after (xdist hands out
+    # work in collection order)
+    items.sort(key=lambda item: lane.get(item, 2))
 
 
 # ---------------------------------------------------------------------------------------------
