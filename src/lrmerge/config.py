@@ -15,6 +15,9 @@ from pathlib import Path
 
 import yaml
 
+from lrmerge.merge.config import NO_BASE as NO_BASE  # re-exported for the workflow
+from lrmerge.merge.config import OWN_WEIGHTS
+
 SCHEMA_ENV = "LRMERGE_SCHEMA"
 # Engine methods (lrmerge merge) and which of them elect signs and so discard entries.
 ENGINE_METHODS = ("average", "task_arithmetic", "ties", "ties_sv", "dare_ties", "chat_vector",
@@ -31,10 +34,9 @@ METHOD_PARAMS = {
     "layer_swap": {"bottom", "top", "transition", "embed_from", "head_from"},
 }
 REQUIRED_PARAMS = {"ties": {"density"}, "ties_sv": {"density", "slack"}, "dare_ties": {"density"}}
-# Methods that do not read the base model, and methods of exactly one CT model and SFT-flan whose
-# weights are their own (chat_vector: 1 and ratio; layer_swap: per layer), not merge weights.
-NO_BASE = ("average", "layer_swap")
-ONE_LANGUAGE = ("chat_vector", "layer_swap")
+# The engine's: methods that read no base model, and those with weights of their own, which merge
+# exactly one CT model with SFT-flan and take no merge weights.
+ONE_LANGUAGE = OWN_WEIGHTS
 
 
 class ConfigError(ValueError):

@@ -30,6 +30,10 @@ NOT_IN_MERGEKIT = {
     "chat_vector": "a chat vector is mergekit's task_arithmetic with weights 1 (CT) and r "
                    "(SFT); write that, or a native config",
 }
+# Methods that read no base model, and methods whose per-model weights are their own (chat_vector:
+# 1 and ratio; layer_swap: per layer), so that a config gives none.
+NO_BASE = ("average", "layer_swap")
+OWN_WEIGHTS = ("chat_vector", "layer_swap")
 MODEL_KEYS = {"path", "weight", "name", "density"}
 OUT_DTYPES = ("float32", "bfloat16", "float16")
 # mergekit method -> (our method, its default for `normalize`)
@@ -106,7 +110,7 @@ class MergeConfig:
         out: dict[str, Any] = {"method": self.method}
         if self.base is not None:
             out["base"] = str(self.base)
-        weighted = self.method not in ("layer_swap", "chat_vector")  # their own weights
+        weighted = self.method not in OWN_WEIGHTS
         out["models"] = [
             {"name": m.name, "path": str(m.path)}
             | ({"weight": m.weight} if weighted else {})
@@ -419,7 +423,7 @@ def _from_mergekit(data: dict, label: str) -> MergeConfig:
 
 
 def _validate(config: MergeConfig, label: str) -> None:
-    if config.method not in ("average", "layer_swap") and config.base is None:
+    if config.method not in NO_BASE and config.base is None:
         raise MergeError(f"{label}: key 'base': method {config.method} needs a base model")
     names = config.names
     dupes = sorted({n for n in names if names.count(n) > 1})

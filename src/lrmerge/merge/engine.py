@@ -291,26 +291,21 @@ def run_merge(
         raise MergeError(f"{what} is merged on the CPU only; drop --device cuda")
     if out_dir.exists() and not force:
         raise MergeError(f"{out_dir} already exists; pass --force to replace it")
-    inputs = open_inputs(cfg)
-    ref = inputs.reference
-    order = sorted(ref.tensors, key=lambda t: (str(ref.tensors[t].file), ref.tensors[t].offset))
     from .methods import plan_tensors
 
-    try:
-        plans = plan_tensors(cfg, order, ref.config())
-    except BaseException:
-        for ckpt in inputs.all:
-            ckpt.close()
-        raise
-    hashers = {c.name: xxhash.xxh3_128() for c in inputs.all}
-    # two input buffer sets, reused in turn: one being read while the other is merged
-    largest_in = max((ref.tensors[t].nbytes for t in order), default=0)
-    in_buffers = [np.empty(len(inputs.all) * largest_in, np.uint8) for _ in range(2)]
+    inputs = open_inputs(cfg)
     reader = ThreadPoolExecutor(1)
-    # the first read overlaps the kernels' start-up (numba's import and cache load)
-    pending = (reader.submit(_read_tensor, inputs, order[0], hashers, in_buffers[0])
-               if order else None)
     try:
+        ref = inputs.reference
+        order = sorted(ref.tensors, key=lambda t: (str(ref.tensors[t].file), ref.tensors[t].offset))
+        plans = plan_tensors(cfg, order, ref.config())  # refuses bad names before any read
+        hashers = {c.name: xxhash.xxh3_128() for c in inputs.all}
+        # two input buffer sets, reused in turn: one being read while the other is merged
+        largest_in = max((ref.tensors[t].nbytes for t in order), default=0)
+        in_buffers = [np.empty(len(inputs.all) * largest_in, np.uint8) for _ in range(2)]
+        # the first read overlaps the kernels' start-up (numba's import and cache load)
+        pending = (reader.submit(_read_tensor, inputs, order[0], hashers, in_buffers[0])
+                   if order else None)
         return _merge_tensors(cfg, inputs, order, plans, hashers, in_buffers, reader, pending,
                               out_dir, stats_path, threads, device, shard_size, progress)
     finally:

@@ -373,7 +373,7 @@ def ties_family(task: TensorTask) -> np.ndarray:
         stats[:] = 0  # more candidates than the buffers hold: the radix passes below
 
     sv_threshold, sv_quota = 0, no_quota  # reserve nothing
-    if reserving and cfg.slack_auto and not (n <= 8):
+    if reserving and cfg.slack_auto and n > 8:
         # the protected model's kept and discarded counts, from a merge that reserves nothing
         task.check(run(-1, 0, 0, no_quota, no_hist))
         kept, discarded = int(stats[:, protect, 0].sum()), int(stats[:, protect, 1].sum())
