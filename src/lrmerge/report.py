@@ -180,15 +180,22 @@ def _module_key(module: str):
     )
 
 
-def discarded_rows(config: dict, models_dir: Path) -> list[dict]:
-    """One row per input model of every sign-electing merge, with per-module fractions."""
-    rows = []
+def merge_stats(config: dict, models_dir: Path) -> list[tuple]:
+    """(merge, model id, stats path, stats) of every sign-electing merge, each file read once."""
+    found = []
     for m in plan_merges(config):
         if m.method not in TRIMMING_METHODS:
             continue  # nothing is discarded without a sign election
         model_id = f"merge/{m.variant}/{m.group}/{m.tokens}"
         path = models_dir / model_id / "merge_stats.json"
-        stats = _read_json(path)
+        found.append((m, model_id, path, _read_json(path)))
+    return found
+
+
+def discarded_rows(merges: list[tuple]) -> list[dict]:
+    """One row per input model of every sign-electing merge, with per-module fractions."""
+    rows = []
+    for m, model_id, path, stats in merges:
         for key in ("models", "totals", "by_module"):
             if key not in stats:
                 raise ReportError(f"{path}: no '{key}' in the merge stats")
@@ -218,18 +225,13 @@ def discarded_rows(config: dict, models_dir: Path) -> list[dict]:
     return rows
 
 
-def discarded_map_rows(config: dict, models_dir: Path) -> list[dict]:
+def discarded_map_rows(merges: list[tuple]) -> list[dict]:
     """Per sign-electing merge, input model, layer and module inside the layers: the discarded
     counts summed over that cell's tensors (from the stats' per-tensor counts)."""
     from .merge.stats import layer_of, module_of
 
     rows = []
-    for m in plan_merges(config):
-        if m.method not in TRIMMING_METHODS:
-            continue
-        model_id = f"merge/{m.variant}/{m.group}/{m.tokens}"
-        path = models_dir / model_id / "merge_stats.json"
-        stats = _read_json(path)
+    for m, model_id, path, stats in merges:
         if "tensors" not in stats or "models" not in stats:
             raise ReportError(f"{path}: no 'tensors' or 'models' in the merge stats")
         cells: dict[tuple[int, str, str], list[int]] = {}
@@ -278,8 +280,9 @@ def aggregate(config_path, eval_dir, models_dir, scores_path, discarded_path,
               discarded_map_path) -> tuple[int, int, int]:
     config = load_rule_config(config_path, "aggregate")
     scores = score_rows(config, Path(eval_dir))
-    discards = discarded_rows(config, Path(models_dir))
-    cells = discarded_map_rows(config, Path(models_dir))
+    merges = merge_stats(config, Path(models_dir))
+    discards = discarded_rows(merges)
+    cells = discarded_map_rows(merges)
     _write_csv(Path(scores_path), scores, SCORE_COLUMNS)
     _write_csv(Path(discarded_path), discards, DISCARD_COLUMNS)
     _write_csv(Path(discarded_map_path), cells, MAP_COLUMNS)
