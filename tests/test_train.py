@@ -280,3 +280,23 @@ def test_deepspeed_is_configured_from_the_section(files, tmp_path, monkeypatch):
         deepspeed_config(dict(tc, batch_size=100), world_size=8)
     with pytest.raises(ValueError, match="ZeRO stage 3"):
         deepspeed_config(dict(tc, deepspeed={"zero_stage": 3}), world_size=1)
+
+
+def test_a_tied_model_is_saved_with_the_base_tensor_names(files, tmp_path):
+    """Tied input and output embeddings (SmolLM2, Llama-3.2) stay one tensor when saved in another
+    dtype: no lm_head.weight the base lacks, which would make every merge refuse the model."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(continual_pretrain__save_dtype="bfloat16")
+    cfg["mini"]["model"]["tie_word_embeddings"] = True
+    tied = pretrain_base(cfg, files, tmp_path / "tied")
+    assert tied["steps"] == 6
+    base_names = set(_weights(tmp_path / "tied"))
+    assert "lm_head.weight" not in base_names and "model.embed_tokens.weight" in base_names
+    _ct(cfg, files, tmp_path / "ct", 3000, init=tmp_path / "tied")
+    with safe_open(str(tmp_path / "ct" / "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == base_names
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ct")
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

@@ -21,6 +21,7 @@ COMMANDS = {
     "tasks": "lrmerge.evaluate.cli",
     "report": "lrmerge.report",
     "plan": "lrmerge.plan",
+    "import-gguf": "lrmerge.gguf",
 }
 
 HELP = {
@@ -32,6 +33,7 @@ HELP = {
     "tasks": "list the evaluation tasks per language and family, or write them",
     "report": "aggregate evaluation results into tables and draw figures",
     "plan": "the sweep's GPU-hours, wall time and disk per rule, before submitting",
+    "import-gguf": "convert a GGUF file (llama.cpp) into a Hugging Face model folder",
 }
 
 

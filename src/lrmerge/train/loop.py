@@ -34,7 +34,13 @@ from lrmerge import fsutil  # noqa: E402
 from lrmerge.data.shards import TokenShards  # noqa: E402
 from lrmerge.train import state  # noqa: E402
 from lrmerge.train.backend import all_max, all_sum, barrier, device_of, make_backend, world  # noqa: E402
-from lrmerge.train.model import flops_per_token, load_model, peak_flops, prepare_for_training  # noqa: E402
+from lrmerge.train.model import (  # noqa: E402
+    flops_per_token,
+    load_model,
+    peak_flops,
+    prepare_for_training,
+    saved_weights,
+)
 from lrmerge.train.schedule import make_schedule  # noqa: E402
 from lrmerge.train.stream import Blocks, Mix, Packed  # noqa: E402
 
@@ -337,9 +343,7 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
     if rank == 0:
         module = backend.module()
         module.config.use_cache = True
-        # Copy weights to the saved dtype without touching the fp32 training copy.
-        weights = {k: v.detach().to("cpu", DTYPES[save_dtype])
-                   for k, v in module.state_dict().items()}
+        weights = saved_weights(module, DTYPES[save_dtype])
         module.save_pretrained(out, state_dict=weights, safe_serialization=True)
         conf = json.loads((out / "config.json").read_text())
         conf["dtype"] = save_dtype

@@ -50,6 +50,22 @@ def prepare_for_training(model, tc: dict):
     return model
 
 
+def saved_weights(model, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The state dict copied to `dtype` on the CPU, leaving the fp32 training copy alone. Tensors
+    that share storage (tied input and output embeddings) stay one tensor: copied one by one they
+    would no longer look tied to `save_pretrained`, which would then write `lm_head.weight`
+    beside `model.embed_tokens.weight`, a tensor the base model does not have (merges refuse
+    it)."""
+    copies: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for name, t in model.state_dict().items():
+        key = (t.device, t.data_ptr(), tuple(t.shape), t.stride())
+        if key not in copies:
+            copies[key] = t.detach().to("cpu", dtype)
+        out[name] = copies[key]
+    return out
+
+
 def matmul_params(model) -> int:
     """Parameters that take part in a matmul per token: all but the input embedding (a lookup),
     with the output projection counted even when it shares the embedding's weight."""
