@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 LABELS = [{"en": "politics", "zh": "政治"}, {"en": "sports", "zh": "体育"},
@@ -66,14 +67,17 @@ SIB_LABELS = ["science/technology", "travel", "politics", "sports", "health", "e
               "geography"]
 
 
-def sib200(root: Path, code: str = "ben_Beng", n_test: int = 7) -> Path:
-    """data/annotated/<code>/{train,dev,test}.tsv; returns the folder of the TSVs."""
+def sib200(root: Path, code: str = "ben_Beng", n_test: int = 7, grouped: bool = False) -> Path:
+    """data/annotated/<code>/{train,dev,test}.tsv; returns the folder of the TSVs. `grouped`: the
+    test rows ordered by category, as the release's test.tsv is (its first rows one class)."""
     d = root / "data" / "annotated" / code
     d.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", 14), ("dev", 3), ("test", n_test)):
         lines = ["index_id\tcategory\ttext"]
         for i in range(n):
             label = SIB_LABELS[i % len(SIB_LABELS)]
+            if grouped and split == "test":
+                label = SIB_LABELS[i * len(SIB_LABELS) // n]
             body = f"বাংলা বাক্য {i} ({label})"
             if i % 3 == 0:  # quoted: holds a tab and doubled quotes, as CSV writers emit
                 body = f'"{body}\tসে বলল ""হ্যাঁ"""'
@@ -107,9 +111,9 @@ def belebele(root: Path, code: str = "ben_Beng", n: int = 9) -> Path:
     return path
 
 
-def sources(root: Path) -> dict:
+def sources(root: Path, sib_test: int = 7, sib_grouped: bool = False) -> dict:
     """evaluate.sources entries for all the fixtures, as a user would write them."""
-    sib = sib200(root / "sib-200")
+    sib = sib200(root / "sib-200", n_test=sib_test, grouped=sib_grouped)
     return {
         "milic_topic_bo": {"kind": "milic", "family": "classification", "lang": "bo"},
         "milic_mrc_bo": {"kind": "milic", "family": "reading_comprehension", "lang": "bo"},
@@ -127,3 +131,71 @@ def sources(root: Path) -> dict:
             "test": {"path": "csv", "data_files": str(mgsm(root)), "delimiter": "\t",
                      "column_names": ["question", "answer_number"], "quoting": 3}},
     }
+
+
+class ScriptedLM:
+    """An lm-eval LM whose outputs are scripted per test item from its gold answer, in the forms
+    real models produce: right for even items, wrong or debris for odd ones. Under loglik an
+    odd item's answer is its first wrong candidate."""
+
+    def __new__(cls):
+        from lm_eval.api.model import LM
+
+        class _LM(LM):
+            def generate_until(self, requests):
+                return [self.say(r.doc) for r in requests]
+
+            def loglikelihood(self, requests):
+                out = []
+                for r in requests:
+                    right = r.doc["choices"][r.doc["gold"]] == r.args[1].strip()
+                    good = self.is_even(r.doc) == right
+                    out.append((0.0 if good else -5.0, False))
+                return out
+
+            def loglikelihood_rolling(self, requests):
+                raise NotImplementedError
+
+            @staticmethod
+            def is_even(doc):
+                return is_even(doc)
+
+            def say(self, doc):
+                if not self.is_even(doc):
+                    return "\ufffd\ufffd" if doc["answer_kind"] == "number" else "zzz"
+                if doc["answer_kind"] == "letter":
+                    return f" {doc['answer']}. that one\nB"
+                if doc["answer_kind"] == "number":  # native digits and a separator
+                    digits = "০১২৩৪৫৬৭৮৯"
+                    value = float(doc["answer"])
+                    text = f"{value:,.1f}" if value % 1 else f"{int(value):,}"
+                    return "উত্তর " + "".join(digits[int(c)] if c.isdigit() else c
+                                                 for c in text) + "."
+                return f" {doc['answer'].upper()}\n"
+
+        return _LM()
+
+
+def is_even(doc: dict) -> bool:
+    """Whether ScriptedLM answers an item right: its id's digits are even."""
+    return int(re.sub(r"\D", "", str(doc["id"])) or 0) % 2 == 0
+
+
+class OneLabelLM:
+    """An lm-eval LM that answers `label` to every classification item, under either protocol
+    (a collapsed model)."""
+
+    def __new__(cls, label: str):
+        from lm_eval.api.model import LM
+
+        class _LM(LM):
+            def generate_until(self, requests):
+                return [f" {label}\n" for _ in requests]
+
+            def loglikelihood(self, requests):
+                return [(0.0 if r.args[1].strip() == label else -5.0, False) for r in requests]
+
+            def loglikelihood_rolling(self, requests):
+                raise NotImplementedError
+
+        return _LM()

@@ -30,11 +30,11 @@ def model(tmp_path_factory):
     return root / "model"
 
 
-def bench_config(root, **evaluate) -> dict:
+def bench_config(root, sib: dict | None = None, **evaluate) -> dict:
     """The tiny config with bo evaluated on MiLiC-Eval files and bn on SIB-200, Belebele and
-    MGSM files, all fixtures in the releases' formats."""
+    MGSM files, all fixtures in the releases' formats (`sib`: fx.sources' SIB-200 options)."""
     cfg = tiny_config()
-    src = fx.sources(root)
+    src = fx.sources(root, **(sib or {}))
     fx.milic(root / "milic")
     cfg["evaluate"].update(sources={**cfg["evaluate"]["sources"], **src},
                            milic_root=str(root / "milic"), protocol="generate")
@@ -231,51 +231,27 @@ def test_other_benchmarks_read_in_their_formats(bench):
 # End to end
 
 
-class ScriptedLM:
-    """An lm-eval LM whose outputs are scripted per test item from its gold answer, in the forms
-    real models produce: right for even items, wrong or debris for odd ones."""
-
-    def __new__(cls):
-        from lm_eval.api.model import LM
-
-        class _LM(LM):
-            def generate_until(self, requests):
-                return [self.say(r.doc) for r in requests]
-
-            def loglikelihood(self, requests):
-                out = []
-                for r in requests:
-                    right = r.doc["choices"][r.doc["gold"]] == r.args[1].strip()
-                    good = self.is_even(r.doc) == right
-                    out.append((0.0 if good else -5.0, False))
-                return out
-
-            def loglikelihood_rolling(self, requests):
-                raise NotImplementedError
-
-            @staticmethod
-            def is_even(doc):
-                return int(re.sub(r"\D", "", str(doc["id"])) or 0) % 2 == 0
-
-            def say(self, doc):
-                if not self.is_even(doc):
-                    return "\ufffd\ufffd" if doc["answer_kind"] == "number" else "zzz"
-                if doc["answer_kind"] == "letter":
-                    return f" {doc['answer']}. that one\nB"
-                if doc["answer_kind"] == "number":  # native digits and a separator
-                    digits = "০১২৩৪৫৬৭৮৯"
-                    value = float(doc["answer"])
-                    text = f"{value:,.1f}" if value % 1 else f"{int(value):,}"
-                    return "উত্তর " + "".join(digits[int(c)] if c.isdigit() else c
-                                                 for c in text) + "."
-                return f" {doc['answer'].upper()}\n"
-
-        return _LM()
+ScriptedLM = fx.ScriptedLM
 
 
 def _expected_acc(rows):
-    evens = [r for r in rows if ScriptedLM.__new__(ScriptedLM).is_even(r)]
+    evens = [r for r in rows if fx.is_even(r)]
     return len(evens) / len(rows)
+
+
+def _expected_predictions(rows, protocol: str, sets: int) -> dict:
+    """ScriptedLM's answers counted per candidate label: the gold label on even items; on odd
+    ones an unparsable "zzz" (generate) or the first wrong candidate (loglik)."""
+    counts = dict.fromkeys(sorted(rows[0]["choices"]) + [run.UNPARSED], 0)
+    for r in rows:
+        if fx.is_even(r):
+            answer = r["answer"]
+        elif protocol == "generate":
+            answer = run.UNPARSED
+        else:
+            answer = r["choices"][1 if r["gold"] == 0 else 0]
+        counts[answer] += sets
+    return counts
 
 
 def test_each_family_scored_end_to_end(bench, tmp_path):
@@ -299,6 +275,15 @@ def test_each_family_scored_end_to_end(bench, tmp_path):
         sets = max(1, len(e["shot_sets"]))
         assert e["debris"] == (wrong * sets if e["family"] == "math" else 0), task
         assert (e["macro_f1"] is not None) == (e["family"] == "classification")
+        if e["family"] == "classification":  # what the model answered, per label, over the sets
+            assert e["predictions"] == _expected_predictions(rows, "generate", sets), task
+            assert e["predictions"][run.UNPARSED] > 0
+            assert e["predictions_per_set"] == {
+                k: _expected_predictions(rows, "generate", 1) for k in ("1", "2", "3")}
+        else:
+            assert e["predictions"] is None and e["predictions_per_set"] is None
+        # run on every item: no evaluate.limit sample
+        assert e["limit"] is None and e["n_items_full"] == len(rows) and e["sample_hash"] is None
     assert doc["tasks"]["mgsm_bn"]["per_set"] is None and doc["tasks"]["mgsm_bn"]["n_shot"] == 0
 
 
@@ -312,20 +297,44 @@ def test_loglik_protocol_end_to_end(tmp_path):
         rows = fsutil.read_jsonl(tmp_path / "tasks" / e["language"] / f"{task}.test.jsonl")
         assert e["protocol"] == "loglik" and e["debris"] is None
         assert e["score"] == pytest.approx(_expected_acc(rows)), task
+        if e["family"] == "classification":
+            sets = max(1, len(e["shot_sets"]))
+            assert e["predictions"] == _expected_predictions(rows, "loglik", sets), task
+            assert e["predictions"][run.UNPARSED] == 0
     # math candidates: the gold number among other items' answers
     math = fsutil.read_jsonl(tmp_path / "tasks" / "bo" / "milic_math_bo.test.jsonl")
     assert all(r["choices"][r["gold"]] == r["answer"] and len(r["choices"]) == 4 for r in math)
 
 
-def test_real_tiny_model_runs_every_family(bench, model, tmp_path):
-    """lm-eval's own hf model generates on every task (scores are chance for a tiny model)."""
-    cfg, root = bench
-    doc = run.evaluate(cfg, str(model), ["bo", "bn"], str(root / "tasks"),
-                       str(tmp_path / "m.json"), threads=1, limit=2)
+@pytest.mark.parametrize("protocol", ["generate", "loglik"])
+def test_a_model_answering_one_label_shows_in_its_predictions(protocol, tmp_path):
+    cfg = bench_config(tmp_path, protocol=protocol)
+    tasks.build(cfg, "bn", tmp_path / "tasks" / "bn")
+    doc = run.evaluate(cfg, "one-label", ["bn"], str(tmp_path / "tasks"),
+                       str(tmp_path / "m.json"), lm=fx.OneLabelLM("travel"))
+    e = doc["tasks"]["sib200_ben_Beng"]
+    rows = fsutil.read_jsonl(tmp_path / "tasks" / "bn" / "sib200_ben_Beng.test.jsonl")
+    want = dict.fromkeys(sorted(fx.SIB_LABELS) + [run.UNPARSED], 0)
+    want["travel"] = 3 * len(rows)  # three shot sets
+    assert e["predictions"] == want
+    assert e["score"] == pytest.approx(sum(r["answer"] == "travel" for r in rows) / len(rows))
+
+
+def test_real_tiny_model_runs_every_family(model, tmp_path):
+    """lm-eval's own hf model generates on every task (scores are chance for a tiny model), on
+    task folders sampled to 2 items a task."""
+    cfg = bench_config(tmp_path, limit=2)
+    for lang in ("bo", "bn"):
+        tasks.build(cfg, lang, tmp_path / "tasks" / lang)
+    doc = run.evaluate(cfg, str(model), ["bo", "bn"], str(tmp_path / "tasks"),
+                       str(tmp_path / "m.json"), threads=1)
     assert set(doc["tasks"]) == set(cfg["languages"]["bo"]["tasks"]
                                     + cfg["languages"]["bn"]["tasks"])
     for e in doc["tasks"].values():
         assert e["n"] == 2 and 0.0 <= e["score"] <= 1.0 and e["debris"] is not None
+        assert e["limit"] == 2 and len(e["sample_indices"]) == 2
+        if e["family"] == "classification":
+            assert sum(e["predictions"].values()) == 2 * max(1, len(e["shot_sets"]))
 
 
 def _own_accuracy(model_dir, rows):
@@ -496,20 +505,27 @@ def test_tasks_write_and_count(bench, tmp_path, capsys):
     assert (tmp_path / "t" / "bn" / "tasks.json").is_file()
 
 
-def test_evaluate_cli(bench, model, tmp_path):
-    cfg, root = bench
-    cfg = dict(cfg)
+def test_evaluate_cli(model, tmp_path):
+    """lrmerge tasks --write with evaluate.limit, then lrmerge evaluate on the sample; the
+    evaluate command has no limit of its own (no first-N cut anywhere)."""
+    cfg = bench_config(tmp_path, limit=1)
     path = write_config(tmp_path / "c.yaml", cfg)
+    assert cli(["tasks", "--config", str(path), "--write", str(tmp_path / "tasks"),
+                "--lang", "bn"]) == 0
     out = tmp_path / "r.json"
     assert cli(["evaluate", "--config", str(path), "--model", str(model), "--lang", "bn",
-                "--tasks-dir", str(root / "tasks"), "--out", str(out), "--limit", "1"]) == 0
+                "--tasks-dir", str(tmp_path / "tasks"), "--out", str(out)]) == 0
     doc = json.loads(out.read_text(encoding="utf-8"))
     assert set(doc["tasks"]) == set(cfg["languages"]["bn"]["tasks"])
+    assert all(e["n"] == 1 and e["limit"] == 1 for e in doc["tasks"].values())
+    with pytest.raises(SystemExit):
+        cli(["evaluate", "--config", str(path), "--model", str(model), "--lang", "bn",
+             "--tasks-dir", str(tmp_path / "tasks"), "--out", str(out), "--limit", "1"])
     # a task folder older than the config is refused, naming the fix
     cfg["languages"]["bn"]["tasks"] = cfg["languages"]["bn"]["tasks"] + ["topic_bn"]
     write_config(path, cfg)
     assert cli(["evaluate", "--config", str(path), "--model", str(model), "--lang", "bn",
-                "--tasks-dir", str(root / "tasks"), "--out", str(tmp_path / "x.json")]) == 2
+                "--tasks-dir", str(tmp_path / "tasks"), "--out", str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()
 
 

@@ -461,7 +461,10 @@ def rule_keys(config: dict, rule: str, lang: str | None = None) -> list[str]:
         kinds = {ev["sources"][t]["kind"] for t in tasks}
         keys = [f"{entry}.tasks", *(f"evaluate.sources.{t}" for t in tasks),
                 "evaluate.prompt_language", "evaluate.protocol", "evaluate.shot_seeds",
-                "evaluate.max_gen_toks", "evaluate.max_text_chars"]
+                "evaluate.max_gen_toks", "evaluate.max_text_chars", "evaluate.limit",
+                "evaluate.limit_seed"]
+        if ev.get("limit") is not None and ev.get("limit_seed") is None:
+            keys.append("seed")  # the sample's seed
         if "milic" in kinds:
             keys.append("evaluate.milic_root")
         if kinds - {"generated", "builtin"}:  # prompts that name the language
@@ -473,9 +476,10 @@ def rule_keys(config: dict, rule: str, lang: str | None = None) -> list[str]:
         return keys
     if rule == "evaluate":  # lang: the model's languages, joined by "+"
         return ["seed", "evaluate.batch_size", "evaluate.device", "evaluate.dtype",
-                "evaluate.limit", *(f"{_entry(lg)}.tasks" for lg in lang.split("+"))]
+                *(f"{_entry(lg)}.tasks" for lg in lang.split("+"))]
     if rule == "aggregate":
-        return ["base_model", "languages.*.budgets", "languages.*.tasks", "english.tasks", "merge"]
+        return ["base_model", "languages.*.budgets", "languages.*.tasks", "english.tasks", "merge",
+                "evaluate.collapse_share"]
     if rule == "plot":
         return ["languages.*.name", "languages.*.tasks", "english.tasks",
                 *(f"evaluate.sources.{t}.family" for t in _all_tasks(config))]

@@ -16,7 +16,7 @@ def cmd_evaluate(args) -> int:
     from lrmerge.evaluate.run import evaluate
 
     cfg = load_rule_config(args.config, "evaluate", "+".join(args.lang))
-    doc = evaluate(cfg, args.model, args.lang, args.tasks_dir, args.out, args.threads, args.limit)
+    doc = evaluate(cfg, args.model, args.lang, args.tasks_dir, args.out, args.threads)
     for task, m in doc["tasks"].items():
         se = f" ± {m['stderr']:.4f}" if m["stderr"] is not None else ""
         print(f"{task}\t{m['family']}\t{m['metric']}\t{m['score']:.4f}{se}")
@@ -47,7 +47,10 @@ def cmd_tasks(args) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("evaluate", help="evaluate a model with lm-eval on its tasks")
+    p = subparsers.add_parser(
+        "evaluate", help="evaluate a model with lm-eval on its tasks",
+        description="Runs every item of the task folders' test files: a smaller run is a task "
+        "folder built with evaluate.limit (a seeded sample, recorded), never a cut here.")
     p.add_argument("--config", required=True)
     p.add_argument("--model", required=True, help="model folder or hub id")
     p.add_argument("--lang", action="append", required=True,
@@ -56,7 +59,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="folder with one task folder per language (lrmerge tasks --write)")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--limit", type=int, default=None, help="at most this many items per task")
     p.set_defaults(func=cmd_evaluate)
     return p
 

@@ -6,11 +6,16 @@ JSON per model. Each task entry carries its own metadata, so the report never gu
 
     {"task", "family", "language", "kind", "source", "protocol", "metric", "score", "stderr",
      "n", "n_shot", "shot_sets", "per_set": {set: score}, "per_set_stderr": {...},
-     "macro_f1", "debris"}
+     "macro_f1", "debris", "predictions": {label: count, "<unparsed>": count},
+     "predictions_per_set": {set: {...}},
+     "limit", "limit_seed", "n_items_full", "sample_hash", "sample_indices"}
 
 score is the mean over the shot sets; stderr is the mean of their lm-eval standard errors (the sets
 share their test items, so their errors are correlated and this is the fully correlated case).
-debris counts generations with undecodable bytes over all sets.
+debris counts generations with undecodable bytes over all sets. predictions (classification,
+not built-in tasks) counts how often each candidate label was the answer, over all sets, so a model
+that always answers one label is visible; the sample fields say which items evaluate.limit chose
+(lrmerge.evaluate.limit), copied from tasks.json.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # The headline metric of a built-in lm-eval task, first present wins.
 METRIC_ORDER = ("acc", "exact_match", "f1", "acc_norm")
+# An answer that is none of the candidate labels (generate protocol).
+UNPARSED = "<unparsed>"
+# What tasks.json records of each task's evaluate.limit sample; the eval file copies it.
+SAMPLE_KEYS = ("limit", "limit_seed", "n_items_full", "sample_hash", "sample_indices")
 
 
 def read_manifests(cfg: dict, langs: list[str], tasks_dir: str | Path) -> dict[str, dict]:
@@ -46,7 +55,11 @@ def read_manifests(cfg: dict, langs: list[str], tasks_dir: str | Path) -> dict[s
             if task not in manifest["tasks"]:
                 raise ValueError(f"{path}: no task {task!r}; the folder is older than the "
                                  "config, rebuild it")
-            out[task] = dict(manifest["tasks"][task], task=task, folder=str(path.parent))
+            meta = manifest["tasks"][task]
+            if any(k not in meta for k in SAMPLE_KEYS):
+                raise ValueError(f"{path}: task {task!r} has no record of its evaluate.limit "
+                                 "sample; the folder is older than lrmerge, rebuild it")
+            out[task] = dict(meta, task=task, folder=str(path.parent))
     return out
 
 
@@ -68,8 +81,36 @@ def _finite(x):
     return x if x is not None and math.isfinite(x) else None
 
 
-def task_entry(meta: dict, results: dict, n_samples: dict) -> dict:
-    """Our entry of one task from lm-eval's results of its shot sets."""
+def label_counts(task: str, samples: list[dict]) -> dict[str, int]:
+    """How often each candidate label was the answer in lm-eval's logged samples of one shot
+    set. The answer is the one the scoring read (lrmerge.evaluate.scoring records it as the
+    second of each item's macro_f1 pair, lower-cased): never parsed a second way here."""
+    labels = sorted({c for s in samples for c in s["doc"]["choices"]})
+    by_lower = {c.lower(): c for c in labels}
+    counts = dict.fromkeys(labels + [UNPARSED], 0)
+    for s in samples:
+        if "macro_f1" not in s:
+            raise RuntimeError(f"task {task}: lm-eval's sample of item {s.get('doc_id')} has no "
+                               "macro_f1 pair (is its YAML lrmerge's classification template?)")
+        counts[by_lower.get(s["macro_f1"][1], UNPARSED)] += 1
+    return counts
+
+
+def predictions(meta: dict, samples: dict) -> tuple[dict | None, dict | None]:
+    """(label counts over all shot sets, per set) of a classification task; None otherwise."""
+    if meta["family"] != "classification" or meta["kind"] == "builtin":
+        return None, None
+    per_set = {k: label_counts(meta["task"], samples.get(name) or [])
+               for k, name in meta["lm_eval_tasks"].items()}
+    total: dict[str, int] = {}
+    for counts in per_set.values():
+        for label, n in counts.items():
+            total[label] = total.get(label, 0) + n
+    return total, per_set if meta["shot_sets"] else None
+
+
+def task_entry(meta: dict, results: dict, n_samples: dict, samples: dict | None = None) -> dict:
+    """Our entry of one task from lm-eval's results (and logged samples) of its shot sets."""
     task = meta["task"]
     sets = meta["lm_eval_tasks"]
     missing = [name for name in sets.values() if name not in results]
@@ -108,14 +149,18 @@ def task_entry(meta: dict, results: dict, n_samples: dict) -> dict:
                  per_set_stderr=per_set_se if meta["shot_sets"] else None,
                  macro_f1=sum(f1s) / len(f1s) if f1s else None,
                  debris=debris if meta.get("protocol") == "generate" else None)
+    entry["predictions"], entry["predictions_per_set"] = predictions(meta, samples or {})
+    entry.update({k: meta[k] for k in SAMPLE_KEYS})
     return entry
 
 
 def evaluate(cfg: dict, model: str, langs: list[str], tasks_dir: str, out: str,
-             threads: int | None = None, limit: int | None = None, lm=None) -> dict:
+             threads: int | None = None, lm=None) -> dict:
     """Run lm-eval on `model` for the tasks of `langs`; write and return the result JSON.
 
-    `lm`: an lm-eval LM object to evaluate instead of loading `model` with lm-eval's "hf"."""
+    Every item of each task folder's test file is run: evaluate.limit's sample is drawn when the
+    folder is built (lrmerge.evaluate.limit). `lm`: an lm-eval LM object to evaluate instead of
+    loading `model` with lm-eval's "hf"."""
     import lm_eval
     import torch
     from lm_eval.tasks import TaskManager
@@ -145,15 +190,17 @@ def evaluate(cfg: dict, model: str, langs: list[str], tasks_dir: str, out: str,
         results = lm_eval.simple_evaluate(
             model=lm if lm is not None else "hf", model_args=model_args, tasks=names,
             task_manager=tm, num_fewshot=None,
-            batch_size=ev["batch_size"], limit=limit if limit is not None else ev["limit"],
+            batch_size=ev["batch_size"], limit=None,
             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-            fewshot_random_seed=seed, log_samples=False)
+            fewshot_random_seed=seed, log_samples=True)  # the samples give the predictions
     except Exception as e:  # name the tasks and their sources: lm-eval's errors do not
         sources = "; ".join(f"{t}: {m['source']}" for t, m in metas.items())
         raise RuntimeError(f"lm-eval failed on {model} ({type(e).__name__}: {e}); "
                            f"tasks and sources: {sources}") from e
     n_samples = results.get("n-samples") or {}
-    per_task = {t: task_entry(m, results["results"], n_samples) for t, m in metas.items()}
+    samples = results.get("samples") or {}
+    per_task = {t: task_entry(m, results["results"], n_samples, samples)
+                for t, m in metas.items()}
     doc = {
         "model": str(model),
         "languages": list(langs),

@@ -6,7 +6,8 @@
                                                protocol template (templates/), filled from config
     lrmerge_tasks.py                           the callables the YAMLs name (`!function`)
     tasks.json                                 each task's metadata: family, language, metric,
-                                               protocol, source, items, shots, its lm-eval tasks
+                                               protocol, source, items, shots, its lm-eval tasks,
+                                               and the evaluate.limit sample (lrmerge.evaluate.limit)
 Built-in lm-eval tasks (kind: builtin) get metadata only. `table(cfg)` lists every language x
 family for `lrmerge tasks`.
 """
@@ -23,6 +24,7 @@ import yaml
 from lrmerge import fsutil
 from lrmerge.config import FAMILIES, language_entry
 from lrmerge.evaluate import benchmarks as bm
+from lrmerge.evaluate import limit as lim
 from lrmerge.evaluate.benchmarks import BenchmarkError
 
 MANIFEST = "tasks.json"
@@ -255,10 +257,21 @@ def _meta(spec: dict, lang: str, source: str) -> dict:
             "protocol": None if spec["kind"] == "builtin" else spec["protocol"]}
 
 
+def limit_seed(cfg: dict) -> int:
+    """The seed of the `evaluate.limit` sample: evaluate.limit_seed, else the run's seed."""
+    seed = cfg["evaluate"].get("limit_seed")
+    return int(cfg["seed"] if seed is None else seed)
+
+
 def _write_task(cfg, lang, task, spec, prompts, out_dir: Path, tmp: Path) -> dict:
+    limit = cfg["evaluate"].get("limit")
     if spec["kind"] == "builtin":
+        if limit is not None:  # its items are lm-eval's: we cannot sample them, nor cut them
+            raise ValueError(f"task {task} ({spec['where']}): evaluate.limit ({limit}) cannot "
+                             "sample a built-in lm-eval task; unset evaluate.limit or give the "
+                             "task a source whose data lrmerge reads")
         meta = _meta(spec, lang, source_label(cfg, spec))
-        meta.update(metric=None, n_items=None, n_shot=None, shot_sets=[],
+        meta.update(metric=None, n_items=None, n_shot=None, shot_sets=[], **lim.unsampled(None),
                     lm_eval_tasks={"": spec["name"]})
         return meta
     bench = read_benchmark(cfg, lang, task, spec)
@@ -285,7 +298,10 @@ def _write_task(cfg, lang, task, spec, prompts, out_dir: Path, tmp: Path) -> dic
     # the language's name, only where a prompt says it (the mini's generated prompts do not)
     named = "${language}" in style["text"]
     prompt = _fill(style, {"language": prompt_language_name(cfg, lang) if named else ""})
-    fsutil.write_jsonl(tmp / f"{task}.test.jsonl", bench.test)
+    # Sampled last: the candidate labels and math distractors are those of the full set.
+    test, sampled = lim.sample(bench.test, limit, limit_seed(cfg) if limit is not None else None,
+                               task, stratify=family == "classification")
+    fsutil.write_jsonl(tmp / f"{task}.test.jsonl", test)
     sets = bench.shot_sets or {"": []}
     lm_tasks = {}
     for k, shots in sets.items():
@@ -300,7 +316,7 @@ def _write_task(cfg, lang, task, spec, prompts, out_dir: Path, tmp: Path) -> dic
                                     sort_keys=False, width=1000))
         lm_tasks[k] = name
     meta = _meta(spec, lang, bench.source)
-    meta.update(metric="acc", n_items=len(bench.test), held_out_for_shots=bench.held_out,
+    meta.update(metric="acc", n_items=len(test), held_out_for_shots=bench.held_out, **sampled,
                 n_shot=max(len(s) for s in sets.values()),
                 shots=spec["shots"], shot_sets=[k for k in sets if k], lm_eval_tasks=lm_tasks,
                 metrics=["acc", "macro_f1"] if family == "classification" else ["acc"])
