@@ -4,6 +4,7 @@ atomic output, SFT examples with their prompt lengths."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from stage_helpers import quiet, tiny_config, write_config
 
 from lrmerge import fsutil
 from lrmerge.cli import main as cli
+from lrmerge.config import ConfigError
 from lrmerge.data import budget, tokenize
 from lrmerge.data.shards import ShardWriter, TokenShards
 from lrmerge.data.sources import corpus_documents
@@ -183,3 +185,138 @@ def test_cli_tokenizer_corpus_sft_verify(tmp_path, capsys):
     assert cli(["data", "corpus", "--config", str(cfg_path), "--lang", "xx", "--tokenizer", tok,
                 "--out", str(tmp_path / "xx")]) == 2
     assert "'xx' is not in config key 'languages'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# What frames each document: data.document_separator, data.add_bos, data.pad
+# --------------------------------------------------------------------------------------------
+WORDS = ["the", "ball", "is", "fast", "red", "how", "many", "?", "3", "answer", ":"]
+
+
+def _word_tokenizer(folder, single: str | None = "<s> $A", bos: str | None = "<s>"):
+    """A word-level tokenizer with Llama-like specials (<unk> 0, <s> 1, </s> 2) plus
+    <|endoftext|> 3, and `single` as its template (None: it adds nothing)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<|endoftext|>"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    t.add_special_tokens(specials)
+    if single:
+        t.post_processor = processors.TemplateProcessing(
+            single=single, special_tokens=[(s, vocab[s]) for s in specials if s in single])
+    PreTrainedTokenizerFast(tokenizer_object=t, bos_token=bos, eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(folder)
+    return str(folder)
+
+
+def _data(**keys) -> dict:
+    return tiny_config(data=keys)["data"]
+
+
+def test_document_marks_follow_the_config_and_the_template(tmp_path):
+    tok = tokenize.load_tokenizer(_word_tokenizer(tmp_path / "llama_like"))
+    # defaults: the EOS separates, the template's BOS is kept, the separator pads
+    d = _data()
+    assert (d["document_separator"], d["add_bos"], d["pad"]) == ("eos", "auto", "separator")
+    m = tokenize.document_marks(tok, d)
+    assert (m.head, m.tail) == ([1], [2])
+    assert m.manifest == {"separator": {"token": "</s>", "id": 2, "config": "eos"},
+                          "bos": {"token": "<s>", "id": 1, "added": True, "config": "auto"},
+                          "pad": {"token": "</s>", "id": 2, "config": "separator"}}
+    m = tokenize.document_marks(tok, _data(document_separator="<|endoftext|>", add_bos=False,
+                                           pad="eos"))
+    assert (m.head, m.tail) == ([], [3]) and m.manifest["bos"]["added"] is False
+    assert m.manifest["separator"] == {"token": "<|endoftext|>", "id": 3,
+                                       "config": "<|endoftext|>"}
+    assert m.manifest["pad"] == {"token": "</s>", "id": 2, "config": "eos"}
+    # a template without BOS (the mini's byte-level BPE, SmolLM2): auto adds none, true forces
+    plain = tokenize.load_tokenizer(_word_tokenizer(tmp_path / "plain", single=None))
+    assert tokenize.document_marks(plain, _data()).head == []
+    assert tokenize.document_marks(plain, _data(add_bos=True)).head == [1]
+
+
+def test_document_marks_refuse_what_they_cannot_honour(tmp_path):
+    tok = tokenize.load_tokenizer(_word_tokenizer(tmp_path / "t"))
+    for bad in ["<|im_end|>", "the ball", "<S>"]:  # unknown, two tokens, wrong case
+        with pytest.raises(ValueError, match=r"config key data\.document_separator: "
+                                             rf"{re.escape(repr(bad))} is not a single token"):
+            tokenize.document_marks(tok, _data(document_separator=bad))
+    with pytest.raises(ValueError, match=r"config key data\.pad: '<pad>' is not a single token"):
+        tokenize.document_marks(tok, _data(pad="<pad>"))
+    no_bos = tokenize.load_tokenizer(_word_tokenizer(tmp_path / "nb", single=None, bos=None))
+    with pytest.raises(ValueError, match=r"config key data\.add_bos: True, but tokenizer .* has "
+                                         "no BOS"):
+        tokenize.document_marks(no_bos, _data(add_bos=True))
+    # a template that adds an EOS after the text would double the separator: auto refuses it
+    eos_after = tokenize.load_tokenizer(_word_tokenizer(tmp_path / "ea", single="<s> $A </s>"))
+    with pytest.raises(ValueError, match=r"data\.add_bos: auto, but tokenizer .*template turns "
+                                         r"\[(\d+)\] into \[1, \1, 2\]"):
+        tokenize.document_marks(eos_after, _data())
+    assert tokenize.document_marks(eos_after, _data(add_bos=True)).head == [1]
+    with pytest.raises(ConfigError, match=r"data\.add_bos: 'yes' is not one of"):
+        _data(add_bos="yes")
+
+
+def _word_corpus(tmp_path, docs: list[str]) -> dict:
+    langs = tiny_config()["languages"]
+    langs["bn"]["corpus"] = {"kind": "jsonl", "path": _jsonl(tmp_path / "c.jsonl", [
+        {"text": d} for d in docs]), "allow_repeat": True}
+    return langs
+
+
+def _documents(folder) -> list[list[int]]:
+    s = TokenShards(folder)
+    ids = s.slice(0, s.tokens).tolist()
+    return [ids[a:b] for a, b in zip([0, *s.doc_ends[:-1]], s.doc_ends, strict=True)]
+
+
+@pytest.mark.parametrize(("data", "head", "sep"), [({}, [1], 2),
+                                                   ({"add_bos": False}, [], 2),
+                                                   ({"document_separator": "<|endoftext|>"}, [1], 3)])
+def test_corpus_and_sft_are_framed_as_configured(tmp_path, data, head, sep):
+    tok_dir = _word_tokenizer(tmp_path / "tok")
+    docs = ["the ball is fast", "red", "how many ball ?"]
+    cfg = tiny_config(languages=_word_corpus(tmp_path, docs), data=data)
+    m = tokenize.prepare_corpus(cfg, "bn", tok_dir, tmp_path / "bn", log=quiet)
+    words = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "<|endoftext|>"] + WORDS)}
+    assert _documents(tmp_path / "bn") == [head + [words[w] for w in d.split()] + [sep]
+                                           for d in docs]
+    assert m["separator"]["id"] == sep and m["bos"]["added"] == bool(head)
+    assert m["pad"]["id"] == sep
+    flan = _jsonl(tmp_path / "flan.jsonl", [{"inputs": "how many ball ?", "targets": "3"}] * 80)
+    sft_cfg = tiny_config(sft__data={"kind": "jsonl", "path": flan}, data=data)
+    sm = tokenize.prepare_sft(sft_cfg, tok_dir, tmp_path / "sft", log=quiet)
+    join = [words[w] for w in sft_cfg["sft"]["join"].split()]
+    first = _documents(tmp_path / "sft")[0]
+    assert first == head + [words["how"], words["many"], words["ball"], words["?"]] + join + [
+        words["3"], sep]
+    assert int(TokenShards(tmp_path / "sft").prompts[0]) == len(head) + 4  # the loss mask
+    assert sm["separator"] == m["separator"] and sm["bos"] == m["bos"]
+
+
+def test_training_pads_with_the_manifests_pad_and_refuses_mixed_framings(tmp_path):
+    from lrmerge.train.stream import Packed, data_pad_id
+
+    tok_dir = _word_tokenizer(tmp_path / "tok")
+    flan = _jsonl(tmp_path / "flan.jsonl", [{"inputs": "how many ball ?", "targets": "3"}] * 80)
+    for name, pad in [("eos", "separator"), ("eot", "<|endoftext|>")]:
+        cfg = tiny_config(sft__data={"kind": "jsonl", "path": flan}, data={"pad": pad})
+        tokenize.prepare_sft(cfg, tok_dir, tmp_path / name, log=quiet)
+    eos, eot = TokenShards(tmp_path / "eos"), TokenShards(tmp_path / "eot")
+    assert data_pad_id(eos) == 2 and data_pad_id(eot) == 3
+    n = int(eot.doc_ends[0])  # one example: <s> how many ball ? 3 </s>
+    ids, keep, _ = Packed(eot, 32, "response", data_pad_id(eot), 0, True).sample(0)
+    full = 32 // n * n  # whole examples, then padding that is never a target
+    assert n == 7 and ids[full - 1] == 2  # the separator ends the last example
+    assert ids[full:].tolist() == [3] * (32 - full) and not keep[full:].any()
+    with pytest.raises(ValueError, match=r"eot frames documents as .*'pad': 3.*but .*eos as "
+                                         r".*'pad': 2.*same data\.document_separator"):
+        data_pad_id(eos, eot)
+    # a folder written before the marks were recorded: the tokenizer's EOS separated and padded
+    w = ShardWriter(tmp_path / "old", vocab_size=20, shard_tokens=100)
+    w.add(np.array([5, 2]), np.array([2]))
+    w.finish({"tokenizer": {"xxh3_128": "x", "eos_token_id": 2}})
+    assert data_pad_id(TokenShards(tmp_path / "old")) == 2

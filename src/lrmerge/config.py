@@ -433,7 +433,8 @@ def rule_keys(config: dict, rule: str, lang: str | None = None) -> list[str]:
                 "languages.*.corpus"]
     if rule == "prepare_corpus":
         keys = [f"{entry}.corpus", "continual_pretrain.seq_len", "continual_pretrain.english_ratio",
-                "continual_pretrain.data_margin", "data.shard_tokens"]
+                "continual_pretrain.data_margin", "data.shard_tokens", "data.document_separator",
+                "data.add_bos", "data.pad"]
         if lang == "en":  # sized for every language's English replay, and the mini's base
             keys += ["languages.*.budgets", "base_model"]
             if config["base_model"] is None:
@@ -445,7 +446,7 @@ def rule_keys(config: dict, rule: str, lang: str | None = None) -> list[str]:
         return keys
     if rule == "prepare_sft_data":
         keys = ["sft.data", "sft.join", "sft.seq_len", "sft.steps", "sft.batch_size",
-                "data.shard_tokens"]
+                "data.shard_tokens", "data.document_separator", "data.add_bos", "data.pad"]
         if config["sft"]["data"]["kind"] == "generated":  # English test items are held out
             keys += ["seed", "mini.sft_examples", "mini.eval_examples", "english.tasks"]
             keys += [f"evaluate.sources.{t}" for t in config["english"]["tasks"]]

@@ -2,9 +2,10 @@
 
 Documents are read in order and encoded in batches by the `tokenizers` Rust encoder on as many
 threads as the rule has, and the data stage stops at the first document that completes what the
-largest budget needs, counted in the real tokens of the
-model's own tokenizer. Memory stays at a few batches, whatever the corpus size: tokens go straight
-to the shard files.
+largest budget needs, counted in the real tokens of the model's own tokenizer. Each document is
+framed as the config's `data` section says (`document_marks`): a BOS before it or not, one
+separator token after it; the choice is recorded in the manifest. Memory stays at a few batches,
+whatever the corpus size: tokens go straight to the shard files.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import xxhash
@@ -45,8 +47,6 @@ def load_tokenizer(name: str):
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"tokenizer {name} has no fast (tokenizers) version; the data stage "
                          "needs tokenizer.json")
-    if tok.eos_token_id is None:
-        raise ValueError(f"tokenizer {name} has no EOS token (documents are separated by it)")
     return tok
 
 
@@ -61,30 +61,103 @@ def tokenizer_identity(tok) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# What frames each document: BOS, separator, and the pad training fills with (config `data`)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Marks:
+    """The tokens around each document (and SFT example): `head` before it (BOS or nothing),
+    `tail` after it (the separator); `pad` fills the end of a training sequence."""
+
+    head: list[int]
+    tail: list[int]
+    manifest: dict  # separator {token, id, config}, bos {token, id, added, config}, pad {...}
+
+    def describe(self) -> str:
+        sep, bos = self.manifest["separator"], self.manifest["bos"]
+        return (f"separator {sep['token']!r} ({sep['id']}), "
+                + (f"BOS {bos['token']!r} ({bos['id']})" if bos["added"] else "no BOS"))
+
+
+def _one_token(tok, value: str, key: str) -> dict:
+    """A config value naming one token of the vocabulary -> {token, id}."""
+    if value == "eos":
+        if tok.eos_token_id is None:
+            raise ValueError(f"config key {key}: eos, but tokenizer {tok.name_or_path} has no EOS "
+                             "token; name the token to use")
+        return {"token": tok.eos_token, "id": int(tok.eos_token_id)}
+    tid = tok.backend_tokenizer.token_to_id(value)
+    if tid is None:
+        raise ValueError(
+            f"config key {key}: {value!r} is not a single token of tokenizer {tok.name_or_path}'s "
+            f"vocabulary (its EOS is {tok.eos_token!r}); use eos or a token of the vocabulary")
+    return {"token": value, "id": int(tid)}
+
+
+def _template_bos(tok) -> bool:
+    """Whether the tokenizer's own template puts its BOS before a text. A template that adds
+    anything else around it (EOS after it, another token) is refused: the separator stands after
+    each document, and a second mark there would be a guess at what the tokenizer means."""
+    rust = tok.backend_tokenizer
+    plain = rust.encode("a", add_special_tokens=False).ids
+    full = rust.encode("a", add_special_tokens=True).ids
+    if full == plain:
+        return False
+    if tok.bos_token_id is not None and full == [tok.bos_token_id, *plain]:
+        return True
+    raise ValueError(
+        f"config key data.add_bos: auto, but tokenizer {tok.name_or_path}'s template turns "
+        f"{plain} into {full}, not just a BOS before the text; set data.add_bos to true or false")
+
+
+def document_marks(tok, data_cfg: dict) -> Marks:
+    """Resolve `data.document_separator`, `data.add_bos` and `data.pad` against a tokenizer."""
+    sep = _one_token(tok, data_cfg["document_separator"], "data.document_separator")
+    setting = data_cfg["add_bos"]
+    added = _template_bos(tok) if setting == "auto" else bool(setting)
+    if added and tok.bos_token_id is None:
+        raise ValueError(f"config key data.add_bos: {setting}, but tokenizer {tok.name_or_path} "
+                         "has no BOS token")
+    bos = {"token": tok.bos_token, "id": tok.bos_token_id, "added": added, "config": setting}
+    pad = (dict(sep) if data_cfg["pad"] == "separator"
+           else _one_token(tok, data_cfg["pad"], "data.pad"))
+    manifest = {"separator": {**sep, "config": data_cfg["document_separator"]}, "bos": bos,
+                "pad": {**pad, "config": data_cfg["pad"]}}
+    return Marks([bos["id"]] if added else [], [sep["id"]], manifest)
+
+
+# --------------------------------------------------------------------------------------------
 # Parallel encoding: the Rust encoder's own thread pool (rayon) over each batch
 # --------------------------------------------------------------------------------------------
-def _encode(tok, eos: int, dtype, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """One batch -> (ids back to back with EOS after each document, lengths incl. EOS)."""
-    ids = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=True)]
+def _frame(ids: list[list[int]], marks: Marks) -> None:
+    """Put the marks around each document's ids, in place."""
     for x in ids:
-        x.append(eos)
+        x[:0] = marks.head
+        x.extend(marks.tail)
+
+
+def _encode(tok, marks: Marks, dtype, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """One batch -> (ids back to back, each document framed by the marks; framed lengths)."""
+    # The template's specials are left out: the marks put exactly what the config says.
+    ids = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
+    _frame(ids, marks)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
     return flat, lengths
 
 
-def _encode_sft(tok, eos: int, dtype, batch: list[tuple[str, str]]):
-    """(prompt, join + response) pairs -> ids, lengths and prompt lengths."""
-    prompts = [e.ids for e in tok.encode_batch_fast([p for p, _ in batch])]
+def _encode_sft(tok, marks: Marks, dtype, batch: list[tuple[str, str]]):
+    """(prompt, join + response) pairs -> ids, lengths and prompt lengths (BOS included)."""
+    prompts = [marks.head + e.ids for e in tok.encode_batch_fast([p for p, _ in batch],
+                                                                  add_special_tokens=False)]
     answers = [e.ids for e in tok.encode_batch_fast([a for _, a in batch],
                                                      add_special_tokens=False)]
-    seqs = [p + a + [eos] for p, a in zip(prompts, answers, strict=True)]
+    seqs = [p + a + marks.tail for p, a in zip(prompts, answers, strict=True)]
     lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
     flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=dtype, count=int(lengths.sum()))
     return flat, lengths, np.fromiter(map(len, prompts), dtype=np.uint32, count=len(prompts))
 
 
-def encoded_batches(tok, items: Iterable, workers: int, fn: Callable = _encode,
+def encoded_batches(tok, marks: Marks, items: Iterable, workers: int, fn: Callable = _encode,
                     batch: int = BATCH_DOCS) -> Iterator[tuple]:
     """Encode `items` (texts, or SFT pairs with fn=_encode_sft) batch by batch, in order. The
     `tokenizers` encoder spreads each batch over `workers` threads (measured here on 2 cores:
@@ -94,10 +167,10 @@ def encoded_batches(tok, items: Iterable, workers: int, fn: Callable = _encode,
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if workers > 1 else "false"
     os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, workers)))
     rust = tok.backend_tokenizer
-    eos, dtype = tok.eos_token_id, token_dtype(len(tok))
+    dtype = token_dtype(len(tok))
     it = iter(items)
     while b := list(itertools.islice(it, batch)):
-        yield (*fn(rust, eos, dtype, b), len(b))
+        yield (*fn(rust, marks, dtype, b), len(b))
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,13 +191,14 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
         goal = min(goal, int(spec["max_tokens"]))
     tok = load_tokenizer(tokenizer)
     ident = tokenizer_identity(tok)
+    marks = document_marks(tok, cfg["data"])
     t0 = time.time()  # reading, encoding and writing (the tokenizer is loaded)
     docs = corpus_documents(cfg, lang)
     writer = ShardWriter(out, len(tok), cfg["data"]["shard_tokens"])
     read = 0
     try:
         max_docs = spec.get("max_docs")
-        for flat, lengths, _ in encoded_batches(tok, docs, workers):
+        for flat, lengths, _ in encoded_batches(tok, marks, docs, workers):
             k = len(lengths) if not max_docs else min(len(lengths), int(max_docs) - read)
             ends = np.cumsum(lengths[:k])
             done = writer.tokens + int(ends[-1]) >= goal
@@ -146,7 +220,7 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
                   f"corpus ({passes} passes, recorded in the manifest)", file=sys.stderr)
         seconds = time.time() - t0
         manifest = writer.finish({
-            "kind": "corpus", "lang": lang, "tokenizer": ident, "source": spec,
+            "kind": "corpus", "lang": lang, "tokenizer": ident, **marks.manifest, "source": spec,
             "need": need, "need_by_reader": readers, "goal_with_margin": goal,
             "margin": cfg["continual_pretrain"]["data_margin"],
             "allow_repeat": spec["allow_repeat"], "passes_needed": max(1.0, passes or 0),
@@ -156,7 +230,8 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
         writer.abort()
         raise
     log(f"{lang}: {manifest['tokens']} tokens in {manifest['documents']} documents "
-        f"({len(manifest['shards'])} shards, need {need}) in {manifest['seconds']} s")
+        f"({len(manifest['shards'])} shards, need {need}; {marks.describe()}) in "
+        f"{manifest['seconds']} s")
     return manifest
 
 
@@ -170,11 +245,13 @@ def prepare_sft(cfg: dict, tokenizer: str, out: str | os.PathLike, workers: int 
     t0 = time.time()
     sft = cfg["sft"]
     tok = load_tokenizer(tokenizer)
+    marks = document_marks(tok, cfg["data"])
     pairs = ((r["prompt"], sft["join"] + r["response"]) for r in sft_rows(cfg))
     writer = ShardWriter(out, len(tok), cfg["data"]["shard_tokens"], with_prompts=True)
     lengths_all = []
     try:
-        for flat, lengths, prompts, _ in encoded_batches(tok, pairs, workers, _encode_sft):
+        batches = encoded_batches(tok, marks, pairs, workers, _encode_sft)
+        for flat, lengths, prompts, _ in batches:
             writer.add(flat, lengths, prompts)
             lengths_all.append(lengths)
         if writer.documents == 0:
@@ -189,7 +266,8 @@ def prepare_sft(cfg: dict, tokenizer: str, out: str | os.PathLike, workers: int 
                 f"{sft['seq_len']} tokens, but sft.steps x sft.batch_size needs {need}; add "
                 "examples, or set sft.data.allow_repeat: true to run several epochs")
         manifest = writer.finish({
-            "kind": "sft", "tokenizer": tokenizer_identity(tok), "source": sft["data"],
+            "kind": "sft", "tokenizer": tokenizer_identity(tok), **marks.manifest,
+            "source": sft["data"],
             "join": sft["join"], "seq_len": sft["seq_len"], "sequences": sequences,
             "need_sequences": need, "allow_repeat": allow,
             "passes_needed": round(max(1.0, need / sequences), 4),
@@ -199,7 +277,8 @@ def prepare_sft(cfg: dict, tokenizer: str, out: str | os.PathLike, workers: int 
         writer.abort()
         raise
     log(f"sft: {manifest['documents']} examples, {manifest['tokens']} tokens, {sequences} packed "
-        f"sequences (need {need}; {manifest['longer_than_seq_len']} examples cut to seq_len)")
+        f"sequences (need {need}; {manifest['longer_than_seq_len']} examples cut to seq_len; "
+        f"{marks.describe()})")
     return manifest
 
 

@@ -42,7 +42,7 @@ from lrmerge.train.model import (  # noqa: E402
     saved_weights,
 )
 from lrmerge.train.schedule import make_schedule  # noqa: E402
-from lrmerge.train.stream import Blocks, Mix, Packed  # noqa: E402
+from lrmerge.train.stream import Blocks, Mix, Packed, data_pad_id  # noqa: E402
 
 STAGES = {"pretrain": "pretrain", "ct": "continual_pretrain", "sft": "sft"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -216,9 +216,10 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
     # --- data: token shards, position-indexed ------------------------------------------------
     seq_len = tc["seq_len"]
     shards = _open_data(data, tokenizer, model, "--data")
+    pad_id = data_pad_id(shards)  # the data stage's choice (data.pad), from its manifest
     allow = shards.manifest.get("allow_repeat", False)
     if stage == "sft":
-        source = Packed(shards, seq_len, tc["loss_on"], tokenizer.eos_token_id, seed, allow)
+        source = Packed(shards, seq_len, tc["loss_on"], pad_id, seed, allow)
     else:
         source = Blocks(shards, seq_len, lang or "en", seed, allow)
     ratio = tc["english_ratio"] if stage == "ct" else 0.0
@@ -228,6 +229,7 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
             raise ValueError(f"continual_pretrain.english_ratio is {ratio} but no English token "
                              "folder was given (--english)")
         en = _open_data(english, tokenizer, model, "--english")
+        data_pad_id(shards, en)  # one stream: both folders frame their documents alike
         english_src = Blocks(en, seq_len, "en", seed, en.manifest.get("allow_repeat", False))
     stream = Mix(source, english_src, ratio)
 
@@ -263,7 +265,6 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
     fpt = flops_per_token(backend.module(), seq_len)
     peak = peak_flops(tc, device)
     micro = tc["micro_batch_size"]
-    pad_id = tokenizer.eos_token_id
     every, log_every = tc["checkpoint_every"], tc["log_every"]
     history: list[dict] = []
     step_loss, targets_this_run = None, 0

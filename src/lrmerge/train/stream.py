@@ -4,9 +4,10 @@ sees exactly what the uninterrupted run would have seen, and each process reads 
 samples through the memory maps.
 
 A sample is (ids, keep, pos): token ids of one sequence, which tokens count as prediction
-targets, and position ids (None: 0..n-1). CT packs documents back to back (EOS between them) into
-blocks of seq_len, as pre-training does; SFT packs whole examples into sequences and restarts the
-position ids at each example, which transformers turns into attention kept inside each example.
+targets, and position ids (None: 0..n-1). CT packs documents back to back (the data stage's
+separator between them, `data.document_separator`) into blocks of seq_len, as pre-training does;
+SFT packs whole examples into sequences and restarts the position ids at each example, which
+transformers turns into attention kept inside each example.
 """
 
 from __future__ import annotations
@@ -48,6 +49,31 @@ class _Repeating:
                 "passes": round(read / self.n, 4) if self.n else 0.0}
 
 
+def _marks(shards: TokenShards) -> dict:
+    """What frames the documents of a token folder: separator id, BOS id (None: no BOS), pad id."""
+    m = shards.manifest
+    if "separator" not in m:
+        # Written before the data stage recorded its marks: then the tokenizer's EOS (recorded
+        # with it) followed each document and padded, and the template decided the BOS.
+        eos = m["tokenizer"]["eos_token_id"]
+        return {"separator": eos, "bos": "template", "pad": eos}
+    return {"separator": m["separator"]["id"],
+            "bos": m["bos"]["id"] if m["bos"]["added"] else None, "pad": m["pad"]["id"]}
+
+
+def data_pad_id(*folders: TokenShards) -> int:
+    """The pad id of the token folders one run reads, from their manifests. They must frame
+    documents alike (separator, BOS, pad): a stream mixing two framings would teach both."""
+    first = _marks(folders[0])
+    for other in folders[1:]:
+        if _marks(other) != first:
+            raise ValueError(
+                f"{other.folder} frames documents as {_marks(other)}, but {folders[0].folder} as "
+                f"{first}; prepare both with the same data.document_separator, data.add_bos and "
+                "data.pad")
+    return int(first["pad"])
+
+
 class Blocks:
     """A token folder as blocks of seq_len tokens (CT, pre-training); all tokens are targets."""
 
@@ -67,8 +93,9 @@ class Blocks:
 
 class Packed:
     """SFT examples packed whole, in order, into sequences of seq_len (`budget.pack`), padded
-    with EOS that is never a target. Targets: every token but each example's first (it would be
-    predicted across the boundary), or with loss_on "response" only the response and EOS."""
+    with `pad_id` (`data_pad_id`), never a target. Targets: every token but each example's first
+    (it would be predicted across the boundary), or with loss_on "response" only the response and
+    the separator."""
 
     def __init__(self, shards: TokenShards, seq_len: int, loss_on: str, pad_id: int, seed: int,
                  allow_repeat: bool):
