@@ -12,6 +12,9 @@ A small model of each rule's jobs from the config alone (no SLURM, no model down
   bf16) and, as `transient_gb`, the optimizer state (fp32 master weights and two AdamW moments:
   12 bytes a parameter) held between budgets, one per language with `keep_optimizer: next`.
 GPU-hours count every GPU of a job; a job's wall time is its GPU-hours over its GPUs.
+
+`--calibrate DIR --pilot-config F` replaces these assumptions, rule by rule, with what a pilot run
+measured (lrmerge.pilot) and prints both plans side by side.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ from lrmerge.config import job_resources
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 OPTIMIZER_BYTES = 12  # fp32 master weights + AdamW's two moments, per parameter
+TRAINING_RULES = ("pretrain_base", "continual_pretrain", "finetune_sft", "ct_then_sft")
+# The `plan` keys each rule's cost rests on where no pilot measured it.
+ASSUMED_KEYS = {**{rule: ("mfu",) for rule in TRAINING_RULES},
+                "prepare_corpus": ("tokenize_tokens_per_s",),
+                "prepare_sft_data": ("tokenize_tokens_per_s",),
+                "merge": ("merge_gb_per_s",),
+                "evaluate": ("eval_prompt_tokens", "mfu", "decode_tokens_per_s")}
 
 
 def model_sizes(cfg: dict) -> tuple[dict, str]:
@@ -61,20 +71,30 @@ def train_flops(sizes: dict, seq_len: int) -> float:
                                                      sizes["hidden_size"], seq_len)
 
 
-def plan(cfg: dict) -> dict:
+def plan(cfg: dict, measured: dict[str, dict] | None = None) -> dict:
+    """The sweep's cost per rule. `measured`: rule -> the figure a pilot measured for it, which
+    replaces the rule's assumption: {"mfu"} (training), {"tokens_per_s"} (tokenizing),
+    {"bytes_per_s"} (merge), {"seconds_per_item"} (evaluate, already scaled to the sweep)."""
     from lrmerge.config import plan_merges, plan_models
     from lrmerge.data.budget import corpus_tokens_needed
 
     p = cfg["plan"]
+    measured = measured or {}
     sizes, source = model_sizes(cfg)
     mm, n_params = _params(sizes)
-    peak = float(p["peak_tflops"]) * 1e12 * float(p["mfu"])  # achieved FLOP/s per GPU
     rules: dict[str, dict] = {}
+
+    def rate(rule, figure, assumed):
+        return float(measured[rule][figure]) if rule in measured else float(assumed)
+
+    def achieved(rule):  # FLOP/s per GPU
+        return float(p["peak_tflops"]) * 1e12 * rate(rule, "mfu", p["mfu"])
 
     def add(rule, jobs, gpu_seconds=0.0, cpu_seconds=0.0, disk_bytes=0.0, **extra):
         gpus = int(job_resources(cfg, rule).get("gpu") or 0)
         r = rules.setdefault(rule, {"jobs": 0, "gpus_per_job": gpus, "gpu_hours": 0.0,
-                                    "wall_hours": 0.0, "disk_gb": 0.0})
+                                    "wall_hours": 0.0, "disk_gb": 0.0,
+                                    "basis": "measured" if rule in measured else "assumed"})
         r["jobs"] += jobs
         if gpus:
             r["gpu_hours"] += gpu_seconds / 3600
@@ -89,17 +109,21 @@ def plan(cfg: dict) -> dict:
     # data: each corpus tokenized once, 2 bytes a token (the Llama vocabulary is below 65,536)
     for corpus in [*cfg["languages"], "en"]:
         n = corpus_tokens_needed(cfg, corpus)[0] * cfg["continual_pretrain"]["data_margin"]
-        add("prepare_corpus", 1, cpu_seconds=n / p["tokenize_tokens_per_s"], disk_bytes=2 * n,
-            tokens=int(n))
+        add("prepare_corpus", 1,
+            cpu_seconds=n / rate("prepare_corpus", "tokens_per_s", p["tokenize_tokens_per_s"]),
+            disk_bytes=2 * n, tokens=int(n))
     sft = cfg["sft"]
     sft_tokens = sft["steps"] * sft["batch_size"] * sft["seq_len"]
-    add("prepare_sft_data", 1, cpu_seconds=sft_tokens / p["tokenize_tokens_per_s"],
+    add("prepare_sft_data", 1,
+        cpu_seconds=sft_tokens / rate("prepare_sft_data", "tokens_per_s",
+                                      p["tokenize_tokens_per_s"]),
         disk_bytes=2 * sft_tokens, tokens=sft_tokens)
     # training
     if cfg["base_model"] is None:  # the mini pre-trains its own base
         pt = cfg["pretrain"]
         pt_tokens = pt["steps"] * pt["batch_size"] * pt["seq_len"]
-        add("pretrain_base", 1, gpu_seconds=pt_tokens * train_flops(sizes, pt["seq_len"]) / peak,
+        add("pretrain_base", 1,
+            gpu_seconds=pt_tokens * train_flops(sizes, pt["seq_len"]) / achieved("pretrain_base"),
             disk_bytes=n_params * 4, tokens=pt_tokens)
     ct = cfg["continual_pretrain"]
     ct_fpt, sft_fpt = train_flops(sizes, ct["seq_len"]), train_flops(sizes, sft["seq_len"])
@@ -116,29 +140,33 @@ def plan(cfg: dict) -> dict:
             # keep_optimizer: all keeps every non-final budget's state; next deletes it once
             # the following budget has read it (one state per language at a time)
             state = optim if keep_all and not last else 0
-            add("continual_pretrain", 1, gpu_seconds=step * ct_fpt / peak,
+            add("continual_pretrain", 1, gpu_seconds=step * ct_fpt / achieved("continual_pretrain"),
                 disk_bytes=ckpt + state, tokens=step)
             n_ct += 1
     multi = [f for f in cfg["languages"].values() if len(f["budgets"]) > 1]
     rules["continual_pretrain"]["transient_gb"] = 0.0 if keep_all else len(multi) * optim / 1e9
-    add("finetune_sft", 1, gpu_seconds=sft_tokens * sft_fpt / peak,
+    add("finetune_sft", 1, gpu_seconds=sft_tokens * sft_fpt / achieved("finetune_sft"),
         disk_bytes=n_params * BYTES[sft["save_dtype"]], tokens=sft_tokens)
-    add("ct_then_sft", n_ct, gpu_seconds=n_ct * sft_tokens * sft_fpt / peak,
+    add("ct_then_sft", n_ct, gpu_seconds=n_ct * sft_tokens * sft_fpt / achieved("ct_then_sft"),
         disk_bytes=n_ct * n_params * BYTES[sft["save_dtype"]], tokens=n_ct * sft_tokens)
     # merges: read every input and the base, write the result (streamed)
     out_bytes = n_params * 2
     for m in plan_merges(cfg):
         inputs = len(m.languages) + 1 + (0 if m.method == "average" else 1)
         moved = (inputs + 1) * out_bytes
-        add("merge", 1, cpu_seconds=moved / (p["merge_gb_per_s"] * 1e9), disk_bytes=out_bytes)
+        add("merge", 1, cpu_seconds=moved / rate("merge", "bytes_per_s", p["merge_gb_per_s"] * 1e9),
+            disk_bytes=out_bytes)
     # evaluation: every model on the tasks of its languages, each shot set
     items = _eval_items(cfg)
     for model in plan_models(cfg):
         n_items = sum(items.get(lang, (0, 0))[0] for lang in model.eval_languages)
         gen = sum(items.get(lang, (0, 0))[1] for lang in model.eval_languages)
-        prompt_flops = n_items * p["eval_prompt_tokens"] * 2.0 * mm
-        add("evaluate", 1, gpu_seconds=prompt_flops / peak + gen / p["decode_tokens_per_s"],
-            items=n_items)
+        if "evaluate" in measured:
+            seconds = n_items * float(measured["evaluate"]["seconds_per_item"])
+        else:
+            prompt_flops = n_items * p["eval_prompt_tokens"] * 2.0 * mm
+            seconds = prompt_flops / achieved("evaluate") + gen / p["decode_tokens_per_s"]
+        add("evaluate", 1, gpu_seconds=seconds, items=n_items)
     total = {"gpu_hours": sum(r["gpu_hours"] for r in rules.values()),
              "disk_gb": sum(r["disk_gb"] for r in rules.values()),
              "train_tokens": sum(rules[r].get("tokens", 0) for r in
@@ -190,6 +218,82 @@ def format_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def calibrated_plan(cfg: dict, run_dir: str | Path, pilot_config: str | Path) -> dict:
+    """The plan with what the pilot run in `run_dir` (results/{run} of `pilot_config`) measured,
+    beside the plan on assumptions alone (`assumed`); `calibration.figures` says, per rule, what
+    its cost rests on: a figure measured from N files there, or the config keys assumed."""
+    from lrmerge.config import load_config
+    from lrmerge.pilot import SCALING, calibrate
+
+    assumed = plan(cfg)
+    cal = calibrate(cfg, run_dir, load_config(pilot_config), str(pilot_config),
+                    list(assumed["rules"]))
+    doc = plan(cfg, cal.measured())
+    doc["assumed"] = {"rules": assumed["rules"], "total": assumed["total"]}
+    figures = {}
+    for rule in doc["rules"]:
+        keys = {f"plan.{k}": cfg["plan"][k] for k in ASSUMED_KEYS[rule]}
+        measured = cal.figure(rule)
+        if measured:
+            figures[rule] = {"origin": "measured", **measured, "instead_of": keys}
+        else:
+            figures[rule] = {"origin": "assumed", "keys": keys,
+                             "why": cal.unmeasured.get(rule, "not measured by the pilot")}
+    doc["calibration"] = {"pilot": cal.run_dir, "pilot_config": cal.pilot_config,
+                          "pilot_model": cal.pilot_model, "figures": figures,
+                          "notes": cal.notes, "eval_scaling": SCALING}
+    return doc
+
+
+def format_calibrated(doc: dict) -> str:
+    m, cal = doc["model"], doc["calibration"]
+    lines = [f"model: {m['params'] / 1e9:.2f}B parameters ({m['source']}), "
+             f"{m['ct_flops_per_token'] / 1e9:.1f} GFLOP per CT token; "
+             f"{m['gpu']} at {m['peak_tflops']:g} TFLOPS",
+             f"calibrated from the pilot {cal['pilot']} (config {cal['pilot_config']}); "
+             "assumed: the config's plan keys alone",
+             f"{'':<36}{'GPU-HOURS':^22}{'WALL/JOB':^22}",
+             f"{'RULE':<20}{'JOBS':>6}{'GPUS/JOB':>10}{'assumed':>11}{'calibrated':>11}"
+             f"{'assumed':>11}{'calibrated':>11}{'DISK GB':>10}  BASIS"]
+    for rule, r in doc["rules"].items():
+        a = doc["assumed"]["rules"][rule]
+        per_job = [x["wall_hours"] / x["jobs"] if x["jobs"] else 0.0 for x in (a, r)]
+        lines.append(f"{rule:<20}{r['jobs']:>6}{r['gpus_per_job']:>10}{a['gpu_hours']:>11,.1f}"
+                     f"{r['gpu_hours']:>11,.1f}{_duration(per_job[0]):>11}"
+                     f"{_duration(per_job[1]):>11}{r['disk_gb']:>10,.1f}  {r['basis']}")
+    t, ta = doc["total"], doc["assumed"]["total"]
+    lines.append(f"{'total':<20}{sum(r['jobs'] for r in doc['rules'].values()):>6}{'':>10}"
+                 f"{ta['gpu_hours']:>11,.1f}{t['gpu_hours']:>11,.1f}{'':>22}"
+                 f"{t['disk_gb']:>10,.1f}")
+    lines.append(f"training tokens: {t['train_tokens'] / 1e9:,.2f}B")
+    lines.append("figures:")
+    for rule, f in cal["figures"].items():
+        keys = ", ".join(f"{k} {v:g}" for k, v in f.get("keys", f.get("instead_of")).items())
+        if f["origin"] == "measured":
+            text = (f"{_figure(f['name'], f['value'])} measured from {f['files']} "
+                    f"file{'s' if f['files'] > 1 else ''} in {cal['pilot']}: {f['source']}")
+            if f["scaling"]:
+                text += f"; the pilot's {_figure(f['name'], f['pilot_value'])} {f['scaling']}"
+            text += f" (instead of {keys})"
+        else:
+            text = f"assumed from {keys} ({f['why']})"
+        lines.append(f"  {rule:<20}{text}")
+    lines += [f"  note: {n}" for n in cal["notes"]]
+    if cal["figures"]["evaluate"]["origin"] == "measured":
+        lines.append(f"  evaluate scaling: {cal['eval_scaling']}")
+    return "\n".join(lines)
+
+
+def _figure(name: str, value: float) -> str:
+    if name == "mfu":
+        return f"MFU {value:.3g}"
+    if name == "seconds_per_item":
+        return f"{value:.3g} s an item"
+    if name == "bytes_per_s":
+        return f"{value / 1e9:.3g} GB/s"
+    return f"{value:,.0f} tokens/s"
+
+
 def _duration(hours: float) -> str:
     if hours >= 1:
         return f"{hours:,.1f} h"
@@ -202,8 +306,16 @@ def _duration(hours: float) -> str:
 def cmd_plan(args) -> int:
     from lrmerge.config import load_config
 
-    doc = plan(load_config(args.config))
-    print(json.dumps(doc, indent=2) if args.format == "json" else format_table(doc))
+    if (args.calibrate is None) != (args.pilot_config is None):
+        raise ValueError("--calibrate DIR and --pilot-config F go together: the pilot's "
+                         "results/{run} and the config it ran with")
+    cfg = load_config(args.config)
+    if args.calibrate is None:
+        doc = plan(cfg)
+        print(json.dumps(doc, indent=2) if args.format == "json" else format_table(doc))
+    else:
+        doc = calibrated_plan(cfg, args.calibrate, args.pilot_config)
+        print(json.dumps(doc, indent=2) if args.format == "json" else format_calibrated(doc))
     return 0
 
 
@@ -212,6 +324,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description=__doc__.splitlines()[0])
     p.add_argument("--config", default="config/config.yaml", help="workflow config file")
     p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--calibrate", metavar="DIR",
+                   help="a pilot run's results/{run}: replace the assumptions with its measured "
+                        "MFU, evaluation, merge and tokenizing rates, and print both plans")
+    p.add_argument("--pilot-config", metavar="F",
+                   help="the config file the pilot ran with (with --calibrate)")
     p.set_defaults(func=cmd_plan)
     return p
 
