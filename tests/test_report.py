@@ -14,6 +14,8 @@ from lrmerge.config import load_config, plan_merges, plan_models, tasks_of
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ["embed", "q_proj", "down_proj", "norm"]
+# A classification task's answers over three shot sets of 100 items, no label dominating.
+SPREAD = {"politics": 110, "sports": 100, "economy": 85, "<unparsed>": 5}
 
 
 def write_study(cfg: dict, tmp_path: Path):
@@ -32,10 +34,12 @@ def write_study(cfg: dict, tmp_path: Path):
                 sets = {str(s): round(0.25 + 0.01 * k + 0.001 * j + 0.0001 * s, 6)
                         for s in (1, 2, 3)}
                 score = sum(sets.values()) / 3
-                tasks[task] = {"task": task, "family": sources[task]["family"],
+                family = sources[task]["family"]
+                tasks[task] = {"task": task, "family": family,
                                "language": lang, "metric": "acc", "score": score,
                                "stderr": 0.02, "n": 100, "per_set": sets, "macro_f1": None,
-                               "debris": 0}
+                               "debris": 0, "predictions": SPREAD if family == "classification"
+                               else None}
                 expected[(model.id, task)] = score
         path = run / "eval" / f"{model.id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,3 +293,97 @@ def test_plot_without_tables_is_named(tmp_path, study):
     config_path, *_ = study
     with pytest.raises(SystemExit, match=r"scores\.csv: missing"):
         _plot(config_path, tmp_path / "nowhere")
+
+
+# ----------------------------------------------------------------------------------------------
+# Collapsed answers
+
+
+def test_a_model_answering_one_label_is_flagged(study, capsys):
+    config_path, config, run, _ = study
+    path = run / "eval" / "ct" / "bn" / "2000.json"
+    data = json.loads(path.read_text())
+    data["tasks"]["topic_bn"]["predictions"] = {"politics": 2, "sports": 291, "economy": 0,
+                                                "<unparsed>": 7}
+    path.write_text(json.dumps(data))
+    assert _aggregate(config_path, run) == 0
+    out = capsys.readouterr().out
+    scores = pd.read_csv(run / "tables" / "scores.csv")
+    row = scores[(scores["model"] == "ct/bn/2000") & (scores["task"] == "topic_bn")].iloc[0]
+    assert row["top_label"] == "sports" and row["top_label_share"] == pytest.approx(0.97)
+    assert bool(row["collapsed"]) is True
+    cls = scores[scores["family"] == "classification"]
+    assert cls["collapsed"].astype(str).value_counts().to_dict() == {"False": len(cls) - 1,
+                                                                     "True": 1}
+    spread = cls[cls["model"] == "base"].iloc[0]
+    assert spread["top_label"] == "politics" and spread["top_label_share"] == pytest.approx(
+        110 / 300)
+    assert scores.loc[scores["family"] != "classification", "collapsed"].isna().all()
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: collapsed answers: ct/bn/2000 on topic_bn answers 'sports' for "
+                        "97% of its items (over evaluate.collapse_share 0.8)"]
+
+
+def test_collapse_threshold_is_the_config_key(study, tmp_path):
+    config_path, config, run, _ = study
+    cfg = yaml.safe_load(config_path.read_text())
+    cfg.setdefault("evaluate", {})["collapse_share"] = 0.3  # 110/300 of SPREAD is above it
+    config_path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    assert _aggregate(config_path, run) == 0
+    scores = pd.read_csv(run / "tables" / "scores.csv")
+    assert scores.loc[scores["family"] == "classification", "collapsed"].all()
+
+
+# ----------------------------------------------------------------------------------------------
+# A partly failed sweep
+
+
+def _partial(config_path, *args):
+    return main(["report", "partial", "--config", str(config_path), *args])
+
+
+def test_partial_report_from_the_inputs_that_exist(study, capsys):
+    config_path, config, run, expected = study
+    gone = [run / "eval" / "ct_sft" / "bo" / "2000.json", run / "eval" / "sft.json",
+            run / "models" / "merge" / "ties" / "bn" / "4000" / "merge_stats.json"]
+    for path in gone:
+        path.unlink()
+    # the strict aggregate still refuses
+    with pytest.raises(SystemExit, match=r"sft\.json: missing"):
+        _aggregate(config_path, run)
+    assert _partial(config_path, "--results", str(run)) == 0
+    out = capsys.readouterr().out
+    part = run / "partial"
+    missing = pd.read_csv(part / "missing.csv")
+    assert sorted(missing["path"]) == sorted(str(p) for p in gone)
+    assert dict(zip(missing["path"], missing["kind"], strict=True)) == {
+        str(gone[0]): "eval", str(gone[1]): "eval", str(gone[2]): "merge_stats"}
+    assert set(missing["model"]) == {"ct_sft/bo/2000", "sft", "merge/ties/bn/4000"}
+    assert f"missing: eval of sft: {gone[1]}: missing (has the job that writes it run?)" in out
+    assert "3 inputs missing" in out
+    # the tables hold every score that exists and none of the missing models'
+    scores = pd.read_csv(part / "tables" / "scores.csv")
+    want = {k: v for k, v in expected.items() if k[0] not in ("ct_sft/bo/2000", "sft")}
+    assert {(r.model, r.task): r.score for r in scores.itertuples()} == pytest.approx(want)
+    discarded = pd.read_csv(part / "tables" / "discarded.csv")
+    ties_bn = discarded[(discarded["variant"] == "ties") & (discarded["language"] == "bn")]
+    assert sorted(set(ties_bn["tokens"])) == [1000, 2000]
+    assert (part / "tables" / "discarded_map.csv").is_file()
+    for name in ("saturation", "saturation_classification", "discarded", "discarded_map",
+                 "discarded_modules"):
+        assert (part / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the workflow's own outputs are not written
+    assert not (run / "tables").exists() and not (run / "figures").exists()
+
+
+def test_partial_report_never_writes_over_the_runs_own_outputs(study):
+    config_path, config, run, _ = study
+    with pytest.raises(SystemExit, match=r"is the run's own results folder"):
+        _partial(config_path, "--results", str(run), "--out-dir", str(run))
+    with pytest.raises(SystemExit, match=r"nowhere: no such results folder"):
+        _partial(config_path, "--results", str(run / "nowhere"))
+    # another folder is the user's choice; with nothing missing the list is empty
+    assert _partial(config_path, "--results", str(run), "--out-dir", str(run.parent / "x")) == 0
+    assert pd.read_csv(run.parent / "x" / "missing.csv").empty
+    assert list(pd.read_csv(run.parent / "x" / "missing.csv").columns) == [
+        "kind", "model", "path", "reason"]

@@ -3,8 +3,9 @@
 `lrmerge report aggregate` reads `eval/{model_id}.json` for every model of the config and the
 `merge_stats.json` of every merge, and writes `tables/scores.csv`, `tables/discarded.csv` (per
 merge input, with per-module fractions) and `tables/discarded_map.csv` (per input, layer and
-module). `lrmerge report plot` reads only those tables, so figures can be redrawn without
-re-running anything upstream.
+module); a missing input fails it. `lrmerge report plot` reads only those tables, so figures can be
+redrawn without re-running anything upstream. `lrmerge report partial` builds both from whatever
+inputs exist (a sweep with failed jobs), in a folder of its own, listing what is missing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from .config import (
     TRIMMING_METHODS,
     ConfigError,
+    load_config,
     load_rule_config,
     plan_merges,
     plan_models,
@@ -40,7 +42,11 @@ SCORE_COLUMNS = [
     "n",
     "macro_f1",
     "debris",
+    "top_label",
+    "top_label_share",
+    "collapsed",
 ]
+MISSING_COLUMNS = ["kind", "model", "path", "reason"]
 DISCARD_COLUMNS = [
     "model",
     "method",
@@ -141,17 +147,48 @@ def _finite(value, path: Path, task: str) -> float:
 # aggregate
 
 
-def score_rows(config: dict, eval_dir: Path) -> list[dict]:
+def _missing_or_raise(missing: list[dict] | None, kind: str, model: str, path: Path,
+                      exc: ReportError) -> None:
+    """Strict (missing is None): raise. Partial: note the input as missing and go on."""
+    if missing is None:
+        raise exc
+    reason = str(exc).removeprefix(f"{path}: ")
+    missing.append({"kind": kind, "model": model, "path": str(path), "reason": reason})
+
+
+def top_label(predictions: dict | None, collapse_share: float) -> tuple:
+    """(most frequent answer, its share of the items, collapsed) of a classification entry's
+    predictions (label -> count, unparsable answers included); Nones without predictions. A
+    tie goes to the label listed first."""
+    total = sum((predictions or {}).values())
+    if not total:
+        return None, None, None
+    label = max(predictions, key=predictions.get)
+    share = predictions[label] / total
+    return label, share, share > collapse_share
+
+
+def score_rows(config: dict, eval_dir: Path, missing: list[dict] | None = None) -> list[dict]:
+    """One row per model and task. A missing eval file or task fails, unless `missing` is a list:
+    then it is noted there and left out (lrmerge report partial)."""
     rows = []
+    collapse_share = float(config["evaluate"]["collapse_share"])
     for model in plan_models(config):
         path = eval_dir / f"{model.id}.json"
-        entries = task_entries(path)
+        try:
+            entries = task_entries(path)
+        except ReportError as exc:
+            _missing_or_raise(missing, "eval", model.id, path, exc)
+            continue
         for lang in model.eval_languages:
             for task in tasks_of(config, lang):
                 if task not in entries:
-                    raise ReportError(f"{path}: no score for task {task} ({lang}); its "
-                                      "evaluation must be re-run, a task is never left out")
+                    _missing_or_raise(missing, "eval", model.id, path, ReportError(
+                        f"{path}: no score for task {task} ({lang}); its evaluation must be "
+                        "re-run, a task is never left out"))
+                    continue
                 e = entries[task]
+                label, share, collapsed = top_label(e.get("predictions"), collapse_share)
                 row = {
                     "model": model.id,
                     "method": model.method,
@@ -167,6 +204,9 @@ def score_rows(config: dict, eval_dir: Path) -> list[dict]:
                     "n": e["n"],
                     "macro_f1": e.get("macro_f1"),
                     "debris": e.get("debris"),
+                    "top_label": label,
+                    "top_label_share": share,
+                    "collapsed": collapsed,
                 }
                 for k, v in (e.get("per_set") or {}).items():
                     row[f"score.set{k}"] = v
@@ -180,15 +220,19 @@ def _module_key(module: str):
     )
 
 
-def merge_stats(config: dict, models_dir: Path) -> list[tuple]:
-    """(merge, model id, stats path, stats) of every sign-electing merge, each file read once."""
+def merge_stats(config: dict, models_dir: Path, missing: list[dict] | None = None) -> list[tuple]:
+    """(merge, model id, stats path, stats) of every sign-electing merge, each file read once. A
+    missing file fails, unless `missing` is a list (as in score_rows)."""
     found = []
     for m in plan_merges(config):
         if m.method not in TRIMMING_METHODS:
             continue  # nothing is discarded without a sign election
         model_id = f"merge/{m.variant}/{m.group}/{m.tokens}"
         path = models_dir / model_id / "merge_stats.json"
-        found.append((m, model_id, path, _read_json(path)))
+        try:
+            found.append((m, model_id, path, _read_json(path)))
+        except ReportError as exc:
+            _missing_or_raise(missing, "merge_stats", model_id, path, exc)
     return found
 
 
@@ -276,17 +320,53 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         frame.to_csv(fh, index=False, float_format="%.6g")
 
 
+def collapsed_rows(scores: list[dict]) -> list[dict]:
+    return [row for row in scores if row["collapsed"]]
+
+
 def aggregate(config_path, eval_dir, models_dir, scores_path, discarded_path,
-              discarded_map_path) -> tuple[int, int, int]:
+              discarded_map_path, missing: list[dict] | None = None) -> dict:
+    """Write the three tables; return them as rows. `missing`: see score_rows."""
     config = load_rule_config(config_path, "aggregate")
-    scores = score_rows(config, Path(eval_dir))
-    merges = merge_stats(config, Path(models_dir))
+    scores = score_rows(config, Path(eval_dir), missing)
+    merges = merge_stats(config, Path(models_dir), missing)
     discards = discarded_rows(merges)
     cells = discarded_map_rows(merges)
     _write_csv(Path(scores_path), scores, SCORE_COLUMNS)
     _write_csv(Path(discarded_path), discards, DISCARD_COLUMNS)
     _write_csv(Path(discarded_map_path), cells, MAP_COLUMNS)
-    return len(scores), len(discards), len(cells)
+    return {"scores": scores, "discarded": discards, "discarded_map": cells,
+            "collapse_share": float(config["evaluate"]["collapse_share"])}
+
+
+TABLES = ("scores", "discarded", "discarded_map")
+
+
+def partial(config_path, results_dir=None, out_dir=None) -> dict:
+    """Tables and figures from whatever eval files and merge stats exist under results_dir
+    (default results/{run_name}), in out_dir (default results_dir/partial), with missing.csv
+    listing the inputs left out. The workflow's own tables and figures are never written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run_name = load_config(config_path)["run_name"]
+    results_dir = Path(results_dir if results_dir is not None else Path("results") / run_name)
+    out_dir = Path(out_dir) if out_dir is not None else results_dir / "partial"
+    if out_dir.resolve() == results_dir.resolve():
+        raise ReportError(f"{out_dir}: is the run's own results folder, whose tables/ and "
+                          "figures/ are the workflow's complete outputs; choose another --out-dir "
+                          f"(default {results_dir / 'partial'})")
+    if not results_dir.is_dir():
+        raise ReportError(f"{results_dir}: no such results folder (--results)")
+    paths = {name: out_dir / "tables" / f"{name}.csv" for name in TABLES}
+    missing: list[dict] = []
+    tables = aggregate(config_path, results_dir / "eval", results_dir / "models",
+                       paths["scores"], paths["discarded"], paths["discarded_map"], missing)
+    _write_csv(out_dir / "missing.csv", missing, MISSING_COLUMNS)
+    figures = plot(config_path, paths["scores"], paths["discarded"], paths["discarded_map"],
+                   out_dir / "figures")
+    return dict(tables, missing=missing, tables_written=list(paths.values()), figures=figures,
+                missing_path=out_dir / "missing.csv")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -624,13 +704,32 @@ def plot(config_path, scores_path, discarded_path, discarded_map_path, out_dir) 
 # CLI
 
 
+def _warn_collapsed(tables: dict) -> None:
+    for row in collapsed_rows(tables["scores"]):
+        print(f"warning: collapsed answers: {row['model']} on {row['task']} answers "
+              f"{row['top_label']!r} for {row['top_label_share']:.0%} of its items (over "
+              f"evaluate.collapse_share {tables['collapse_share']:g})")
+
+
 def _cmd_aggregate(args) -> int:
-    n_scores, n_discards, n_cells = aggregate(
-        args.config, args.eval_dir, args.models_dir, args.scores, args.discarded,
-        args.discarded_map
-    )
-    print(f"wrote {args.scores} ({n_scores} rows), {args.discarded} ({n_discards} rows) and "
-          f"{args.discarded_map} ({n_cells} rows)")
+    tables = aggregate(args.config, args.eval_dir, args.models_dir, args.scores, args.discarded,
+                       args.discarded_map)
+    print(f"wrote {args.scores} ({len(tables['scores'])} rows), {args.discarded} "
+          f"({len(tables['discarded'])} rows) and {args.discarded_map} "
+          f"({len(tables['discarded_map'])} rows)")
+    _warn_collapsed(tables)
+    return 0
+
+
+def _cmd_partial(args) -> int:
+    done = partial(args.config, args.results, args.out_dir)
+    for path in done["tables_written"] + done["figures"]:
+        print(f"wrote {path}")
+    _warn_collapsed(done)
+    for m in done["missing"]:
+        print(f"missing: {m['kind']} of {m['model']}: {m['path']}: {m['reason']}")
+    print(f"{len(done['missing'])} inputs missing, listed in {done['missing_path']}; "
+          f"{len(done['scores'])} score rows")
     return 0
 
 
@@ -654,7 +753,8 @@ def _guard(func):
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("report", help="aggregate evaluation results into tables and figures")
-    sub = p.add_subparsers(dest="report_command", required=True, metavar="{aggregate,plot}")
+    sub = p.add_subparsers(dest="report_command", required=True,
+                           metavar="{aggregate,plot,partial}")
     a = sub.add_parser(
         "aggregate",
         help="write tables/scores.csv, tables/discarded.csv and tables/discarded_map.csv",
@@ -675,3 +775,16 @@ def add_parser(subparsers) -> None:
     pl.add_argument("--discarded-map", required=True, help="tables/discarded_map.csv")
     pl.add_argument("--out-dir", required=True, help="results/{run}/figures")
     pl.set_defaults(func=_guard(_cmd_plot))
+    pa = sub.add_parser(
+        "partial",
+        help="tables and figures of a partly failed sweep, from the inputs that exist",
+        description="Builds the tables and figures from whatever eval files and merge stats exist "
+        "under --results, into --out-dir (never the run's own tables/ and figures/, which stay "
+        "the strict aggregate's), and lists the missing inputs there in missing.csv.",
+    )
+    pa.add_argument("--config", required=True, help="workflow config file")
+    pa.add_argument("--results", default=None,
+                    help="the run's results folder (default results/{run_name})")
+    pa.add_argument("--out-dir", default=None,
+                    help="where tables/, figures/ and missing.csv go (default RESULTS/partial)")
+    pa.set_defaults(func=_guard(_cmd_partial))
