@@ -320,6 +320,19 @@ def test_a_model_answering_one_label_shows_in_its_predictions(protocol, tmp_path
     assert e["score"] == pytest.approx(sum(r["answer"] == "travel" for r in rows) / len(rows))
 
 
+def test_answers_are_never_counted_from_nothing():
+    meta = {"task": "sib", "family": "classification", "kind": "sib200", "shot_sets": ["1", "2"],
+            "lm_eval_tasks": {"1": "sib_shots1", "2": "sib_shots2"}}
+    sample = {"doc": {"choices": ["Sports", "travel"]}, "macro_f1": ("sports", "sports")}
+    with pytest.raises(RuntimeError, match=r"task sib: lm-eval logged no samples for "
+                       r"\['sib_shots2'\]"):
+        run.predictions(meta, {"sib_shots1": [sample]})
+    junk = dict(sample, macro_f1=("sports", "sport"))
+    total, per_set = run.predictions(meta, {"sib_shots1": [sample], "sib_shots2": [junk]})
+    assert total == {"Sports": 1, "travel": 0, run.UNPARSED: 1}
+    assert per_set["2"] == {"Sports": 0, "travel": 0, run.UNPARSED: 1}
+
+
 def test_real_tiny_model_runs_every_family(model, tmp_path):
     """lm-eval's own hf model generates on every task (scores are chance for a tiny model), on
     task folders sampled to 2 items a task."""

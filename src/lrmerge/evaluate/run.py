@@ -100,7 +100,11 @@ def predictions(meta: dict, samples: dict) -> tuple[dict | None, dict | None]:
     """(label counts over all shot sets, per set) of a classification task; None otherwise."""
     if meta["family"] != "classification" or meta["kind"] == "builtin":
         return None, None
-    per_set = {k: label_counts(meta["task"], samples.get(name) or [])
+    absent = [name for name in meta["lm_eval_tasks"].values() if not samples.get(name)]
+    if absent:
+        raise RuntimeError(f"task {meta['task']}: lm-eval logged no samples for {absent}, so "
+                           "its answers cannot be counted")
+    per_set = {k: label_counts(meta["task"], samples[name])
                for k, name in meta["lm_eval_tasks"].items()}
     total: dict[str, int] = {}
     for counts in per_set.values():
@@ -109,7 +113,7 @@ def predictions(meta: dict, samples: dict) -> tuple[dict | None, dict | None]:
     return total, per_set if meta["shot_sets"] else None
 
 
-def task_entry(meta: dict, results: dict, n_samples: dict, samples: dict | None = None) -> dict:
+def task_entry(meta: dict, results: dict, n_samples: dict, samples: dict) -> dict:
     """Our entry of one task from lm-eval's results (and logged samples) of its shot sets."""
     task = meta["task"]
     sets = meta["lm_eval_tasks"]
@@ -149,7 +153,7 @@ def task_entry(meta: dict, results: dict, n_samples: dict, samples: dict | None 
                  per_set_stderr=per_set_se if meta["shot_sets"] else None,
                  macro_f1=sum(f1s) / len(f1s) if f1s else None,
                  debris=debris if meta.get("protocol") == "generate" else None)
-    entry["predictions"], entry["predictions_per_set"] = predictions(meta, samples or {})
+    entry["predictions"], entry["predictions_per_set"] = predictions(meta, samples)
     entry.update({k: meta[k] for k in SAMPLE_KEYS})
     return entry
 
