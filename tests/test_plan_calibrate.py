@@ -178,6 +178,8 @@ def test_evaluation_time_is_scaled_to_the_sweep(tmp_path, sweep, assumed):
     assert ev["items"] == assumed["rules"]["evaluate"]["items"]
     assert ev["gpu_hours"] == pytest.approx(ev["items"] * scaled / 3600, rel=1e-9)
     assert "matmul parameters" in fig["scaling"] and "plan.eval_prompt_tokens" in fig["scaling"]
+    # lm-eval's own 1 s of the job's 50: the rest is start-up, scaled with it, and said
+    assert any("ran 2% of the jobs' benchmark time" in n for n in doc["calibration"]["notes"])
 
 
 def test_merge_and_tokenizing_rates_are_measured(tmp_path, sweep, assumed):

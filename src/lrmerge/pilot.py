@@ -157,34 +157,40 @@ def training_figure(run: Path, rule: str) -> tuple[Figure, set[tuple[str, float]
 
 
 def eval_figure(run: Path) -> tuple[float, int, set[str], list[str]]:
-    """(seconds an item on the pilot, files used, the devices the evaluations ran on, skipped)."""
+    """(seconds an item on the pilot, files used, the devices the evaluations ran on, notes)."""
     root = run / "benchmarks" / "evaluate"
     paths = sorted(run.glob(EVAL_BENCHMARKS))
     if not paths:
         raise NotMeasured(f"no {EVAL_BENCHMARKS}", found=False)
-    seconds = items = 0.0
+    seconds = items = lm_eval_seconds = 0.0
     used, devices, skipped = 0, set(), []
     for path in paths:
         model = path.relative_to(root).with_suffix("").as_posix()
         result = run / "eval" / f"{model}.json"
         if not result.is_file():
-            skipped.append(f"{path.relative_to(run)} (no eval/{model}.json)")
+            skipped.append(f"left out {path.relative_to(run)} (no eval/{model}.json)")
             continue
         doc = _json(result)
         tasks = _field(doc, "tasks", result)
         unsized = [t for t, e in tasks.items() if e.get("n") is None]
         if unsized:
-            skipped.append(f"{path.relative_to(run)} (eval/{model}.json: no item count for "
+            skipped.append(f"left out {path.relative_to(run)} (eval/{model}.json: no item count for "
                            f"{', '.join(unsized)})")
             continue
         # each shot set is a pass over the test items
         items += sum(int(e["n"]) * max(1, len(e.get("shot_sets") or [])) for e in tasks.values())
         seconds += benchmark_seconds(path)
+        lm_eval_seconds += float(doc.get("wall_time_s") or 0.0)
         devices.add(str(_field(_field(doc, "model_args", result), "device", result)))
         used += 1
     if not used or not items:
         raise NotMeasured(f"no {EVAL_BENCHMARKS} with a result holding items: "
                           + "; ".join(skipped))
+    if seconds:
+        # a job's start-up is scaled with the rest: say how much of the time it was
+        skipped.append(f"lm-eval itself (eval JSON wall_time_s, model loading included) ran "
+                       f"{lm_eval_seconds / seconds:.0%} of the jobs' benchmark time; the rest, "
+                       "process start-up, is scaled to the sweep as well")
     return seconds / items, used, devices, skipped
 
 
@@ -199,7 +205,7 @@ def merge_figure(run: Path) -> tuple[Figure, list[str]]:
         folder = run / "models" / "merge" / path.relative_to(root).with_suffix("")
         stats_path = folder / "merge_stats.json"
         if not stats_path.is_file():
-            skipped.append(f"{path.relative_to(run)} (no {stats_path.relative_to(run)})")
+            skipped.append(f"left out {path.relative_to(run)} (no {stats_path.relative_to(run)})")
             continue
         params = _field(_json(stats_path), "parameters", stats_path)
         recorded = [params["base"]] if params.get("base") else []
@@ -207,7 +213,8 @@ def merge_figure(run: Path) -> tuple[Figure, list[str]]:
         inputs = [_local_folder(text, run) for text in recorded]
         lost = [t for t, f in zip(recorded, inputs, strict=True) if f is None]
         if lost:
-            skipped.append(f"{path.relative_to(run)} (inputs not found here: {', '.join(lost)})")
+            skipped.append(f"left out {path.relative_to(run)} (inputs not found here: "
+                           f"{', '.join(lost)})")
             continue
         moved += sum(_safetensors_bytes(f) for f in inputs) + _safetensors_bytes(folder)
         seconds += benchmark_seconds(path)
@@ -295,7 +302,7 @@ def calibrate(cfg: dict, run_dir: str | Path, pilot_cfg: dict, pilot_config: str
     got = attempt("merge", lambda: merge_figure(run))
     if got:
         cal.figures["merge"], skipped = got
-        cal.notes += [f"merge: left out {s}" for s in skipped]
+        cal.notes += [f"merge: {s}" for s in skipped]
     evaluated = attempt("evaluate", lambda: eval_figure(run))
     if not found:
         looked = [f"{p}/train_summary.json" for p in TRAIN_SUMMARIES.values()]
@@ -320,8 +327,8 @@ def calibrate(cfg: dict, run_dir: str | Path, pilot_cfg: dict, pilot_config: str
                              f"MFU is carried over, i.e. its achieved FLOP/s scaled by "
                              f"{sweep_peak:g} / pilot peak")
     if evaluated:
-        per_item, used, devices, skipped = evaluated
-        cal.notes += [f"evaluate: left out {s}" for s in skipped]
+        per_item, used, devices, eval_notes = evaluated
+        cal.notes += [f"evaluate: {s}" for s in eval_notes]
         kinds = {d.split(":")[0] for d in devices}
         trained_on = {d.split(":")[0] for d, _ in pilot_peaks}
         if len(peaks) != 1 or kinds != trained_on:

@@ -250,8 +250,9 @@ def format_calibrated(doc: dict) -> str:
     lines = [f"model: {m['params'] / 1e9:.2f}B parameters ({m['source']}), "
              f"{m['ct_flops_per_token'] / 1e9:.1f} GFLOP per CT token; "
              f"{m['gpu']} at {m['peak_tflops']:g} TFLOPS",
-             f"calibrated from the pilot {cal['pilot']} (config {cal['pilot_config']}); "
-             "assumed: the config's plan keys alone",
+             f"calibrated from the pilot {cal['pilot']} (config {cal['pilot_config']}; its model "
+             f"{cal['pilot_model']['matmul_params'] / 1e6:,.1f}M matmul parameters, "
+             f"{cal['pilot_model']['source']}); assumed: the config's plan keys alone",
              f"{'':<36}{'GPU-HOURS':^22}{'WALL/JOB':^22}",
              f"{'RULE':<20}{'JOBS':>6}{'GPUS/JOB':>10}{'assumed':>11}{'calibrated':>11}"
              f"{'assumed':>11}{'calibrated':>11}{'DISK GB':>10}  BASIS"]
