@@ -94,15 +94,16 @@ def model_folder(folder: Path, nbytes: int) -> None:
     (folder / "model.safetensors").write_bytes(b"\0" * nbytes)
 
 
-def merge_job(run: Path, recorded_root: Path, seconds: float) -> None:
-    """A ties merge of ct/bn/100000 and sft over base, paths recorded under `recorded_root`."""
+def merge_job(run: Path, recorded_root: Path, seconds: float, base: str | None = None) -> None:
+    """A ties merge of ct/bn/100000 and sft over base (a folder of the run, or the hub id
+    `base`), paths recorded under `recorded_root`."""
     out = run / "models" / "merge" / "ties" / "bn" / "100000"
     for rel in ("base", "sft", "ct/bn/100000"):
         if not (run / "models" / rel / "model.safetensors").exists():
             model_folder(run / "models" / rel, 1000)
     model_folder(out, 1000)
     models = recorded_root / "models"
-    params = {"method": "ties", "base": str(models / "base"),
+    params = {"method": "ties", "base": base or str(models / "base"),
               "models": [{"name": "ct", "path": str(models / "ct" / "bn" / "100000"),
                           "weight": 1.0},
                          {"name": "sft", "path": str(models / "sft"), "weight": 1.0}]}
@@ -200,6 +201,26 @@ def test_a_pilot_copied_from_elsewhere_still_finds_its_merge_inputs(tmp_path, sw
     merge_job(run, Path("/cluster/scratch/work/results/pilot"), 4.0)
     doc = calibrated_plan(load_config(sweep), run, pilot_config(tmp_path))
     assert doc["calibration"]["figures"]["merge"]["value"] == pytest.approx(1000.0)
+
+
+def test_a_hub_base_is_read_from_the_local_cache_only(tmp_path, sweep, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--org--base" / "snapshots" / "abc123"
+    model_folder(snapshot, 3000)
+    (cache / "models--org--base" / "refs").mkdir()
+    (cache / "models--org--base" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    run = tmp_path / "results" / "pilot"
+    merge_job(run, run, 6.0, base="org/base")
+    doc = calibrated_plan(load_config(sweep), run, pilot_config(tmp_path))
+    assert doc["calibration"]["figures"]["merge"]["value"] == pytest.approx(6000 / 6.0)
+    # not cached here: the merge is left out, named, and the rule stays assumed
+    merge_job(run, run, 6.0, base="org/uncached")
+    doc = calibrated_plan(load_config(sweep), run, pilot_config(tmp_path))
+    assert doc["calibration"]["figures"]["merge"]["origin"] == "assumed"
+    assert "org/uncached" in doc["calibration"]["figures"]["merge"]["why"]
 
 
 def test_a_partial_pilot_says_which_rules_stay_assumed(tmp_path, sweep, assumed, capsys):

@@ -110,7 +110,10 @@ def _safetensors_bytes(folder: Path) -> int:
 
 def _local_folder(text: str, run: Path) -> Path | None:
     """A model folder a merge read, here: as recorded (absolute, or relative to the workflow's
-    directory), else re-rooted at this pilot directory when the run was copied from elsewhere."""
+    directory), else re-rooted at this pilot directory when the run was copied from elsewhere,
+    else a hub id's snapshot in the local Hugging Face cache (never downloaded)."""
+    from lrmerge.merge.config import is_hub_id
+
     recorded = Path(text)
     for candidate in (recorded, run.parent.parent / recorded):
         if candidate.is_dir():
@@ -119,6 +122,15 @@ def _local_folder(text: str, run: Path) -> Path | None:
     for i in range(len(parts) - 1, -1, -1):
         if parts[i] == run.name and run.joinpath(*parts[i + 1:]).is_dir():
             return run.joinpath(*parts[i + 1:])
+    if is_hub_id(text):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return Path(snapshot_download(text, allow_patterns=["*.safetensors"],
+                                          local_files_only=True))
+        except LocalEntryNotFoundError:  # not cached on this machine
+            return None
     return None
 
 
@@ -213,8 +225,8 @@ def merge_figure(run: Path) -> tuple[Figure, list[str]]:
         inputs = [_local_folder(text, run) for text in recorded]
         lost = [t for t, f in zip(recorded, inputs, strict=True) if f is None]
         if lost:
-            skipped.append(f"left out {path.relative_to(run)} (inputs not found here: "
-                           f"{', '.join(lost)})")
+            skipped.append(f"left out {path.relative_to(run)} (inputs not found here, nor in "
+                           f"the local Hugging Face cache: {', '.join(lost)})")
             continue
         moved += sum(_safetensors_bytes(f) for f in inputs) + _safetensors_bytes(folder)
         seconds += benchmark_seconds(path)
