@@ -322,25 +322,15 @@ def calibrate(cfg: dict, run_dir: str | Path, pilot_cfg: dict, pilot_config: str
         raise FileNotFoundError(f"--calibrate {run}: no pilot measurements there; looked for "
                                 + ", ".join(looked))
 
-    p = cfg["plan"]
-    sweep_peak = float(p["peak_tflops"])
     sizes, sizes_source = pilot_sizes(run, pilot_cfg)
     pilot_mm = _params(sizes)[0]
     cal.pilot_model = {"source": sizes_source, "matmul_params": pilot_mm}
-    peaks = sorted({peak for _, peak in pilot_peaks})
     if pilot_peaks:
-        on = ", ".join(sorted({d for d, _ in pilot_peaks}))
-        shown = " and ".join(f"{x:g}" for x in peaks)
-        if peaks == [sweep_peak]:
-            cal.notes.append(f"the pilot trained on {on} at the sweep's peak, {shown} TFLOPS")
-        else:
-            cal.notes.append(f"the pilot trained on {on} at {shown} TFLOPS peak (train_summary "
-                             f"peak_tflops), not the sweep's {p['gpu']} at {sweep_peak:g}: its "
-                             f"MFU is carried over, i.e. its achieved FLOP/s scaled by "
-                             f"{sweep_peak:g} / pilot peak")
+        cal.notes.append(_device_note(pilot_peaks, cfg["plan"]))
     if evaluated:
         per_item, used, devices, eval_notes = evaluated
         cal.notes += [f"evaluate: {s}" for s in eval_notes]
+        peaks = {peak for _, peak in pilot_peaks}
         kinds = {d.split(":")[0] for d in devices}
         trained_on = {d.split(":")[0] for d, _ in pilot_peaks}
         if len(peaks) != 1 or kinds != trained_on:
@@ -351,12 +341,24 @@ def calibrate(cfg: dict, run_dir: str | Path, pilot_cfg: dict, pilot_config: str
                 "sweep's GPU")
         else:
             cal.figures["evaluate"] = _scaled_eval(per_item, used, cfg, pilot_cfg, pilot_mm,
-                                                   peaks[0])
+                                                   peaks.pop())
     for rule in [r for r in cal.figures if r not in rules]:
         cal.notes.append(f"{rule}: measured, but the sweep has no such rule")
         del cal.figures[rule]
     cal.unmeasured = {r: why for r, why in cal.unmeasured.items() if r in rules}
     return cal
+
+
+def _device_note(pilot_peaks: set[tuple[str, float]], p: dict) -> str:
+    on = ", ".join(sorted({d for d, _ in pilot_peaks}))
+    peaks = sorted({peak for _, peak in pilot_peaks})
+    shown = " and ".join(f"{x:g}" for x in peaks)
+    sweep_peak = float(p["peak_tflops"])
+    if peaks == [sweep_peak]:
+        return f"the pilot trained on {on} at the sweep's peak, {shown} TFLOPS"
+    return (f"the pilot trained on {on} at {shown} TFLOPS peak (train_summary peak_tflops), not "
+            f"the sweep's {p['gpu']} at {sweep_peak:g}: its MFU is carried over, i.e. its "
+            f"achieved FLOP/s scaled by {sweep_peak:g} / pilot peak")
 
 
 def _scaled_eval(per_item: float, used: int, cfg: dict, pilot_cfg: dict, pilot_mm: int,
