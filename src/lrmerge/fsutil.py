@@ -55,6 +55,19 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     return n
 
 
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from a file; invalid JSON or another JSON value fails naming the file (a
+    missing file raises FileNotFoundError, which names it)."""
+    with open(path, encoding="utf-8") as fh:
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8") as fh:

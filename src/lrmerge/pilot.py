@@ -16,9 +16,10 @@ A rule the pilot has no files for keeps its assumption, and the calibration says
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from lrmerge import fsutil
 
 # Where each training rule leaves its train_summary.json, under results/{run}/.
 TRAIN_SUMMARIES = {"pretrain_base": "models/base", "continual_pretrain": "models/ct/*/*",
@@ -90,14 +91,6 @@ def benchmark_seconds(path: Path) -> float:
     return sum(seconds) / len(seconds)
 
 
-def _json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
 def _field(doc: dict, key: str, path: Path):
     if key not in doc:
         raise ValueError(f"{path}: no key {key!r}")
@@ -147,7 +140,7 @@ def training_figure(run: Path, rule: str) -> tuple[Figure, set[tuple[str, float]
     flops = peak_seconds = 0.0  # achieved FLOPs, and peak FLOP/s x GPU-seconds
     used, no_peak, devices = 0, [], set()
     for path in paths:
-        s = _json(path)
+        s = fsutil.read_json(path)
         tps, fpt, world, secs = (float(_field(s, k, path)) for k in
                                  ("tokens_per_s", "flops_per_token", "world_size", "train_time_s"))
         peak = _field(s, "peak_tflops", path)
@@ -159,9 +152,9 @@ def training_figure(run: Path, rule: str) -> tuple[Figure, set[tuple[str, float]
         peak_seconds += float(peak) * 1e12 * world * secs
         used += 1
     if not used:
-        raise NotMeasured(f"{len(no_peak)} {pattern} record no peak_tflops (device "
-                          f"{_field(_json(no_peak[0]), 'device', no_peak[0])}): set the pilot's "
-                          "peak_tflops to measure an MFU")
+        device = _field(fsutil.read_json(no_peak[0]), "device", no_peak[0])
+        raise NotMeasured(f"{len(no_peak)} {pattern} record no peak_tflops (device {device}): "
+                          "set the pilot's peak_tflops to measure an MFU")
     if peak_seconds == 0:
         raise NotMeasured(f"{pattern}: train_time_s is 0 in every summary")
     mfu = flops / peak_seconds
@@ -182,7 +175,7 @@ def eval_figure(run: Path) -> tuple[float, int, set[str], list[str]]:
         if not result.is_file():
             skipped.append(f"left out {path.relative_to(run)} (no eval/{model}.json)")
             continue
-        doc = _json(result)
+        doc = fsutil.read_json(result)
         tasks = _field(doc, "tasks", result)
         unsized = [t for t, e in tasks.items() if e.get("n") is None]
         if unsized:
@@ -219,7 +212,7 @@ def merge_figure(run: Path) -> tuple[Figure, list[str]]:
         if not stats_path.is_file():
             skipped.append(f"left out {path.relative_to(run)} (no {stats_path.relative_to(run)})")
             continue
-        params = _field(_json(stats_path), "parameters", stats_path)
+        params = _field(fsutil.read_json(stats_path), "parameters", stats_path)
         recorded = [params["base"]] if params.get("base") else []
         recorded += [m["path"] for m in _field(params, "models", stats_path)]
         inputs = [_local_folder(text, run) for text in recorded]
@@ -250,7 +243,7 @@ def tokenize_figure(run: Path, rule: str) -> Figure:
         manifest = run / manifest_of.format(job=path.stem)
         if not manifest.is_file():
             raise ValueError(f"{path}: its job's {manifest} is missing")
-        tokens += float(_field(_json(manifest), "tokens", manifest))
+        tokens += float(_field(fsutil.read_json(manifest), "tokens", manifest))
         seconds += benchmark_seconds(path)
     if seconds == 0:
         raise NotMeasured(f"{pattern}: 0 s in every file")
@@ -271,7 +264,7 @@ def pilot_sizes(run: Path, pilot_cfg: dict) -> tuple[dict, str]:
     for pattern in ("models/sft", "models/base", "models/ct/*/*", "models/ct_sft/*/*"):
         for folder in sorted(run.glob(pattern)):
             if (folder / "config.json").is_file():
-                return _json(folder / "config.json"), str(folder / "config.json")
+                return fsutil.read_json(folder / "config.json"), str(folder / "config.json")
     return model_sizes(pilot_cfg)
 
 

@@ -11,7 +11,6 @@ inputs exist (a sweep with failed jobs), in a folder of its own, listing what is
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from .config import (
     task_families,
     tasks_of,
 )
-from .fsutil import atomic_open
+from .fsutil import atomic_open, read_json
 
 SCORE_COLUMNS = [
     "model",
@@ -99,15 +98,11 @@ class ReportError(ValueError):
 
 def _read_json(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        return read_json(path)
     except FileNotFoundError:
         raise ReportError(f"{path}: missing (has the job that writes it run?)") from None
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object")
-    return data
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
 
 
 # What an eval file's task entry must carry (lrmerge.evaluate.run writes it).
