@@ -14,7 +14,6 @@ GQA tied model is right, and the calibrated plan reads the run.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -29,7 +28,6 @@ pytestmark = pytest.mark.real
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LANG, UDHR_CODE, SIB = "bn", "ben", "ben_Beng"
-SIB_LABELS = 7
 
 
 def _sib200(lang: str, test_split: str = "test", shots: str = "dev") -> dict:
@@ -124,7 +122,3 @@ def snakemake(*args, cwd: Path, timeout: int = 1200) -> subprocess.CompletedProc
 
 def log_tail(result: subprocess.CompletedProcess, n: int = 4000) -> str:
     return (result.stdout + result.stderr)[-n:]
-
-
-def math_ok(x: float) -> bool:
-    return x is not None and math.isfinite(x)

@@ -68,6 +68,7 @@ def import_gguf(gguf: str | os.PathLike, out: str | os.PathLike, dtype: str = "f
         model.tie_weights()
     model = model.to(getattr(torch, dtype))
     params = sum(p.numel() for p in model.parameters())
+    names = model.state_dict().keys()
     record = {
         "source": str(gguf.resolve()),
         "source_bytes": gguf.stat().st_size,
@@ -76,8 +77,7 @@ def import_gguf(gguf: str | os.PathLike, out: str | os.PathLike, dtype: str = "f
         "architecture": type(model).__name__,
         "parameters": params,
         "tie_word_embeddings": tied,
-        "tensors": len(model.state_dict()) - (1 if tied and "lm_head.weight"
-                                              in model.state_dict() else 0),
+        "tensors": len(names) - int(tied and "lm_head.weight" in names),  # as saved
         "note": "weights dequantized from the GGUF's quantization; not the original checkpoint",
     }
     with fsutil.atomic_dir(out) as tmp:
