@@ -345,7 +345,7 @@ def test_report_and_calibrated_plan_read_the_run(run):
     assert (results / "figures" / "saturation.png").stat().st_size > 0
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     plan = subprocess.run([str(BIN / "lrmerge"), "plan", "--calibrate", str(results),
-                           "--pilot-config", str(run["config"])], env=env, cwd=run["root"],
+                           "--pilot-config", str(run["config"])], env=env, cwd=REPO,
                           capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr[-3000:]
     print(plan.stdout)
