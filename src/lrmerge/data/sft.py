@@ -13,8 +13,6 @@ from lrmerge.data.sources import SourceError, jsonl_rows, load_hf
 
 def generated_rows(cfg: dict) -> list[dict]:
     """The mini FLAN: the four task families in turn, the English test items held out."""
-    from lrmerge.evaluate.benchmarks import generated_rows as task_rows
-
     mini = cfg["mini"]
     g = synthetic.Grammar(random.Random(f"sft:{cfg['seed']}"))
     lex = synthetic.Lexicon("en", None, 0)
@@ -23,7 +21,7 @@ def generated_rows(cfg: dict) -> list[dict]:
     sources = cfg["evaluate"]["sources"]
     for task in cfg["english"]["tasks"]:
         if sources[task]["kind"] == "generated":
-            held_out |= {r["query"] for r in task_rows(
+            held_out |= {r["query"] for r in synthetic.task_rows(
                 cfg, "en", task, sources[task]["family"], "test", mini["eval_examples"])}
     rows = []
     for i in range(mini["sft_examples"]):

@@ -327,3 +327,21 @@ def mc_item(family: str, g: Grammar, lex: Lexicon) -> dict:
     return {"query": lex.render(query), "choices": [lex.render(c) for c in choices],
             "gold": gold, "family": family}
 
+
+def task_rows(cfg: dict, lang: str, task: str, family: str, split: str, n: int) -> list[dict]:
+    """The mini's benchmark items of a task: the generated language's prompts, scored over four
+    candidate answers, as normalised rows (`lrmerge.evaluate.benchmarks`). The evaluate stage
+    reads them as test and shot items; the SFT data holds the English test items out."""
+    seed = int(cfg["seed"])
+    # The split is in the RNG key, so test items are drawn independently of few-shot items.
+    g = Grammar(random.Random(f"eval:{seed}:{task}:{split}"))
+    lex = lexicon(cfg, lang)
+    out = []
+    for i in range(n):
+        item = mc_item(family, g, lex)
+        answer = item["choices"][item["gold"]]
+        out.append({"id": i, "query": item["query"], "choices": item["choices"],
+                    "gold": item["gold"], "target": answer,
+                    "answer": answer.replace(" ", "") if family == "math" else answer,
+                    "answer_kind": "number" if family == "math" else "label"})
+    return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from lrmerge.data.synthetic import Grammar, lexicon, mc_item
+from lrmerge.data.synthetic import task_rows
 
 LETTERS = "ABCDE"
 
@@ -212,21 +212,8 @@ def mgsm_rows(records, fields: dict, where: str) -> list[dict]:
     return out
 
 
-def generated_rows(cfg: dict, lang: str, task: str, family: str, split: str, n: int) -> list[dict]:
-    """Mini items: the generated language's prompts, scored over four candidate answers."""
-    seed = int(cfg["seed"])
-    # The split is in the RNG key, so test items are drawn independently of few-shot items.
-    g = Grammar(random.Random(f"eval:{seed}:{task}:{split}"))
-    lex = lexicon(cfg, lang)
-    out = []
-    for i in range(n):
-        item = mc_item(family, g, lex)
-        answer = item["choices"][item["gold"]]
-        out.append({"id": i, "query": item["query"], "choices": item["choices"],
-                    "gold": item["gold"], "target": answer,
-                    "answer": answer.replace(" ", "") if family == "math" else answer,
-                    "answer_kind": "number" if family == "math" else "label"})
-    return out
+# Mini items (kind generated): drawn in the data stage's synthetic language.
+generated_rows = task_rows
 
 
 # ----------------------------------------------------------------------------------------------
