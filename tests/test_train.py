@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from stage_helpers import prepare_data, pretrain_base, quiet, tiny_config, write_config
 
 from lrmerge.cli import main as cli
-from lrmerge.data.shards import TokenShards
+from lrmerge.data.shards import DataShortError, TokenShards
 from lrmerge.train import schedule
 from lrmerge.train.loop import STATE_DIR, train
-from lrmerge.train.stream import Blocks, DataShortError, Mix, Packed
+from lrmerge.train.stream import Blocks, Mix, Packed
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,12 @@ PROMPTS = "prompts.bin"
 FORMAT = 1
 
 
+class DataShortError(ValueError):
+    """The data holds less than a job needs, and repeating it is not allowed: a corpus gives
+    fewer tokens than its largest budget (data stage), or a training run reads past the end of
+    its token folder (`lrmerge.train.stream`)."""
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
 

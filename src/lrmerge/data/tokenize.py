@@ -23,13 +23,9 @@ import xxhash
 
 from lrmerge.config import corpus_key, language_entry
 from lrmerge.data import budget
-from lrmerge.data.shards import ShardWriter, token_dtype
+from lrmerge.data.shards import DataShortError, ShardWriter, token_dtype
 
 BATCH_DOCS = 1000  # documents per encoder call
-
-
-class DataShortError(ValueError):
-    """A corpus holds fewer tokens than its largest budget needs (and repeating is not allowed)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,11 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from lrmerge.data import budget
-from lrmerge.data.shards import TokenShards
-
-
-class DataShortError(ValueError):
-    """The run reads past the end of its data and repeating is not allowed."""
+from lrmerge.data.shards import DataShortError, TokenShards
 
 
 class _Repeating:
