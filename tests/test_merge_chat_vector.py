@@ -94,7 +94,7 @@ def test_chat_vector_needs_two_models_and_ratio_belongs_to_it(shared_merge_input
     with pytest.raises(MergeError, match="chat_vector takes two models, the CT model first"):
         load_merge_config(chat_config(three))
     two = shared_merge_inputs(n_models=2, dtype="float32", seed=21)
-    with pytest.raises(MergeError, match="key 'ratio' is for chat_vector, not ties"):
+    with pytest.raises(MergeError, match="key 'ratio' has no meaning for ties \\(it is for chat_vector\\)"):
         load_merge_config(native_config(two, "ties", density=0.5, ratio=1.0))
     with pytest.raises(MergeError, match="models\\[1\\]: chat_vector takes no per-model weight"):
         load_merge_config(native_config(two, "chat_vector",

@@ -318,3 +318,55 @@ def test_bf16_arithmetic_dtype_other_methods(mergekit_merge, bf16_three_sharded,
     allowed = (tie_positions(bf16_three_sharded, densities, arith_dtype=torch.bfloat16)
                if method == "ties" else None)
     assert_bitwise_equal(theirs, ours, allowed=allowed)
+
+
+# ---------------------------------------------------------------------------------------------
+# breadcrumbs: a method added through the method table alone
+
+
+@pytest.mark.parametrize(
+    "weights, densities, params",
+    [
+        ([1.0, 1.0], [0.3, 0.3], None),
+        ([1.0, 0.6], [0.5, 0.2], {"gamma": 0.05, "lambda": 0.8}),
+        ([0.7, 1.4], [0.9, 0.3], {"gamma": 0.2, "normalize": True}),  # k + top > N for model 0
+        ([1.0, 0.6], [1.0, 0.4], {"gamma": 0.1}),  # density 1 keeps all, gamma or not
+    ],
+)
+def test_breadcrumbs_float32(mergekit_merge, f32_two, tmp_path, weights, densities, params):
+    cfg = mergekit_config(f32_two, "breadcrumbs", weights, densities, params=params)
+    theirs, ours = both(mergekit_merge, cfg, tmp_path)
+    assert_bitwise_equal(theirs, ours)
+
+
+def test_breadcrumbs_three_sharded_bf16_arithmetic(mergekit_merge, bf16_three_sharded, tmp_path):
+    cfg = mergekit_config(bf16_three_sharded, "breadcrumbs", [1.0, 0.6, 1.3], [0.3, 0.5, 0.2],
+                          params={"gamma": 0.02}, dtype="bfloat16")
+    theirs, ours = both(mergekit_merge, cfg, tmp_path)
+    # bf16 deltas repeat values: where a model's |tau| at either end of its window is shared by
+    # entries inside and outside it, mergekit's unstable sort may keep others than ours
+    allowed = {}
+    for name in bf16_three_sharded.tensor_names:
+        b = bf16_three_sharded.base[name]
+        mask = np.zeros(tuple(b.shape), dtype=bool)
+        for i, m in enumerate(bf16_three_sharded.names):
+            tau = (bf16_three_sharded.models[m][name] - b).float().abs().numpy()
+            flat = np.sort(tau.ravel())
+            k = int([0.3, 0.5, 0.2][i] * flat.size)
+            lo = max(0, flat.size - k - int(0.02 * flat.size))
+            for v in (flat[lo], flat[lo + k - 1]):
+                mask |= tau == v
+        allowed[name] = mask
+    assert_bitwise_equal(theirs, ours, allowed=allowed)
+
+
+def test_breadcrumbs_refuses_what_it_cannot_match(f32_two, tmp_path, capsys):
+    cfg = mergekit_config(f32_two, "breadcrumbs", [1.0, 1.0], [0.3, 0.3], params={"rescale": True})
+    _refused(tmp_path, capsys, cfg, "rescale")
+    cfg = mergekit_config(f32_two, "breadcrumbs", [1.0, 1.0], [0.3, 0.3])
+    cfg["models"][0]["parameters"]["gamma"] = 0.1
+    (tmp_path / "g").mkdir()
+    _refused(tmp_path / "g", capsys, cfg, "per-model gamma")
+    cfg = mergekit_config(f32_two, "ties", [1.0, 1.0], [0.3, 0.3], params={"gamma": 0.1})
+    (tmp_path / "t").mkdir()
+    _refused(tmp_path / "t", capsys, cfg, "gamma has no meaning for ties")

@@ -15,37 +15,25 @@ from typing import Any
 import yaml
 
 from .errors import MergeError
+from .table import (
+    COMMON_KEYS,
+    ENGINE_METHODS,
+    MERGEKIT_NAMES,
+    METHOD_TABLE,
+    PARAM_KEYS,
+    methods_with,
+)
 
-METHODS = ("average", "task_arithmetic", "ties", "ties_sv", "dare_ties", "dare_linear",
-           "chat_vector", "layer_swap")
-NATIVE_KEYS = {"method", "base", "models", "weight", "density", "lambda", "slack", "protect",
-               "target_discarded", "trim_scope", "vote", "seed", "dtype", "out_dtype", "ratio",
-               "skip_embed", "task_model", "bottom", "top", "transition", "embed_from",
-               "head_from"}
-# Methods of ours that a mergekit YAML cannot name, and what to write instead.
-NOT_IN_MERGEKIT = {
-    "ties_sv": "TIES-SV (slack) has no mergekit equivalent",
-    "layer_swap": "layer swapping has no mergekit equivalent (its slices cannot blend transition "
-                  "layers or pick embeddings and head from another model)",
-    "chat_vector": "a chat vector is mergekit's task_arithmetic with weights 1 (CT) and r "
-                   "(SFT); write that, or a native config",
-}
-# Methods that read no base model, and methods whose per-model weights are their own (chat_vector:
-# 1 and ratio; layer_swap: per layer), so that a config gives none.
-NO_BASE = ("average", "layer_swap")
-OWN_WEIGHTS = ("chat_vector", "layer_swap")
+# The method facts (parameters, base, weights, mergekit names) come from the method table.
+METHODS = ENGINE_METHODS
+NATIVE_KEYS = set(COMMON_KEYS) | set(PARAM_KEYS)
 MODEL_KEYS = {"path", "weight", "name", "density"}
 OUT_DTYPES = ("float32", "bfloat16", "float16")
-# mergekit method -> (our method, its default for `normalize`)
-MERGEKIT_METHODS = {
-    "linear": ("average", True),
-    "task_arithmetic": ("task_arithmetic", False),
-    "ties": ("ties", True),
-    "dare_ties": ("dare_ties", False),
-    "dare_linear": ("dare_linear", False),
-}
 MERGEKIT_KEYS = {"merge_method", "models", "base_model", "parameters", "dtype", "out_dtype"}
-MERGEKIT_PARAMS = {"weight", "density", "lambda", "normalize", "int8_mask", "rescale"}
+MERGEKIT_PARAMS = {"weight", "density", "lambda", "normalize", "int8_mask", "rescale", "gamma"}
+# mergekit rescales kept entries by 1/density where it samples them (DARE), and never elsewhere; a
+# config that asks otherwise is refused rather than merged differently.
+MERGEKIT_RESCALES = ("dare_ties", "dare_linear")
 MERGEKIT_UNSUPPORTED = {
     "slices": "slices (layer ranges) are not supported; merge whole models",
     "tokenizer_source": "tokenizer merging is not supported; the base's tokenizer is copied",
@@ -82,6 +70,7 @@ class MergeConfig:
     out_dtype: str | None = None  # None: each tensor keeps the base's dtype
     normalize: bool = True
     ratio: float = 1.0  # chat_vector: r
+    gamma: float = 0.01  # breadcrumbs: share of the largest entries dropped
     skip_embed: bool = False  # chat_vector: embeddings and LM head stay the CT model's
     task_model: str | None = None  # layer_swap: the model whose middle layers are kept
     bottom: int = 0  # layer_swap: layers taken from the language model at the bottom ...
@@ -105,51 +94,37 @@ class MergeConfig:
         others = [n for n in self.names if n != self.task_model]
         return others[0] if self.method == "layer_swap" and len(others) == 1 else None
 
+    @property
+    def spec(self):
+        """The method's row of the method table."""
+        return METHOD_TABLE[self.method]
+
     def to_dict(self) -> dict[str, Any]:
         """The effective parameters, as recorded in the model card and stats."""
+        spec = self.spec
         out: dict[str, Any] = {"method": self.method}
         if self.base is not None:
             out["base"] = str(self.base)
-        weighted = self.method not in OWN_WEIGHTS
         out["models"] = [
             {"name": m.name, "path": str(m.path)}
-            | ({"weight": m.weight} if weighted else {})
+            | ({} if spec.fixed_pair else {"weight": m.weight})
             | ({"density": m.density} if m.density is not None else {})
             for m in self.models
         ]
-        for key in ("density", "slack", "protect", "trim_scope", "vote", "seed", "ratio",
-                    "skip_embed", "task_model", "bottom", "top", "transition", "embed_from",
-                    "head_from"):
-            if _uses(self.method, key):
+        for key in spec.keys:
+            if key in ("lambda", "target_discarded"):
+                continue  # lambda: below, with normalize; target_discarded: with slack: auto
+            if key == "slack" and self.slack_auto:
+                out["slack"] = "auto"
+                out["target_discarded"] = self.target_discarded
+            else:
                 out[key] = getattr(self, key)
-        if self.slack_auto:
-            out["slack"] = "auto"
-            out["target_discarded"] = self.target_discarded
         if self.method != "layer_swap":
             out["lambda"] = self.lambda_
             out["normalize"] = self.normalize
         out["dtype"] = self.dtype
         out["out_dtype"] = self.out_dtype
         return out
-
-
-def _uses(method: str, key: str) -> bool:
-    return {
-        "density": method in ("ties", "ties_sv", "dare_ties", "dare_linear"),
-        "slack": method == "ties_sv",
-        "protect": method == "ties_sv",
-        "trim_scope": method in ("ties", "ties_sv"),
-        "vote": method in ("ties", "ties_sv", "dare_ties"),
-        "seed": method in ("dare_ties", "dare_linear"),
-        "ratio": method == "chat_vector",
-        "skip_embed": method == "chat_vector",
-        "task_model": method == "layer_swap",
-        "bottom": method == "layer_swap",
-        "top": method == "layer_swap",
-        "transition": method == "layer_swap",
-        "embed_from": method == "layer_swap",
-        "head_from": method == "layer_swap",
-    }[key]
 
 
 def _number(value: Any, where: str, lo: float | None = None, hi: float | None = None) -> float:
@@ -243,41 +218,52 @@ def _from_native(data: dict, label: str, root: Path) -> MergeConfig:
         ))
     base = _resolve(data["base"], f"{label}: key 'base'", root) if data.get("base") else None
     config = MergeConfig(method=method, models=models, base=base)
-    for key in sorted(set(data) & METHOD_ONLY_KEYS):
-        if not _uses(method, key):
-            owner = ", ".join(m for m in METHODS if _uses(m, key))
-            raise MergeError(f"{label}: key '{key}' is for {owner}, not {method}")
-    if "density" in data and data["density"] is not None:
-        config.density = _number(data["density"], f"{label}: key 'density'", 0, 1)
-    config.lambda_ = _number(data.get("lambda", 1.0), f"{label}: key 'lambda'")
-    if data.get("slack") == "auto":
-        config.slack_auto = True
+    spec = METHOD_TABLE[method]
+    for key in data:
+        if key in PARAM_KEYS and spec.param(key) is None:
+            raise MergeError(f"{label}: key '{key}' has no meaning for {method} (it is for "
+                             f"{', '.join(methods_with(key))})")
+    for param in spec.params:
+        if param.kind != "target" and (param.key in data or param.default is not None):
+            _set_param(config, param, data.get(param.key, param.default),
+                       f"{label}: key '{param.key}'")
+    if config.slack_auto:
         config.target_discarded = _target_discarded(data.get("target_discarded"), label, root)
-    else:
-        config.slack = _number(data.get("slack", 0.0), f"{label}: key 'slack'", 0, 1)
-        if "target_discarded" in data:
-            raise MergeError(f"{label}: key 'target_discarded' goes with slack: auto")
-    if method == "chat_vector":
-        _chat_vector(config, data, label)
-    elif method == "layer_swap":
-        _layer_swap(config, data, label)
-    config.protect = data.get("protect")
-    config.trim_scope = data.get("trim_scope", "tensor")
-    config.vote = data.get("vote", "weighted")
-    seed = data.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise MergeError(f"{label}: key 'seed': expected a non-negative integer, got {seed!r}")
-    config.seed = seed
+    elif "target_discarded" in data:
+        raise MergeError(f"{label}: key 'target_discarded' goes with slack: auto")
+    hook = CONFIG_HOOKS.get(method)
+    if hook:
+        hook(config, data, label)
     config.dtype = data.get("dtype", "float32")
     config.out_dtype = data.get("out_dtype")
-    # average and ties divide by the summed weights by definition; task arithmetic and DARE do not
-    # (layer_swap's blends are convex: their weights sum to one)
-    config.normalize = method in ("average", "ties", "ties_sv", "layer_swap")
+    config.normalize = spec.normalizes
     return config
 
 
-METHOD_ONLY_KEYS = {"ratio", "skip_embed", "task_model", "bottom", "top", "transition",
-                    "embed_from", "head_from"}
+def _set_param(config: MergeConfig, param, value: Any, where: str) -> None:
+    """Check one native parameter by its kind and set it on the config."""
+    kind = param.kind
+    if kind == "fraction" or (kind == "slack" and value != "auto"):
+        value = _number(value, where, 0, 1)
+    elif kind == "number":
+        value = _number(value, where)
+    elif kind in ("count", "seed"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            what = "a layer count >= 0" if kind == "count" else "a non-negative integer"
+            raise MergeError(f"{where}: expected {what}, got {value!r}")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise MergeError(f"{where}: expected true or false, got {value!r}")
+    elif kind == "choice":
+        if value not in param.choices:
+            raise MergeError(f"{where}: expected {' or '.join(param.choices)}, got {value!r}")
+    elif kind == "model":
+        if not isinstance(value, str):
+            raise MergeError(f"{where}: expected a model name, got {value!r}")
+    if kind == "slack" and value == "auto":
+        config.slack_auto = True
+    else:
+        setattr(config, "lambda_" if param.key == "lambda" else param.key, value)
 
 
 def _target_discarded(value: Any, label: str, root: Path) -> float | str:
@@ -300,23 +286,18 @@ def _target_discarded(value: Any, label: str, root: Path) -> float | str:
     return _number(value, where, 0, 1)
 
 
+# Methods whose configs have a shape of their own: checked after the generic parameters.
 def _chat_vector(config: MergeConfig, data: dict, label: str) -> None:
     """theta_CT + r (theta_SFT - theta_base): task arithmetic with weights (1, r), lambda 1."""
     if len(config.models) != 2:
         raise MergeError(f"{label}: key 'models': chat_vector takes two models, the CT model "
                          f"first, then the chat (SFT) model; got {len(config.models)}")
-    for key in ("weight", "lambda", "density"):
-        if key in data:
-            raise MergeError(f"{label}: key '{key}' has no meaning for chat_vector (give 'ratio')")
+    if "weight" in data:
+        raise MergeError(f"{label}: key 'weight' has no meaning for chat_vector (give 'ratio')")
     for i, entry in enumerate(data["models"]):
         if isinstance(entry, dict) and ("weight" in entry or "density" in entry):
             raise MergeError(f"{label}: models[{i}]: chat_vector takes no per-model weight or "
                              "density (give 'ratio')")
-    config.ratio = _number(data.get("ratio", 1.0), f"{label}: key 'ratio'")
-    skip = data.get("skip_embed", False)
-    if not isinstance(skip, bool):
-        raise MergeError(f"{label}: key 'skip_embed': expected true or false, got {skip!r}")
-    config.skip_embed = skip
     config.models[0].weight, config.models[1].weight = 1.0, config.ratio
 
 
@@ -325,28 +306,23 @@ def _layer_swap(config: MergeConfig, data: dict, label: str) -> None:
     if len(names) != 2:
         raise MergeError(f"{label}: key 'models': layer_swap takes two models (the language "
                          f"model and the task model); got {len(names)}")
-    for key in ("base", "weight", "lambda", "density", "slack", "protect"):
+    for key in ("base", "weight"):
         if key in data:
             raise MergeError(f"{label}: key '{key}' has no meaning for layer_swap")
-    task = data.get("task_model")
-    if task not in names:
+    if config.task_model not in names:
         raise MergeError(f"{label}: key 'task_model': expected the name of the model whose middle "
-                         f"layers are kept, one of {', '.join(names)}; got {task!r}")
-    config.task_model = task
-    language = config.language_model
-    for key in ("bottom", "top", "transition"):
-        value = data.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise MergeError(f"{label}: key '{key}': expected a layer count >= 0, got {value!r}")
-        setattr(config, key, value)
+                         f"layers are kept, one of {', '.join(names)}; got {config.task_model!r}")
     if config.bottom == 0 and config.top == 0:
         raise MergeError(f"{label}: keys 'bottom' and 'top' are both 0: nothing is swapped")
     for key in ("embed_from", "head_from"):
-        value = data.get(key, language)
+        value = data.get(key, config.language_model)
         if value not in names:
             raise MergeError(f"{label}: key '{key}': {value!r} names no model "
                              f"(models: {', '.join(names)})")
         setattr(config, key, value)
+
+
+CONFIG_HOOKS = {"chat_vector": _chat_vector, "layer_swap": _layer_swap}
 
 
 def _from_mergekit(data: dict, label: str) -> MergeConfig:
@@ -357,15 +333,17 @@ def _from_mergekit(data: dict, label: str) -> MergeConfig:
     if unknown:
         raise MergeError(f"{label}: unsupported mergekit key '{unknown[0]}'")
     mk_method = data["merge_method"]
-    if mk_method in NOT_IN_MERGEKIT:
-        raise MergeError(f"{label}: key 'merge_method': {NOT_IN_MERGEKIT[mk_method]}; write a "
+    ours = METHOD_TABLE.get(mk_method)
+    if ours is not None and ours.mergekit is None:
+        raise MergeError(f"{label}: key 'merge_method': {ours.mergekit_note}; write a "
                          f"native lrmerge config (method: {mk_method})")
-    if mk_method not in MERGEKIT_METHODS:
+    if mk_method not in MERGEKIT_NAMES:
         raise MergeError(
             f"{label}: key 'merge_method': {mk_method!r} is not supported "
-            f"(supported: {', '.join(MERGEKIT_METHODS)})"
+            f"(supported: {', '.join(MERGEKIT_NAMES)})"
         )
-    method, default_normalize = MERGEKIT_METHODS[mk_method]
+    method = MERGEKIT_NAMES[mk_method]
+    default_normalize = METHOD_TABLE[method].normalizes
     root = Path.cwd()  # mergekit resolves model paths against the working directory
     top = data.get("parameters") or {}
     if not isinstance(top, dict):
@@ -396,6 +374,9 @@ def _from_mergekit(data: dict, label: str) -> MergeConfig:
         bad = sorted(set(params) - MERGEKIT_PARAMS)
         if bad:
             raise MergeError(f"{where}.parameters.{bad[0]}: unsupported mergekit parameter")
+        if "gamma" in params:
+            raise MergeError(f"{where}.parameters.gamma: a per-model gamma is not supported; give "
+                             "one under the top-level parameters")
         density = param(params, "density", f"{where}.parameters")
         models.append(ModelSpec(
             path=path,
@@ -408,9 +389,18 @@ def _from_mergekit(data: dict, label: str) -> MergeConfig:
     config = MergeConfig(method=method, models=models, base=base, source="mergekit")
     if "density" in top:
         config.density = _number(top["density"], f"{label}: parameters.density", 0, 1)
-    elif method in ("ties", "dare_ties", "dare_linear"):
+    elif METHOD_TABLE[method].trims:
         config.density = 1.0  # mergekit's default: no trimming
     config.lambda_ = param(top, "lambda", f"{label}: parameters", 1.0)
+    if "gamma" in top:
+        if method != "breadcrumbs":
+            raise MergeError(f"{label}: parameters.gamma has no meaning for {mk_method}")
+        config.gamma = _number(top["gamma"], f"{label}: parameters.gamma", 0, 1)
+    rescale = top.get("rescale", method in MERGEKIT_RESCALES)
+    if rescale != (method in MERGEKIT_RESCALES):
+        raise MergeError(f"{label}: parameters.rescale: {rescale!r} is not supported for "
+                         f"{mk_method} (lrmerge {'always' if method in MERGEKIT_RESCALES else 'never'}"
+                         " rescales it)")
     normalize = top.get("normalize", default_normalize)
     if not isinstance(normalize, bool):
         raise MergeError(f"{label}: parameters.normalize: expected true or false")
@@ -423,7 +413,8 @@ def _from_mergekit(data: dict, label: str) -> MergeConfig:
 
 
 def _validate(config: MergeConfig, label: str) -> None:
-    if config.method not in NO_BASE and config.base is None:
+    spec = config.spec
+    if spec.reads_base and config.base is None:
         raise MergeError(f"{label}: key 'base': method {config.method} needs a base model")
     names = config.names
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -431,29 +422,25 @@ def _validate(config: MergeConfig, label: str) -> None:
         raise MergeError(f"{label}: two models are named '{dupes[0]}': give them distinct 'name' keys")
     if config.base is not None:
         config.base_name = "base" if "base" not in names else "base_model"
-    if config.method in ("ties", "ties_sv", "dare_ties", "dare_linear"):
+    if spec.trims:
         missing = [m.name for m in config.models if m.density is None] if config.density is None else []
         if missing:
             raise MergeError(f"{label}: key 'density' is required for {config.method} "
                              f"(model '{missing[0]}' has none)")
-    if config.trim_scope not in ("tensor", "model"):
-        raise MergeError(f"{label}: key 'trim_scope': expected tensor or model, got {config.trim_scope!r}")
-    if config.vote not in ("weighted", "unweighted"):
-        raise MergeError(f"{label}: key 'vote': expected weighted or unweighted, got {config.vote!r}")
-    if config.dtype not in OUT_DTYPES:
-        raise MergeError(f"{label}: key 'dtype': expected one of {', '.join(OUT_DTYPES)} "
-                         f"(the arithmetic dtype), got {config.dtype!r}")
-    if config.out_dtype is not None and config.out_dtype not in OUT_DTYPES:
-        raise MergeError(f"{label}: key 'out_dtype': expected one of {', '.join(OUT_DTYPES)}, "
-                         f"got {config.out_dtype!r}")
-    if config.slack_auto and config.method != "ties_sv":
-        raise MergeError(f"{label}: key 'slack': auto is for ties_sv, not {config.method}")
-    if config.method == "ties_sv":
-        if config.protect is None:
-            raise MergeError(f"{label}: key 'protect' is required for ties_sv (the model whose "
-                             "discarded entries the slack reserves)")
-        if config.protect not in names:
-            raise MergeError(f"{label}: key 'protect': '{config.protect}' names no model "
-                             f"(models: {', '.join(names)})")
-    elif config.method in ("average", "task_arithmetic") and config.density is not None:
+    elif config.density is not None:
         raise MergeError(f"{label}: key 'density' has no meaning for {config.method}")
+    for key, value in (("dtype", config.dtype), ("out_dtype", config.out_dtype)):
+        if value is not None and value not in OUT_DTYPES:
+            what = " (the arithmetic dtype)" if key == "dtype" else ""
+            raise MergeError(f"{label}: key '{key}': expected one of {', '.join(OUT_DTYPES)}"
+                             f"{what}, got {value!r}")
+    for param in spec.params:
+        if param.kind != "model":
+            continue
+        value = getattr(config, param.key)
+        if value is None and param.required:
+            raise MergeError(f"{label}: key '{param.key}' is required for {config.method} "
+                             f"({param.help})")
+        if value is not None and value not in names:
+            raise MergeError(f"{label}: key '{param.key}': '{value}' names no model "
+                             f"(models: {', '.join(names)})")

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+from lrmerge import fsutil
+
 from .checkpoint import DTYPE_NAMES, DTYPES, ITEMSIZE, Checkpoint, OutputTensor, ShardedWriter
 from .config import MergeConfig, is_hub_id, load_merge_config
 from .errors import MergeError
@@ -228,7 +230,7 @@ def _copy_aux(src: Path, dst: Path, out_dtype: str | None) -> None:
         keys = [k for k in ("torch_dtype", "dtype") if k in data] or ["torch_dtype"]
         for k in keys:
             data[k] = out_dtype
-        cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        fsutil.write_text(cfg, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _model_card(config: MergeConfig, hashes: dict[str, str], inputs: Inputs, stats: dict) -> str:
@@ -263,18 +265,11 @@ def _model_card(config: MergeConfig, hashes: dict[str, str], inputs: Inputs, sta
     return "\n".join(lines) + "\n"
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def run_merge(
     config: str | os.PathLike | dict | MergeConfig,
     out_dir: str | os.PathLike,
     stats_path: str | os.PathLike | None = None,
     threads: int | None = None,
-    device: str = "cpu",
     force: bool = False,
     shard_size: str | int = DEFAULT_SHARD_SIZE,
     progress: bool = True,
@@ -282,13 +277,6 @@ def run_merge(
     """Merge the models of `config` into the Hugging Face folder `out_dir`; return the stats dict."""
     cfg = config if isinstance(config, MergeConfig) else load_merge_config(config)
     out_dir = Path(out_dir)
-    if device not in ("cpu", "cuda"):
-        raise MergeError(f"--device {device}: expected cpu or cuda")
-    if device == "cuda" and cfg.trim_scope == "model" and cfg.method in ("ties", "ties_sv"):
-        raise MergeError("trim_scope: model is merged on the CPU only; drop --device cuda")
-    if device == "cuda" and (cfg.slack_auto or cfg.method in ("chat_vector", "layer_swap")):
-        what = "slack: auto" if cfg.slack_auto else cfg.method
-        raise MergeError(f"{what} is merged on the CPU only; drop --device cuda")
     if out_dir.exists() and not force:
         raise MergeError(f"{out_dir} already exists; pass --force to replace it")
     from .methods import plan_tensors
@@ -299,23 +287,54 @@ def run_merge(
         ref = inputs.reference
         order = sorted(ref.tensors, key=lambda t: (str(ref.tensors[t].file), ref.tensors[t].offset))
         plans = plan_tensors(cfg, order, ref.config())  # refuses bad names before any read
-        hashers = {c.name: xxhash.xxh3_128() for c in inputs.all}
-        # two input buffer sets, reused in turn: one being read while the other is merged
-        largest_in = max((ref.tensors[t].nbytes for t in order), default=0)
-        in_buffers = [np.empty(len(inputs.all) * largest_in, np.uint8) for _ in range(2)]
-        # the first read overlaps the kernels' start-up (numba's import and cache load)
-        pending = (reader.submit(_read_tensor, inputs, order[0], hashers, in_buffers[0])
-                   if order else None)
-        return _merge_tensors(cfg, inputs, order, plans, hashers, in_buffers, reader, pending,
-                              out_dir, stats_path, threads, device, shard_size, progress)
+        stream = _Stream(inputs, order, reader)
+        partial = out_dir.parent / f".{out_dir.name}.partial"
+        if partial.exists():
+            shutil.rmtree(partial)  # left by an interrupted run of this same merge
+        partial.mkdir(parents=True)
+        try:
+            per_tensor, facts = _merge_tensors(cfg, stream, plans, partial, threads, shard_size,
+                                               progress)
+            stats = _finish(cfg, inputs, stream.hashers, per_tensor, facts, partial, out_dir,
+                            stats_path)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return stats
     finally:
         reader.shutdown(cancel_futures=True)
         for ckpt in inputs.all:
             ckpt.close()
 
 
-def _merge_tensors(cfg, inputs, order, plans, hashers, in_buffers, reader, pending, out_dir,
-                   stats_path, threads, device, shard_size, progress) -> dict:
+class _Stream:
+    """The input tensors in file order, each read (and hashed) while the previous one is merged,
+    into two buffer sets used in turn."""
+
+    def __init__(self, inputs: Inputs, order: list[str], reader: ThreadPoolExecutor):
+        self.inputs, self.order, self.reader = inputs, order, reader
+        self.hashers = {c.name: xxhash.xxh3_128() for c in inputs.all}
+        ref = inputs.reference
+        largest_in = max((ref.tensors[t].nbytes for t in order), default=0)
+        self.buffers = [np.empty(len(inputs.all) * largest_in, np.uint8) for _ in range(2)]
+        # the first read overlaps the kernels' start-up (numba's import and cache load)
+        self.pending = self._submit(0) if order else None
+
+    def _submit(self, t: int):
+        return self.reader.submit(_read_tensor, self.inputs, self.order[t], self.hashers,
+                                  self.buffers[t % 2])
+
+    def __iter__(self):
+        for t, name in enumerate(self.order):
+            base, xs = self.pending.result()
+            if t + 1 < len(self.order):
+                self.pending = self._submit(t + 1)
+            yield t, name, base, xs
+
+
+def _merge_tensors(cfg: MergeConfig, stream: _Stream, plans, partial: Path, threads: int | None,
+                   shard_size, progress: bool) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """Merge every tensor into shards under `partial`; return per-tensor counts and facts."""
     # Threads that spin between the kernels' many short parallel regions steal the cores the
     # other threads need on a shared machine; sleeping costs microseconds per region.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -324,97 +343,73 @@ def _merge_tensors(cfg, inputs, order, plans, hashers, in_buffers, reader, pendi
     from . import kernels
     from .methods import REGISTRY, Scratch, TensorTask
 
-    workers = max(1, min(threads or os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(workers)
+    numba.set_num_threads(max(1, min(threads or os.cpu_count() or 1,
+                                      numba.config.NUMBA_NUM_THREADS)))
     kernels.warm_up()
+    inputs, order = stream.inputs, stream.order
     ref = inputs.reference
     out_dtypes = {name: DTYPE_NAMES[cfg.out_dtype] if cfg.out_dtype else ref.tensors[name].dtype
                   for name in order}
-    trims = None
-    if cfg.method in ("ties", "ties_sv") and cfg.trim_scope == "model":
-        trims = _model_scope_trim(inputs, order)
-
+    trims = _model_scope_trim(inputs, order) if cfg.trim_scope == "model" and cfg.spec.trims \
+        else None
     method = REGISTRY[cfg.method]
-    if device == "cuda":
-        from . import torch_backend
-
-        torch_backend.check_device(device)
-
-        def method(task):
-            return torch_backend.merge_tensor(task, device)
-    partial = out_dir.parent / f".{out_dir.name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)  # left by an interrupted run of this same merge
-    partial.mkdir(parents=True)
     per_tensor: dict[str, np.ndarray] = {}
     facts: dict[str, dict] = {}
-    total_bytes = sum(ref.tensors[t].nbytes * len(inputs.all) for t in order)
-    bar = Progress(len(order), total_bytes, enabled=progress)
-    try:
-        writer = ShardedWriter(
-            partial, [OutputTensor(t, out_dtypes[t], ref.tensors[t].shape) for t in order],
-            parse_size(shard_size), {"lrmerge_method": cfg.method},
-        )
-        # OUT_BUFFERS output buffers reused in turn, so that writing out a large tensor (the
-        # embeddings) does not hold up the merge of the next ones
-        largest_out = max((ITEMSIZE[out_dtypes[t]] * ref.tensors[t].numel for t in order), default=0)
-        out_buffers = [np.empty(largest_out, np.uint8) for _ in range(OUT_BUFFERS)]
-        scratch = Scratch()
-        with ThreadPoolExecutor(1) as write_pool:
-            writes = []
-            for t, name in enumerate(order):
-                base, xs = pending.result()
-                if t + 1 < len(order):
-                    pending = reader.submit(_read_tensor, inputs, order[t + 1], hashers,
-                                            in_buffers[(t + 1) % 2])
-                if t >= OUT_BUFFERS:
-                    writes[t - OUT_BUFFERS].result()  # its output buffer is about to be reused
-                info = ref.tensors[name]
-                kind = DTYPES[info.dtype][1]
-                out_storage, out_kind = DTYPES[out_dtypes[name]]
-                out_bytes = np.dtype(out_storage).itemsize * info.numel
-                out = out_buffers[t % OUT_BUFFERS][:out_bytes].view(out_storage).reshape(1, info.numel)
-                task = TensorTask(name, cfg, base, xs, kind, out, out_kind,
-                                  trims[name] if trims else None, scratch,
-                                  plans[name] if plans else None)
-                per_tensor[name] = method(task)
-                if task.facts:
-                    facts[name] = task.facts
-                writes.append(write_pool.submit(writer.write, name, out))
-                bar.update(info.nbytes * len(inputs.all))
-                del base, xs, task
-            for w in writes:
-                w.result()
-        writer.close()
-        stats = summarize(cfg.method, cfg.names, per_tensor, facts)
-        hashes = {name: h.hexdigest() for name, h in hashers.items()}
-        stats["input_hashes"] = hashes
-        stats["parameters"] = cfg.to_dict()
-        _copy_aux(ref.folder, partial, cfg.out_dtype)
-        (partial / "README.md").write_text(_model_card(cfg, hashes, inputs, stats))
-        _write_json(partial / "lrmerge_merge.json", {"parameters": cfg.to_dict(), "inputs": hashes})
-        inside = None
-        if stats_path is not None:
-            stats_path = Path(stats_path)
-            try:
-                inside = stats_path.resolve().relative_to(out_dir.resolve())
-            except ValueError:
-                inside = None
-            if inside is not None:
-                (partial / inside).parent.mkdir(parents=True, exist_ok=True)
-                _write_json(partial / inside, stats)
-        if out_dir.exists():  # --force: replace only once the new model is complete
-            old = out_dir.parent / f".{out_dir.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(out_dir, old)
-            os.rename(partial, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(partial, out_dir)
-        if stats_path is not None and inside is None:
-            stats_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(stats_path, stats)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    bar = Progress(len(order), sum(ref.tensors[t].nbytes * len(inputs.all) for t in order),
+                   enabled=progress)
+    writer = ShardedWriter(
+        partial, [OutputTensor(t, out_dtypes[t], ref.tensors[t].shape) for t in order],
+        parse_size(shard_size), {"lrmerge_method": cfg.method},
+    )
+    # OUT_BUFFERS output buffers reused in turn, so that writing out a large tensor (the
+    # embeddings) does not hold up the merge of the next ones
+    largest_out = max((ITEMSIZE[out_dtypes[t]] * ref.tensors[t].numel for t in order), default=0)
+    out_buffers = [np.empty(largest_out, np.uint8) for _ in range(OUT_BUFFERS)]
+    scratch = Scratch()
+    with ThreadPoolExecutor(1) as write_pool:
+        writes = []
+        for t, name, base, xs in stream:
+            if t >= OUT_BUFFERS:
+                writes[t - OUT_BUFFERS].result()  # its output buffer is about to be reused
+            info = ref.tensors[name]
+            out_storage, out_kind = DTYPES[out_dtypes[name]]
+            out = out_buffers[t % OUT_BUFFERS][:np.dtype(out_storage).itemsize * info.numel]
+            out = out.view(out_storage).reshape(1, info.numel)
+            task = TensorTask(name, cfg, base, xs, DTYPES[info.dtype][1], out, out_kind,
+                              trims[name] if trims else None, scratch,
+                              plans[name] if plans else None)
+            per_tensor[name] = method(task)
+            if task.facts:
+                facts[name] = task.facts
+            writes.append(write_pool.submit(writer.write, name, out))
+            bar.update(info.nbytes * len(inputs.all))
+            del base, xs, task
+        for w in writes:
+            w.result()
+    writer.close()
+    return per_tensor, facts
+
+
+def _finish(cfg: MergeConfig, inputs: Inputs, hashers: dict, per_tensor: dict, facts: dict,
+            partial: Path, out_dir: Path, stats_path) -> dict:
+    """Write the stats, tokenizer files and model card, then move the folder into place."""
+    stats = summarize(cfg.method, cfg.names, per_tensor, facts)
+    hashes = {name: h.hexdigest() for name, h in hashers.items()}
+    stats["input_hashes"] = hashes
+    stats["parameters"] = cfg.to_dict()
+    _copy_aux(inputs.reference.folder, partial, cfg.out_dtype)
+    fsutil.write_text(partial / "README.md", _model_card(cfg, hashes, inputs, stats))
+    fsutil.write_json(partial / "lrmerge_merge.json", {"parameters": cfg.to_dict(), "inputs": hashes})
+    inside = None
+    if stats_path is not None:
+        stats_path = Path(stats_path)
+        try:
+            inside = stats_path.resolve().relative_to(out_dir.resolve())
+        except ValueError:
+            inside = None
+        if inside is not None:
+            fsutil.write_json(partial / inside, stats)
+    fsutil.replace_dir(partial, out_dir)  # with --force, the old folder goes only now
+    if stats_path is not None and inside is None:
+        fsutil.write_json(stats_path, stats)
     return stats

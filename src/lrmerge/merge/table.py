@@ -22,7 +22,7 @@ class Param:
     """One parameter of a method's native config (and, with `workflow`, of a merge entry)."""
 
     key: str
-    kind: str  # fraction | number | positive | count | seed | bool | model | choice | slack | target
+    kind: str  # fraction | number | count | seed | bool | model | choice | slack | target
     help: str
     default: Any = None
     required: bool = False  # in a native merge config
@@ -74,7 +74,7 @@ class Method:
 # Parameters shared by several methods: one definition each.
 DENSITY = Param("density", "fraction", "share of each task vector's entries kept", required=True,
                 workflow="required")
-LAMBDA = Param("lambda", "positive", "scale of the merged task vector", default=1.0)
+LAMBDA = Param("lambda", "number", "scale of the merged task vector", default=1.0)
 VOTE = Param("vote", "choice", "sign election weighted by the merge weights, or one vote a model",
              default="weighted", choices=("weighted", "unweighted"), workflow="")
 TRIM_SCOPE = Param("trim_scope", "choice", "trim each tensor, or the whole model at one threshold",
