@@ -1,25 +1,29 @@
 """The training loop shared by pre-training (mini), continual pre-training (CT) and SFT.
 
-Read top to bottom: where the run starts (a previous CT budget's state, or this job's own
-checkpoint), the data (token shards through memory maps), the schedule, then the loop: each step
-takes its token range of the position-indexed stream, gives each process every world_size-th
-sample, normalises the loss by the step's target tokens over all processes, and steps the
-optimizer. Checkpoints every `checkpoint_every` steps, and on SIGTERM/SIGUSR1 (SLURM's warning
-before the time limit, or preemption) at the next step boundary, after which the job exits with
-PREEMPTED_EXIT so that a re-run continues from there. At the end: a CT budget's state for the next
-budget, the Hugging Face folder in `save_dtype`, then `train_summary.json`, written last.
+`train` reads top to bottom: the job (`_start_job`), where the run starts (a previous CT budget,
+`_previous_budget`), the data (token shards through memory maps, `_open_stream`), the schedule,
+the backend, then resume (`_resume`: this job's own checkpoint, else the previous budget's state),
+the loop (`_run_steps`) and the end (`_finish`). Each step (`_step`) takes its token range of the
+position-indexed stream, gives each process every world_size-th sample, normalises the loss by the
+step's target tokens over all processes, and steps the optimizer. Checkpoints every
+`checkpoint_every` steps, and on SIGTERM/SIGUSR1 (SLURM's warning before the time limit, or
+preemption) at the next step boundary, after which the job exits with PREEMPTED_EXIT so that a
+re-run continues from there. At the end: a CT budget's state for the next budget, the Hugging Face
+folder in `save_dtype`, then `train_summary.json` (`lrmerge.train.summary`), written last.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import resource
 import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Before torch starts OpenMP: threads that sleep when idle instead of spinning. Spinning threads
@@ -41,12 +45,12 @@ from lrmerge.train.model import (  # noqa: E402
     prepare_for_training,
     saved_weights,
 )
-from lrmerge.train.schedule import make_schedule  # noqa: E402
+from lrmerge.train.schedule import Schedule, make_schedule  # noqa: E402
 from lrmerge.train.stream import Blocks, Mix, Packed, data_pad_id  # noqa: E402
+from lrmerge.train.summary import SUMMARY_FILE, now, record_attempt, train_summary  # noqa: E402
 
 STAGES = {"pretrain": "pretrain", "ct": "continual_pretrain", "sft": "sft"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SUMMARY_FILE = "train_summary.json"
 CHECKPOINT_DIR = "checkpoint"
 STATE_DIR = "trainer_state"
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: saved, re-run to continue
@@ -79,43 +83,140 @@ class StopSignals:
             signal.signal(s, h)
 
 
-ATTEMPTS_FILE = "train_attempts.jsonl"
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-
-
-def _record_attempt(out: Path, event: dict, fresh: bool) -> None:
-    """One line per start and stop of this job, kept beside its checkpoint: the log is replaced
-    on every attempt, this record is not (it restarts with a run that starts afresh)."""
-    with open(out / ATTEMPTS_FILE, "w" if fresh else "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(event) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _read_attempts(out: Path) -> list[dict]:
-    path = out / ATTEMPTS_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
 def log_line(*args) -> None:
     """A log line written through at once: a job's log is a file, and one tailed for days."""
     print(*args, flush=True)
 
 
-def _fingerprint(obj) -> str:
-    import hashlib
+@dataclass
+class Job:
+    """One training job as asked, and this process's place in it."""
 
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    stage: str  # pretrain | ct | sft
+    cfg: dict
+    tc: dict  # the stage's config section
+    seed: int
+    out: Path
+    init: str | None
+    tokens: int | None  # CT: the cumulative budget
+    lang: str | None
+    device: torch.device
+    rank: int
+    world_size: int
+    log: Callable  # process 0's; the others' log nothing
+    slurm_job: str | None
+    started: float  # time.time() at the start
+
+    @property
+    def budgets(self) -> list:
+        """The language's CT budgets (the schedule's cuts; its cosine spans the largest)."""
+        return self.cfg["languages"][self.lang]["budgets"] if self.stage == "ct" else []
 
 
-def _previous_budget(stage: str, init: str | None, lang: str | None, tokens) -> dict | None:
+@dataclass
+class Data:
+    """The run's samples: the position-indexed stream, and what frames it."""
+
+    stream: Mix
+    seq_len: int
+    pad_id: int
+    english_ratio: float
+    shard_lists: list  # the token folders' shards (English: None), in the fingerprint
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """FLOPs per token of the model and the peak FLOPS of one device (None: unknown)."""
+
+    flops_per_token: int
+    peak: float | None
+
+    def mfu(self, tokens_per_s: float, world_size: int) -> float | None:
+        return tokens_per_s * self.flops_per_token / (self.peak * world_size) if self.peak else None
+
+
+@dataclass
+class Progress:
+    """Where the run stands, from where it started (`_resume`) to where it ends."""
+
+    chain: dict | None  # the summary of the CT budget this run continues
+    step: int = 0
+    seen: int = 0  # tokens, counted from the chain's first budget
+    resumed_at: int | None = None  # the step of this job's own checkpoint it resumed
+    start_step: int = 0
+    start_seen: int = 0
+    targets: int = 0  # target tokens of this job's steps, over all processes
+    loss: float | None = None  # the last step's mean token loss
+    history: list[dict] = field(default_factory=list)
+    loop_s: float = 0.0
+
+    def tokens_per_s(self, seconds: float) -> float:
+        return (self.seen - self.start_seen) / max(seconds, 1e-9)
+
+
+def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = None,
+          init: str | None = None, tokens: int | None = None, lang: str | None = None,
+          model=None, tokenizer=None, threads: int | None = None, log=log_line) -> dict | None:
+    """Run one training job; return its summary (process 0; also OUT/train_summary.json).
+
+    stage: pretrain | ct | sft. `data` is a token folder (CT: the language's; SFT: the SFT
+    data; pretrain: English), `english` the English token folder mixed into CT at
+    continual_pretrain.english_ratio. `init` is a model folder or hub id (CT: the base, or the
+    previous budget's folder); pretrain passes the built `model` and `tokenizer` instead."""
+    from transformers import AutoTokenizer
+
+    job = _start_job(stage, cfg, out, init, tokens, lang, threads, log)
+
+    # --- where this run starts: the CT budget it continues, the model ------------------------
+    chain = _previous_budget(job)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(init)
+    model = prepare_for_training(model or load_model(init, job.tc["attention"]), job.tc)
+
+    # --- data, schedule, backend ---------------------------------------------------------------
+    samples = _open_stream(job, data, english, tokenizer, model)
+    sched = make_schedule(stage, job.tc, tokens, job.budgets)
+    backend = make_backend(model, job.tc, job.device)
+
+    # --- resume: this job's own checkpoint, else the previous budget's state -----------------
+    fingerprint = _fingerprint(job, samples)
+    progress = _resume(job, backend, chain, fingerprint)
+    speed = Throughput(flops_per_token(backend.module(), samples.seq_len),
+                       peak_flops(job.tc, job.device))
+
+    # --- the loop, then the next budget's state (CT), HF folder and the summary last ---------
+    _run_steps(job, backend, samples, sched, speed, progress, fingerprint)
+    return _finish(job, backend, tokenizer, samples, sched, speed, progress, fingerprint)
+
+
+def _start_job(stage: str, cfg: dict, out: str, init: str | None, tokens: int | None,
+               lang: str | None, threads: int | None, log: Callable) -> Job:
+    """The job's threads, device and process; its first log line; an output folder without an
+    old summary (never one beside new weights)."""
+    started = time.time()
+    tc = cfg[STAGES[stage]]
+    seed = cfg["seed"]
+    if threads:  # the job's threads, shared by the processes torchrun starts on this node
+        torch.set_num_threads(max(1, int(threads) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    device = device_of(tc["device"])
+    rank, world_size = world()
+    if rank != 0:  # one log per job; errors still raise in every process
+        def log(*args, **kwargs):
+            pass
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    log(f"=== {stage}{f' {lang}' if lang else ''}{f' {tokens} tokens' if tokens else ''}: "
+        f"started {now()}" + (f", SLURM job {slurm_job}" if slurm_job else ""))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        (out / SUMMARY_FILE).unlink(missing_ok=True)
+    return Job(stage, cfg, tc, seed, out, init, tokens, lang, device, rank, world_size, log,
+               slurm_job, started)
+
+
+def _previous_budget(job: Job) -> dict | None:
     """The summary of the CT budget this job continues, after checking the chain is sound."""
-    if stage != "ct" or init is None or not (Path(init) / SUMMARY_FILE).exists():
+    init, lang, tokens = job.init, job.lang, job.tokens
+    if job.stage != "ct" or init is None or not (Path(init) / SUMMARY_FILE).exists():
         return None
     prev = json.loads((Path(init) / SUMMARY_FILE).read_text())
     if prev.get("stage") != "ct":
@@ -150,6 +251,66 @@ def _open_data(path: str, tokenizer, model, what: str) -> TokenShards:
     return shards
 
 
+def _open_stream(job: Job, data: str, english: str | None, tokenizer, model) -> Data:
+    """The token folders as one position-indexed stream: CT blocks (with English mixed in at
+    english_ratio) or packed SFT sequences."""
+    tc, seq_len, seed = job.tc, job.tc["seq_len"], job.seed
+    shards = _open_data(data, tokenizer, model, "--data")
+    pad_id = data_pad_id(shards)  # the data stage's choice (data.pad), from its manifest
+    allow = shards.manifest.get("allow_repeat", False)
+    if job.stage == "sft":
+        source = Packed(shards, seq_len, tc["loss_on"], pad_id, seed, allow)
+    else:
+        source = Blocks(shards, seq_len, job.lang or "en", seed, allow)
+    ratio = tc["english_ratio"] if job.stage == "ct" else 0.0
+    english_src = None
+    if ratio > 0:
+        if english is None:
+            raise ValueError(f"continual_pretrain.english_ratio is {ratio} but no English token "
+                             "folder was given (--english)")
+        en = _open_data(english, tokenizer, model, "--english")
+        data_pad_id(shards, en)  # one stream: both folders frame their documents alike
+        english_src = Blocks(en, seq_len, "en", seed, en.manifest.get("allow_repeat", False))
+    shard_lists = [shards.manifest["shards"],
+                   english_src and english_src.shards.manifest["shards"]]
+    return Data(Mix(source, english_src, ratio), seq_len, pad_id, ratio, shard_lists)
+
+
+def _fingerprint(job: Job, data: Data) -> str:
+    """What a checkpoint was written by: a checkpoint of another configuration or data is
+    ignored."""
+    obj = {"stage": job.stage, "init": str(job.init), "lang": job.lang, "tc": job.tc,
+           "tokens": job.tokens, "seed": job.seed, "data": data.shard_lists}
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _resume(job: Job, backend, chain: dict | None, fingerprint: str) -> Progress:
+    """Where the steps start: this job's own checkpoint (same fingerprint), else the previous
+    CT budget's state, else step 0. Records the start in train_attempts.jsonl."""
+    ckpt = job.out / CHECKPOINT_DIR
+    p = Progress(chain)
+    if state.exists(ckpt) and state.read_meta(ckpt).get("fingerprint") == fingerprint:
+        meta = state.load(backend, ckpt)
+        p.step, p.seen, p.resumed_at = meta["step"], meta["tokens_seen"], meta["step"]
+        job.log(f"resuming own checkpoint at step {p.step}, {p.seen} tokens")
+    else:
+        if state.exists(ckpt):
+            job.log(f"ignoring {ckpt}: written by a different configuration or data")
+            barrier()
+            if job.rank == 0:
+                state.remove(ckpt)
+        if chain is not None:
+            meta = state.load(backend, Path(job.init) / STATE_DIR)
+            p.step, p.seen = meta["step"], meta["tokens_seen"]
+            job.log(f"continuing {job.init} at step {p.step}, {p.seen} tokens")
+    p.start_step, p.start_seen = p.step, p.seen
+    if job.rank == 0:  # a fresh run starts the record; a resumed one adds to it
+        record_attempt(job.out, {"event": "start", "time": now(), "step": p.step,
+                                 "tokens": p.seen, "slurm_job": job.slurm_job},
+                       fresh=p.resumed_at is None)
+    return p
+
+
 def _batch(rows, pad_id: int):
     """Pieces (sample, lo, hi) as one batch. Pieces cut at a budget's edge are shorter: they are
     padded at the end (causal attention: padding changes nothing before it) with tokens that are
@@ -169,233 +330,119 @@ def _batch(rows, pad_id: int):
     return x, k, pos
 
 
-def _peak_mem_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)  # KB on Linux
+def _step(job: Job, backend, data: Data, seen: int, end: int, lr: float) -> tuple[float, float]:
+    """One optimizer step over the stream's tokens [seen, end): returns the step's mean token
+    loss and its number of targets, both over all processes."""
+    seq_len, micro, device = data.seq_len, job.tc["micro_batch_size"], job.device
+    # The step's token range cut at sample edges: pieces (sample, start, stop).
+    pieces = [(b, max(seen, b * seq_len) - b * seq_len, min(end, (b + 1) * seq_len) - b * seq_len)
+              for b in range(seen // seq_len, (end - 1) // seq_len + 1)]
+    mine = [(data.stream.sample(b), lo, hi) for b, lo, hi in pieces[job.rank::job.world_size]]
+    # Targets of the whole step (all processes): the step's loss is their mean.
+    n_local = sum(int(keep[lo + 1:hi].sum()) for (_, keep, _), lo, hi in mine)
+    n_pred = max(1.0, all_sum(n_local, device))
+    # Every process runs the same number of micro-batches (DeepSpeed's collectives must
+    # match); one whose share ran out runs a zero-weight batch.
+    n_micro = math.ceil(math.ceil(len(pieces) / job.world_size) / micro)
+    backend.set_lr(lr)
+    step_loss = 0.0
+    for m in range(n_micro):
+        sel = mine[m * micro:(m + 1) * micro]
+        weight = 1.0 if sel else 0.0
+        rows = sel or [(data.stream.sample(pieces[0][0]), pieces[0][1], pieces[0][2])]
+        x, k, pos = (None if t is None else t.to(device) for t in _batch(rows, data.pad_id))
+        logits = backend.forward(x, pos)
+        labels = x[:, 1:].masked_fill(~k[:, 1:], -100)
+        # Summed over tokens / targets of the whole step: accumulating the micro-batches and
+        # summing over processes gives the step's mean token loss.
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+                               labels.reshape(-1), ignore_index=-100,
+                               reduction="sum") * (weight / n_pred)
+        backend.backward(loss, m == n_micro - 1)
+        step_loss += loss.item()
+    backend.step()
+    return all_sum(step_loss, device), n_pred
 
 
-def _disk_gb(folder: Path) -> float:
-    return round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e9, 6)
-
-
-def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = None,
-          init: str | None = None, tokens: int | None = None, lang: str | None = None,
-          model=None, tokenizer=None, threads: int | None = None, log=log_line) -> dict | None:
-    """Run one training job; return its summary (process 0; also OUT/train_summary.json).
-
-    stage: pretrain | ct | sft. `data` is a token folder (CT: the language's; SFT: the SFT
-    data; pretrain: English), `english` the English token folder mixed into CT at
-    continual_pretrain.english_ratio. `init` is a model folder or hub id (CT: the base, or the
-    previous budget's folder); pretrain passes the built `model` and `tokenizer` instead."""
-    from transformers import AutoTokenizer
-
-    t_start = time.time()
-    tc = cfg[STAGES[stage]]
-    seed = cfg["seed"]
-    if threads:  # the job's threads, shared by the processes torchrun starts on this node
-        torch.set_num_threads(max(1, int(threads) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    device = device_of(tc["device"])
-    rank, world_size = world()
-    if rank != 0:  # one log per job; errors still raise in every process
-        def log(*args, **kwargs):
-            pass
-    job = os.environ.get("SLURM_JOB_ID")
-    log(f"=== {stage}{f' {lang}' if lang else ''}{f' {tokens} tokens' if tokens else ''}: "
-        f"started {_now()}" + (f", SLURM job {job}" if job else ""))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        (out / SUMMARY_FILE).unlink(missing_ok=True)  # never an old summary beside new weights
-
-    # --- where this run starts ---------------------------------------------------------------
-    chain = _previous_budget(stage, init, lang, tokens)
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(init)
-    model = prepare_for_training(model or load_model(init, tc["attention"]), tc)
-
-    # --- data: token shards, position-indexed ------------------------------------------------
-    seq_len = tc["seq_len"]
-    shards = _open_data(data, tokenizer, model, "--data")
-    pad_id = data_pad_id(shards)  # the data stage's choice (data.pad), from its manifest
-    allow = shards.manifest.get("allow_repeat", False)
-    if stage == "sft":
-        source = Packed(shards, seq_len, tc["loss_on"], pad_id, seed, allow)
-    else:
-        source = Blocks(shards, seq_len, lang or "en", seed, allow)
-    ratio = tc["english_ratio"] if stage == "ct" else 0.0
-    english_src = None
-    if ratio > 0:
-        if english is None:
-            raise ValueError(f"continual_pretrain.english_ratio is {ratio} but no English token "
-                             "folder was given (--english)")
-        en = _open_data(english, tokenizer, model, "--english")
-        data_pad_id(shards, en)  # one stream: both folders frame their documents alike
-        english_src = Blocks(en, seq_len, "en", seed, en.manifest.get("allow_repeat", False))
-    stream = Mix(source, english_src, ratio)
-
-    budgets = cfg["languages"][lang]["budgets"] if stage == "ct" else []
-    sched = make_schedule(stage, tc, tokens, budgets)
-    backend = make_backend(model, tc, device)
-
-    # --- resume: this job's own checkpoint, else the previous budget's state -----------------
-    data_id = [shards.manifest["shards"], english_src and english_src.shards.manifest["shards"]]
-    fingerprint = _fingerprint({"stage": stage, "init": str(init), "lang": lang, "tc": tc,
-                                "tokens": tokens, "seed": seed, "data": data_id})
-    ckpt = out / CHECKPOINT_DIR
-    step, seen, resumed_at = 0, 0, None
-    if state.exists(ckpt) and state.read_meta(ckpt).get("fingerprint") == fingerprint:
-        meta = state.load(backend, ckpt)
-        step, seen, resumed_at = meta["step"], meta["tokens_seen"], meta["step"]
-        log(f"resuming own checkpoint at step {step}, {seen} tokens")
-    else:
-        if state.exists(ckpt):
-            log(f"ignoring {ckpt}: written by a different configuration or data")
-            barrier()
-            if rank == 0:
-                state.remove(ckpt)
-        if chain is not None:
-            meta = state.load(backend, Path(init) / STATE_DIR)
-            step, seen = meta["step"], meta["tokens_seen"]
-            log(f"continuing {init} at step {step}, {seen} tokens")
-    start_step, start_seen = step, seen
-    if rank == 0:  # a fresh run starts the record; a resumed one adds to it
-        _record_attempt(out, {"event": "start", "time": _now(), "step": step, "tokens": seen,
-                              "slurm_job": job}, fresh=resumed_at is None)
-
-    fpt = flops_per_token(backend.module(), seq_len)
-    peak = peak_flops(tc, device)
-    micro = tc["micro_batch_size"]
-    every, log_every = tc["checkpoint_every"], tc["log_every"]
-    history: list[dict] = []
-    step_loss, targets_this_run = None, 0
-
-    def save_checkpoint():
-        state.save(backend, ckpt, {"fingerprint": fingerprint, "step": step,
-                                   "tokens_seen": seen})
-
-    # --- the loop ----------------------------------------------------------------------------
+def _run_steps(job: Job, backend, data: Data, sched: Schedule, speed: Throughput, p: Progress,
+               fingerprint: str) -> None:
+    """Steps until the budget's tokens are seen: a log line every `log_every` steps (and the
+    last), a checkpoint every `checkpoint_every`, and on a stop signal a checkpoint and
+    Preempted."""
+    every, log_every = job.tc["checkpoint_every"], job.tc["log_every"]
     t_loop = time.time()
     with StopSignals() as stop:
-        while seen < sched.total_tokens:
-            lr = sched.lr_at(step)
-            end = sched.step_end(seen)
-            # The step's token range cut at sample edges: pieces (sample, start, stop).
-            pieces = [(b, max(seen, b * seq_len) - b * seq_len,
-                       min(end, (b + 1) * seq_len) - b * seq_len)
-                      for b in range(seen // seq_len, (end - 1) // seq_len + 1)]
-            mine = [(stream.sample(b), lo, hi) for b, lo, hi in pieces[rank::world_size]]
-            # Targets of the whole step (all processes): the step's loss is their mean.
-            n_local = sum(int(keep[lo + 1:hi].sum()) for (_, keep, _), lo, hi in mine)
-            n_pred = max(1.0, all_sum(n_local, device))
-            # Every process runs the same number of micro-batches (DeepSpeed's collectives must
-            # match); one whose share ran out runs a zero-weight batch.
-            n_micro = math.ceil(math.ceil(len(pieces) / world_size) / micro)
-            backend.set_lr(lr)
-            step_loss = 0.0
-            for m in range(n_micro):
-                sel = mine[m * micro:(m + 1) * micro]
-                weight = 1.0 if sel else 0.0
-                rows = sel or [(stream.sample(pieces[0][0]), pieces[0][1], pieces[0][2])]
-                x, k, pos = (None if t is None else t.to(device) for t in _batch(rows, pad_id))
-                logits = backend.forward(x, pos)
-                labels = x[:, 1:].masked_fill(~k[:, 1:], -100)
-                # Summed over tokens / targets of the whole step: accumulating the micro-batches
-                # and summing over processes gives the step's mean token loss.
-                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-                                       labels.reshape(-1), ignore_index=-100,
-                                       reduction="sum") * (weight / n_pred)
-                backend.backward(loss, m == n_micro - 1)
-                step_loss += loss.item()
-            backend.step()
-            step_loss = all_sum(step_loss, device)
-            step += 1
-            seen = end
-            targets_this_run += int(n_pred)
-            if step % log_every == 0 or seen >= sched.total_tokens:
-                dt = time.time() - t_loop
-                tps = (seen - start_seen) / max(dt, 1e-9)
-                mfu = tps * fpt / (peak * world_size) if peak else None
-                history.append({"step": step, "tokens": seen, "lr": lr, "loss": step_loss})
-                log(f"step {step}/{sched.total_steps} tokens {seen} lr {lr:.3g} "
-                    f"loss {step_loss:.4f} tok/s {tps:.0f}"
-                    + (f" mfu {mfu:.3f}" if mfu is not None else ""))
-            if seen < sched.total_tokens:
-                if all_max(stop.received is not None, device):
-                    save_checkpoint()
-                    if rank == 0:
-                        name = signal.Signals(stop.received).name if stop.received else "peer"
-                        _record_attempt(out, {"event": "stop", "time": _now(), "step": step,
-                                              "tokens": seen, "signal": name}, fresh=False)
-                    raise Preempted(f"stop signal: saved {ckpt} at step {step} ({seen} tokens); "
-                                    "re-run the job to continue from there")
-                if every and step % every == 0:
-                    save_checkpoint()
-    loop_s = time.time() - t_loop
+        while p.seen < sched.total_tokens:
+            lr = sched.lr_at(p.step)
+            end = sched.step_end(p.seen)
+            p.loss, n_pred = _step(job, backend, data, p.seen, end, lr)
+            p.step += 1
+            p.seen = end
+            p.targets += int(n_pred)
+            if p.step % log_every == 0 or p.seen >= sched.total_tokens:
+                tps = p.tokens_per_s(time.time() - t_loop)
+                mfu = speed.mfu(tps, job.world_size)
+                p.history.append({"step": p.step, "tokens": p.seen, "lr": lr, "loss": p.loss})
+                job.log(f"step {p.step}/{sched.total_steps} tokens {p.seen} lr {lr:.3g} "
+                        f"loss {p.loss:.4f} tok/s {tps:.0f}"
+                        + (f" mfu {mfu:.3f}" if mfu is not None else ""))
+            if p.seen < sched.total_tokens:
+                if all_max(stop.received is not None, job.device):
+                    _preempt(job, backend, p, fingerprint, stop.received)
+                if every and p.step % every == 0:
+                    _save_checkpoint(job, backend, p, fingerprint)
+    p.loop_s = time.time() - t_loop
 
-    # --- final save: the next budget's state (CT), HF folder, then the summary last ----------
-    save_dtype = tc["save_dtype"]
-    keep_state = stage == "ct" and (tc["keep_optimizer"] == "all" or int(tokens) < max(budgets))
+
+def _save_checkpoint(job: Job, backend, p: Progress, fingerprint: str) -> None:
+    state.save(backend, job.out / CHECKPOINT_DIR, {"fingerprint": fingerprint, "step": p.step,
+                                                   "tokens_seen": p.seen})
+
+
+def _preempt(job: Job, backend, p: Progress, fingerprint: str, received: int | None):
+    """A stop signal (here or in another process): save, record the stop, raise Preempted."""
+    _save_checkpoint(job, backend, p, fingerprint)
+    if job.rank == 0:
+        name = signal.Signals(received).name if received else "peer"
+        record_attempt(job.out, {"event": "stop", "time": now(), "step": p.step,
+                                 "tokens": p.seen, "signal": name}, fresh=False)
+    raise Preempted(f"stop signal: saved {job.out / CHECKPOINT_DIR} at step {p.step} "
+                    f"({p.seen} tokens); re-run the job to continue from there")
+
+
+def _save_hf(module, tokenizer, out: Path, save_dtype: str) -> None:
+    """The Hugging Face folder: weights in `save_dtype` (config.json says so), the tokenizer."""
+    module.config.use_cache = True
+    weights = saved_weights(module, DTYPES[save_dtype])
+    module.save_pretrained(out, state_dict=weights, safe_serialization=True)
+    conf = json.loads((out / "config.json").read_text())
+    conf["dtype"] = save_dtype
+    conf.pop("torch_dtype", None)
+    fsutil.write_json(out / "config.json", conf)
+    tokenizer.save_pretrained(out)
+
+
+def _finish(job: Job, backend, tokenizer, data: Data, sched: Schedule, speed: Throughput,
+            p: Progress, fingerprint: str) -> dict | None:
+    """The next CT budget's state (or none), the HF folder, then train_summary.json last; the
+    previous budget's state goes once consumed (keep_optimizer: next)."""
+    tc, out = job.tc, job.out
+    keep_state = job.stage == "ct" and (tc["keep_optimizer"] == "all"
+                                        or int(job.tokens) < max(job.budgets))
     if keep_state:
-        state.save(backend, out / STATE_DIR, {"step": step, "tokens_seen": seen,
+        state.save(backend, out / STATE_DIR, {"step": p.step, "tokens_seen": p.seen,
                                               "fingerprint": fingerprint})
-    elif rank == 0:
+    elif job.rank == 0:
         state.remove(out / STATE_DIR)
     summary = None
-    if rank == 0:
-        module = backend.module()
-        module.config.use_cache = True
-        weights = saved_weights(module, DTYPES[save_dtype])
-        module.save_pretrained(out, state_dict=weights, safe_serialization=True)
-        conf = json.loads((out / "config.json").read_text())
-        conf["dtype"] = save_dtype
-        conf.pop("torch_dtype", None)
-        fsutil.write_json(out / "config.json", conf)
-        tokenizer.save_pretrained(out)
-        shutil.rmtree(ckpt, ignore_errors=True)
-        tokens_run = seen - start_seen
-        tps = tokens_run / max(loop_s, 1e-9)
-        summary = {
-            "stage": stage,
-            "lang": lang,
-            "init": None if init is None else str(init),
-            "resumed_from": str(init) if chain is not None else None,
-            "resumed_own_checkpoint_at_step": resumed_at,
-            "attempts": _read_attempts(out),
-            "tokens_seen": seen,
-            "tokens_this_run": seen - (int(chain["tokens_seen"]) if chain else 0),
-            "steps": step,
-            "steps_this_run": step - start_step,
-            "target_tokens_this_job": targets_this_run,
-            "tokens_per_step": sched.tokens_per_step,
-            "seq_len": seq_len,
-            "english_ratio": ratio,
-            "lr_schedule": {"kind": "cosine", "lr": sched.lr, "min_lr": sched.min_lr,
-                            "warmup_steps": sched.warmup_steps,
-                            "decay_steps": sched.decay_steps, "lr_last": sched.lr_at(step - 1)},
-            "final_loss": step_loss if step_loss is not None else (chain or {}).get("final_loss"),
-            "loss_history": history,
-            "data": stream.usage(math.ceil(seen / seq_len)),
-            "save_dtype": save_dtype,
-            "state_kept": keep_state,
-            "backend": backend.kind,
-            "device": str(device),
-            "world_size": world_size,
-            "threads": torch.get_num_threads(),
-            "wall_time_s": round(time.time() - t_start, 2),
-            "train_time_s": round(loop_s, 2),
-            "tokens_per_s": round(tps, 1),
-            "flops_per_token": fpt,
-            "peak_tflops": peak / 1e12 if peak else None,
-            "mfu": round(tps * fpt / (peak * world_size), 6) if peak else None,
-            "peak_mem_gb": _peak_mem_gb(device),
-            "peak_mem_kind": "device" if device.type == "cuda" else "host (max RSS)",
-            "config": tc,
-        }
-        summary["disk_gb"] = _disk_gb(out)
+    if job.rank == 0:
+        _save_hf(backend.module(), tokenizer, out, tc["save_dtype"])
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        summary = train_summary(job, data, sched, backend.kind, speed, p, keep_state)
         fsutil.write_json(out / SUMMARY_FILE, summary)
-        if chain is not None and tc["keep_optimizer"] == "next":
-            state.remove(Path(init) / STATE_DIR)  # consumed: this budget is complete
-        log(f"done: {seen} tokens, {step} steps, loss {summary['final_loss']}, "
-            f"{tps:.0f} tokens/s, {summary['wall_time_s']} s")
+        if p.chain is not None and tc["keep_optimizer"] == "next":
+            state.remove(Path(job.init) / STATE_DIR)  # consumed: this budget is complete
+        job.log(f"done: {p.seen} tokens, {p.step} steps, loss {summary['final_loss']}, "
+                f"{p.tokens_per_s(p.loop_s):.0f} tokens/s, {summary['wall_time_s']} s")
     barrier()
     return summary
