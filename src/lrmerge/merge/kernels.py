@@ -21,6 +21,7 @@ from llvmlite import ir
 from numba import get_num_threads, get_thread_id, njit, prange, types
 from numba.extending import intrinsic, overload
 
+
 GROUPS = 64
 BLOCK = 1024  # elements per step of the blocked kernels
 KIND_F32, KIND_BF16, KIND_F16 = 0, 1, 2  # storage: float32, uint16 (bf16 bits), int16 (fp16 bits)
@@ -419,32 +420,7 @@ def sample_keys(base, xs, kind, stride, count, arith):
 
 
 @njit(inline="always")
-def _ties(
-    base,
-    xs,
-    kind,
-    weights,
-    sparsify,
-    keep_all,
-    threshold,
-    quota,
-    density,
-    seeds,
-    vote,
-    normalize,
-    lam,
-    protect,
-    sv_mode,
-    sv_bucket,
-    sv_threshold,
-    sv_quota,
-    sv_hist,
-    sv_collect,
-    out,
-    out_kind,
-    stats,
-    arith,
-):
+def _ties(base, xs, kind, trim, mix, sv, dst, arith):
     """TIES (and TIES-SV, DARE-TIES, DARE-linear) over one tensor.
 
     Per element: trim (magnitude: keep/threshold/quota from the selection passes; random: DARE with a
@@ -452,14 +428,20 @@ def _ties(
     trimmed values; vote < 0: no election), mean of the agreeing u_i over the agreeing weights (or
     their count).
 
+    The parameters travel in four tuples (methods.ties_family builds them):
+      trim = (sparsify, keep_all, threshold, quota, density, seeds)
+      mix  = (weights, vote, normalize, lam)
+      sv   = (protect, mode, bucket, threshold, quota, hist, collect)
+      dst  = (out, out_kind, stats)
+
     TIES-SV (protect >= 0): the protected model's entries that survive the trim but disagree with the
-    elected sign are candidates; key = orderable(|sum agreeing u| - |u_p|). sv_mode HIST_HIGH /
-    HIST_LOW / COUNT_EQUAL fill sv_hist for the radix select of the smallest keys (no output); sv_mode
-    -1 merges, and candidates with key < sv_threshold (or equal, within sv_quota) are reserved: their
-    elected sign becomes sign(u_p). sv_mode SV_COLLECT merges reserving nothing and stores each
-    candidate in sv_collect = (keys, offsets in the group, keep bits of the models, counts), per
-    group in index order (counts run past the capacity, to tell an overflow); ties_sv_reserve then
-    re-merges the reserved ones.
+    elected sign are candidates; key = orderable(|sum agreeing u| - |u_p|). mode HIST_HIGH /
+    HIST_LOW / COUNT_EQUAL fill hist for the radix select of the smallest keys (no output); mode -1
+    merges, and candidates with key < threshold (or equal, within quota) are reserved: their elected
+    sign becomes sign(u_p). mode SV_COLLECT merges reserving nothing and stores each candidate in
+    collect = (keys, offsets in the group, keep bits of the models, counts), per group in index
+    order (counts run past the capacity, to tell an overflow); ties_sv_reserve then re-merges the
+    reserved ones.
 
     arith: the dtype each step is rounded to, as in task_arithmetic (weights come pre-rounded).
 
@@ -467,11 +449,22 @@ def _ties(
     vectorise the steps; only the rare sequential decisions (ties at a threshold) loop element-wise.
     stats[g, i] = (kept, discarded, reserved). Returns an index holding a non-finite result, or -1.
     """
+    # numba's parallel loop takes arrays and scalars only: the tuples are unpacked before it and
+    # rebuilt inside it
+    sparsify, keep_all, threshold, quota, density, seeds = trim
+    weights, vote, normalize, lam = mix
+    protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect = sv
+    sv_keys, sv_offsets, sv_keep, sv_count = sv_collect
+    out, out_kind, stats = dst
     n_models, n = xs.shape
     bad = np.full(GROUPS, -1, np.int64)
     unweighted = vote == VOTE_UNWEIGHTED
-    sv_keys, sv_offsets, sv_keep, sv_count = sv_collect
     for g in prange(GROUPS):
+        trim_g = (sparsify, keep_all, threshold, quota, density, seeds)
+        mix_g = (weights, vote, normalize, lam)
+        sv_g = (protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist,
+                (sv_keys, sv_offsets, sv_keep, sv_count))
+        dst_g = (out, out_kind, stats)
         bb = np.empty(BLOCK, np.float32)
         tr = np.empty((n_models, BLOCK), np.float32)  # trimmed task vectors
         u = np.empty((n_models, BLOCK), np.float32)  # weighted
@@ -484,38 +477,13 @@ def _ties(
         slab = np.int64(g) if sv_mode == COUNT_EQUAL else np.int64(get_thread_id())
         lo, hi = _group_range(g, n)
         used = np.zeros(n_models, np.int64)
-        sv_used = 0
+        sv_used = np.zeros(1, np.int64)
         for start in range(lo, hi, BLOCK):
             m = min(BLOCK, hi - start)
             for j in range(m):
                 bb[j] = load(base, 0, start + j, kind)
             for i in range(n_models):
-                for j in range(m):
-                    tr[i, j] = rnd(np.float32(load(xs, i, start + j, kind) - bb[j]), arith)
-                if sparsify == SPARSIFY_MAGNITUDE and not keep_all[i]:
-                    thr = threshold[i]
-                    ties_left = 0
-                    for j in range(m):
-                        key = f32_bits(abs(tr[i, j]))
-                        keep[i, j] = key > thr
-                        ties_left += key == thr
-                    if ties_left:  # lowest flat indices first, up to this group's quota
-                        for j in range(m):
-                            if f32_bits(abs(tr[i, j])) == thr and used[i] < quota[g, i]:
-                                keep[i, j] = True
-                                used[i] += 1
-                    for j in range(m):
-                        # a trimmed entry stays a signed zero, as mergekit's tau * mask
-                        tr[i, j] = tr[i, j] if keep[i, j] else np.float32(tr[i, j] * np.float32(0))
-                elif sparsify == SPARSIFY_RANDOM and not keep_all[i]:
-                    scale = np.float32(density[i])
-                    for j in range(m):
-                        k = _random_unit(seeds[i], i, start + j) < density[i]
-                        keep[i, j] = k
-                        tr[i, j] = rnd(np.float32(tr[i, j] / scale), arith) if k else np.float32(tr[i, j] * np.float32(0))
-                else:
-                    for j in range(m):
-                        keep[i, j] = True
+                _trim_model(xs, kind, bb, trim_g, i, g, start, m, used, tr, keep, arith)
                 wi = weights[i]
                 for j in range(m):
                     u[i, j] = rnd(np.float32(tr[i, j] * wi), arith)
@@ -528,57 +496,108 @@ def _ties(
                 positive[j] = vote_sum[j] >= 0
             _agree_and_mix(tr, u, weights, vote, positive, agree, mixed, divisor, m)
             if protect >= 0 and (sv_mode >= 0 or sv_threshold > 0):
-                p = protect
-                for j in range(m):
-                    if not keep[p, j] or agree[p, j] or u[p, j] == 0:
-                        continue
-                    key = _orderable(np.float32(abs(mixed[j]) - abs(u[p, j])))
-                    if sv_mode == HIST_HIGH:
-                        sv_hist[slab, 0, key >> np.uint32(16)] += 1
-                    elif sv_mode == HIST_LOW:
-                        if (key >> np.uint32(16)) == sv_bucket:
-                            sv_hist[slab, 0, key & np.uint32(0xFFFF)] += 1
-                    elif sv_mode == COUNT_EQUAL:
-                        if key == sv_threshold:
-                            sv_hist[slab, 0, 0] += 1
-                    elif sv_mode == SV_COLLECT:
-                        c = sv_count[g]
-                        if c < sv_keys.shape[1]:
-                            sv_keys[g, c] = key
-                            sv_offsets[g, c] = np.uint32(start + j - lo)
-                            bits = np.uint8(0)
-                            for i in range(n_models):
-                                bits |= np.uint8(keep[i, j] << i)
-                            sv_keep[g, c] = bits
-                        sv_count[g] = c + 1
-                    else:
-                        reserve = key < sv_threshold
-                        if not reserve and key == sv_threshold and sv_used < sv_quota[g]:
-                            sv_used += 1
-                            reserve = True
-                        if reserve:
-                            # the protected model's sign wins here
-                            _remix_one(tr, u, weights, vote, (tr[p, j] if unweighted else u[p, j]) > 0,
-                                       agree, mixed, divisor, j)
-                            stats[g, p, 2] += 1
+                _slack_block(tr, u, keep, agree, mixed, divisor, weights, vote, sv_g, g, slab, lo,
+                             start, m, sv_used, stats)
             if sv_mode >= 0 and sv_mode != SV_COLLECT:
-                continue
-            for i in range(n_models):
-                kept_count = 0
-                discarded = 0
-                for j in range(m):
-                    kept_count += keep[i, j]
-                    discarded += keep[i, j] & (not agree[i, j])
-                stats[g, i, 0] += kept_count
-                stats[g, i, 1] += discarded
-            for j in range(m):
-                mixed[j] = _finish(mixed[j], divisor[j], bb[j], normalize, lam, vote, arith)
-            for j in range(m):
-                store(out, start + j, mixed[j], out_kind)
-            for j in range(m):
-                if not np.isfinite(mixed[j]) and bad[g] < 0:
-                    bad[g] = start + j
+                continue  # a counting pass: no output
+            _tally_and_store(keep, agree, mixed, divisor, bb, mix_g, dst_g, g, start, m, bad, arith)
     return bad.max()
+
+
+@njit(inline="always")
+def _trim_model(xs, kind, bb, trim, i, g, start, m, used, tr, keep, arith):
+    """Model i's task vector over one block, trimmed: tr[i] and keep[i]."""
+    sparsify, keep_all, threshold, quota, density, seeds = trim
+    for j in range(m):
+        tr[i, j] = rnd(np.float32(load(xs, i, start + j, kind) - bb[j]), arith)
+    if sparsify == SPARSIFY_MAGNITUDE and not keep_all[i]:
+        thr = threshold[i]
+        ties_left = 0
+        for j in range(m):
+            key = f32_bits(abs(tr[i, j]))
+            keep[i, j] = key > thr
+            ties_left += key == thr
+        if ties_left:  # lowest flat indices first, up to this group's quota
+            for j in range(m):
+                if f32_bits(abs(tr[i, j])) == thr and used[i] < quota[g, i]:
+                    keep[i, j] = True
+                    used[i] += 1
+        for j in range(m):
+            # a trimmed entry stays a signed zero, as mergekit's tau * mask
+            tr[i, j] = tr[i, j] if keep[i, j] else np.float32(tr[i, j] * np.float32(0))
+    elif sparsify == SPARSIFY_RANDOM and not keep_all[i]:
+        scale = np.float32(density[i])
+        for j in range(m):
+            k = _random_unit(seeds[i], i, start + j) < density[i]
+            keep[i, j] = k
+            tr[i, j] = rnd(np.float32(tr[i, j] / scale), arith) if k else np.float32(tr[i, j] * np.float32(0))
+    else:
+        for j in range(m):
+            keep[i, j] = True
+
+
+@njit(inline="always")
+def _slack_block(tr, u, keep, agree, mixed, divisor, weights, vote, sv, g, slab, lo, start, m,
+                 sv_used, stats):
+    """TIES-SV over one block: count, collect or reserve the protected model's candidates."""
+    p, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect = sv
+    sv_keys, sv_offsets, sv_keep, sv_count = sv_collect
+    n_models = tr.shape[0]
+    unweighted = vote == VOTE_UNWEIGHTED
+    for j in range(m):
+        if not keep[p, j] or agree[p, j] or u[p, j] == 0:
+            continue
+        key = _orderable(np.float32(abs(mixed[j]) - abs(u[p, j])))
+        if sv_mode == HIST_HIGH:
+            sv_hist[slab, 0, key >> np.uint32(16)] += 1
+        elif sv_mode == HIST_LOW:
+            if (key >> np.uint32(16)) == sv_bucket:
+                sv_hist[slab, 0, key & np.uint32(0xFFFF)] += 1
+        elif sv_mode == COUNT_EQUAL:
+            if key == sv_threshold:
+                sv_hist[slab, 0, 0] += 1
+        elif sv_mode == SV_COLLECT:
+            c = sv_count[g]
+            if c < sv_keys.shape[1]:
+                sv_keys[g, c] = key
+                sv_offsets[g, c] = np.uint32(start + j - lo)
+                bits = np.uint8(0)
+                for i in range(n_models):
+                    bits |= np.uint8(keep[i, j] << i)
+                sv_keep[g, c] = bits
+            sv_count[g] = c + 1
+        else:
+            reserve = key < sv_threshold
+            if not reserve and key == sv_threshold and sv_used[0] < sv_quota[g]:
+                sv_used[0] += 1
+                reserve = True
+            if reserve:
+                # the protected model's sign wins here
+                _remix_one(tr, u, weights, vote, (tr[p, j] if unweighted else u[p, j]) > 0,
+                           agree, mixed, divisor, j)
+                stats[g, p, 2] += 1
+
+
+@njit(inline="always")
+def _tally_and_store(keep, agree, mixed, divisor, bb, mix, dst, g, start, m, bad, arith):
+    """Count kept and discarded entries, finish the block's results and store them."""
+    weights, vote, normalize, lam = mix
+    out, out_kind, stats = dst
+    for i in range(keep.shape[0]):
+        kept_count = 0
+        discarded = 0
+        for j in range(m):
+            kept_count += keep[i, j]
+            discarded += keep[i, j] & (not agree[i, j])
+        stats[g, i, 0] += kept_count
+        stats[g, i, 1] += discarded
+    for j in range(m):
+        mixed[j] = _finish(mixed[j], divisor[j], bb[j], normalize, lam, vote, arith)
+    for j in range(m):
+        store(out, start + j, mixed[j], out_kind)
+    for j in range(m):
+        if not np.isfinite(mixed[j]) and bad[g] < 0:
+            bad[g] = start + j
 
 
 @njit(inline="always")
@@ -596,26 +615,30 @@ def _finish(mixed, divisor, b, normalize, lam, vote, arith):
 
 
 @njit(parallel=True, cache=True)
-def ties_window(base, xs, kind, weights, window_lo, window_hi, vote, normalize, lam, out, out_kind,
-                stats, above, cand_keys, cand_count, unsure, unsure_count):
+def ties_window(base, xs, kind, mix, window, dst, unsure_buffers):
     """TIES in one pass, before the exact trim threshold is known (float32 arithmetic, a weighted
     or unweighted vote).
 
-    Each model's threshold is expected inside [window_lo[i], window_hi[i]] (from a sample): keys
-    beyond the window are kept, keys below it trimmed, and an element with any key inside some
-    window is "unsure": its index goes to unsure[g, :] and its in-window keys to cand_keys[g, i, :]
-    (as in trim_scan, with above[g, i] counting the keys beyond). Every other element is merged and
-    counted in stats for good; ties_fixup later merges the unsure ones once the candidates have
-    given the exact thresholds. Counts run past the capacities, to tell an overflow.
+    mix = (weights, vote, normalize, lam); window = (lo, hi, above, cand_keys, cand_count);
+    dst = (out, out_kind, stats); unsure_buffers = (unsure, unsure_count).
+
+    Each model's threshold is expected inside [lo[i], hi[i]] (from a sample): keys beyond the window
+    are kept, keys below it trimmed, and an element with any key inside some window is "unsure":
+    its index goes to unsure[g, :] and its in-window keys to cand_keys[g, i, :] (as in trim_scan,
+    with above[g, i] counting the keys beyond). Every other element is merged and counted in stats
+    for good; ties_fixup later merges the unsure ones once the candidates have given the exact
+    thresholds. Counts run past the capacities, to tell an overflow.
 
     The steps are simple loops over a block (flags as uint8, 1-D row views) so that they
     vectorise; only the few unsure elements take the scalar loop at the end of each block.
     """
+    # numba's parallel loop takes arrays and scalars only: the tuples are unpacked before it
+    weights, vote, normalize, lam = mix
+    window_lo, window_hi, above, cand_keys, cand_count = window
+    out, out_kind, stats = dst
+    unsure, unsure_count = unsure_buffers
     n_models, n = xs.shape
-    cap = cand_keys.shape[2]
-    ucap = unsure.shape[1]
     bad = np.full(GROUPS, -1, np.int64)
-    unweighted = vote == VOTE_UNWEIGHTED
     for g in prange(GROUPS):
         bb = np.empty(BLOCK, np.float32)
         keys = np.empty((n_models, BLOCK), np.uint32)
@@ -634,80 +657,112 @@ def ties_window(base, xs, kind, weights, window_lo, window_hi, vote, normalize, 
                 bb[j] = load(base, 0, start + j, kind)
                 sure[j] = True
             for i in range(n_models):
-                wlo, whi, wi = window_lo[i], window_hi[i], weights[i]
-                tri, ui, keepi, keysi = tr[i], u[i], keep[i], keys[i]
-                beyond = 0
-                for j in range(m):
-                    t = np.float32(load(xs, i, start + j, kind) - bb[j])
-                    key = f32_bits(abs(t))
-                    keysi[j] = key
-                    k = key > whi
-                    keepi[j] = k
-                    beyond += k
-                    sure[j] = sure[j] & ((key < wlo) | k)
-                    # a trimmed entry stays a signed zero, as mergekit's tau * mask
-                    t = t if k else np.float32(t * np.float32(0))
-                    tri[j] = t
-                    ui[j] = np.float32(t * wi)
+                beyond = _window_trim(xs, kind, bb, i, start, m, window_lo[i], window_hi[i],
+                                      weights[i], tr[i], u[i], keep[i], keys[i], sure)
                 above[g, i] += beyond
                 stats[g, i, 0] += beyond  # the unsure ones are taken back below
-            # sign election over the models, summed in model order
-            for i in range(n_models):
-                src = tr[i] if unweighted else u[i]
-                if i == 0:
-                    for j in range(m):
-                        vote_sum[j] = src[j]
-                else:
-                    for j in range(m):
-                        vote_sum[j] = np.float32(vote_sum[j] + src[j])
-            # agreement, and the sums of agreeing u and weights (mergekit's order)
-            for i in range(n_models):
-                wi = weights[i]
-                d_agree = np.float32(1) if unweighted else wi
-                d_not = np.float32(0) if unweighted else np.float32(wi * np.float32(0))
-                src = tr[i] if unweighted else u[i]
-                ui, agreei, keepi = u[i], agree[i], keep[i]
-                discarded = 0
-                for j in range(m):
-                    a = (src[j] > 0) if vote_sum[j] >= 0 else (src[j] < 0)
-                    agreei[j] = a
-                    discarded += keepi[j] & (not a)
-                    c = ui[j] if a else np.float32(ui[j] * np.float32(0))
-                    d = d_agree if a else d_not
-                    mixed[j] = c if i == 0 else np.float32(mixed[j] + c)
-                    divisor[j] = d if i == 0 else np.float32(divisor[j] + d)
-                stats[g, i, 1] += discarded
+            _vote_and_mix(tr, u, keep, weights, vote, vote_sum, agree, mixed, divisor, m, stats, g)
             for j in range(m):
                 mixed[j] = _finish(mixed[j], divisor[j], bb[j], normalize, lam, vote, KIND_F32)
             for j in range(m):
                 store(out, start + j, mixed[j], out_kind)
-            uc = unsure_count[g]
-            unsure_g = unsure[g]
-            for j in range(m):
-                if not sure[j]:
-                    if uc < ucap:
-                        unsure_g[np.uint64(uc)] = start + j
-                    uc += 1
-                    for i in range(n_models):
-                        stats[g, i, 0] -= keep[i, j]
-                        stats[g, i, 1] -= keep[i, j] & (not agree[i, j])
-                        key = keys[i, j]
-                        if key >= window_lo[i] and key <= window_hi[i]:
-                            c = cand_count[g, i]
-                            if c < cap:
-                                cand_keys[g, i, c] = key
-                            cand_count[g, i] = c + 1
-            unsure_count[g] = uc
+            unsure_count[g] = _set_aside_unsure(keys, keep, agree, sure, window_lo, window_hi,
+                                                start, m, g, unsure_count[g], unsure, cand_keys,
+                                                cand_count, stats)
             if bad[g] < 0:
-                nonfinite = False
-                for j in range(m):
-                    nonfinite |= not np.isfinite(mixed[j])
-                if nonfinite:
-                    for j in range(m):
-                        if sure[j] and not np.isfinite(mixed[j]):
-                            bad[g] = start + j
-                            break
+                bad[g] = _first_sure_nonfinite(mixed, sure, start, m)
     return bad.max()
+
+
+@njit(inline="always")
+def _window_trim(xs, kind, bb, i, start, m, wlo, whi, wi, tri, ui, keepi, keysi, sure):
+    """Model i over one block: keys beyond its window kept, the rest trimmed, an element with a
+    key inside the window marked unsure. Returns how many were beyond."""
+    beyond = 0
+    for j in range(m):
+        t = np.float32(load(xs, i, start + j, kind) - bb[j])
+        key = f32_bits(abs(t))
+        keysi[j] = key
+        k = key > whi
+        keepi[j] = k
+        beyond += k
+        sure[j] = sure[j] & ((key < wlo) | k)
+        # a trimmed entry stays a signed zero, as mergekit's tau * mask
+        t = t if k else np.float32(t * np.float32(0))
+        tri[j] = t
+        ui[j] = np.float32(t * wi)
+    return beyond
+
+
+@njit(inline="always")
+def _vote_and_mix(tr, u, keep, weights, vote, vote_sum, agree, mixed, divisor, m, stats, g):
+    """Sign election summed in model order, agreement, and the sums of agreeing u and weights
+    (mergekit's order), counting each model's discarded entries."""
+    n_models = tr.shape[0]
+    unweighted = vote == VOTE_UNWEIGHTED
+    for i in range(n_models):
+        src = tr[i] if unweighted else u[i]
+        if i == 0:
+            for j in range(m):
+                vote_sum[j] = src[j]
+        else:
+            for j in range(m):
+                vote_sum[j] = np.float32(vote_sum[j] + src[j])
+    for i in range(n_models):
+        wi = weights[i]
+        d_agree = np.float32(1) if unweighted else wi
+        d_not = np.float32(0) if unweighted else np.float32(wi * np.float32(0))
+        src = tr[i] if unweighted else u[i]
+        ui, agreei, keepi = u[i], agree[i], keep[i]
+        discarded = 0
+        for j in range(m):
+            a = (src[j] > 0) if vote_sum[j] >= 0 else (src[j] < 0)
+            agreei[j] = a
+            discarded += keepi[j] & (not a)
+            c = ui[j] if a else np.float32(ui[j] * np.float32(0))
+            d = d_agree if a else d_not
+            mixed[j] = c if i == 0 else np.float32(mixed[j] + c)
+            divisor[j] = d if i == 0 else np.float32(divisor[j] + d)
+        stats[g, i, 1] += discarded
+
+
+@njit(inline="always")
+def _set_aside_unsure(keys, keep, agree, sure, window_lo, window_hi, start, m, g, uc, unsure,
+                      cand_keys, cand_count, stats):
+    """The block's unsure elements: their indices and in-window keys stored for ties_fixup, their
+    counts taken back. Returns the group's new unsure count."""
+    cap = cand_keys.shape[2]
+    ucap = unsure.shape[1]
+    unsure_g = unsure[g]
+    for j in range(m):
+        if sure[j]:
+            continue
+        if uc < ucap:
+            unsure_g[np.uint64(uc)] = start + j
+        uc += 1
+        for i in range(keys.shape[0]):
+            stats[g, i, 0] -= keep[i, j]
+            stats[g, i, 1] -= keep[i, j] & (not agree[i, j])
+            key = keys[i, j]
+            if key >= window_lo[i] and key <= window_hi[i]:
+                c = cand_count[g, i]
+                if c < cap:
+                    cand_keys[g, i, c] = key
+                cand_count[g, i] = c + 1
+    return uc
+
+
+@njit(inline="always")
+def _first_sure_nonfinite(mixed, sure, start, m):
+    """The first index of the block whose (sure) result is not finite, or -1."""
+    nonfinite = False
+    for j in range(m):
+        nonfinite |= not np.isfinite(mixed[j])
+    if nonfinite:
+        for j in range(m):
+            if sure[j] and not np.isfinite(mixed[j]):
+                return start + j
+    return -1
 
 
 @njit(parallel=True, cache=True)
@@ -862,8 +917,8 @@ def _ties_sv_reserve(base, xs, kind, weights, vote, normalize, lam, protect, sv_
 # vectorise (a run-time `arith` costs about a third of the TIES kernel's time).
 
 @njit(parallel=True, cache=True)
-def ties_f32(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect, out, out_kind, stats):
-    return _ties(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect, out, out_kind, stats, KIND_F32)
+def ties_f32(base, xs, kind, trim, mix, sv, dst):
+    return _ties(base, xs, kind, trim, mix, sv, dst, KIND_F32)
 
 
 @njit(parallel=True, cache=True)
@@ -881,8 +936,8 @@ def task_arithmetic_f32(base, xs, kind, weights, normalize, lam, out, out_kind):
     return _task_arithmetic(base, xs, kind, weights, normalize, lam, KIND_F32, out, out_kind)
 
 @njit(parallel=True, cache=True)
-def ties_bf16(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect, out, out_kind, stats):
-    return _ties(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect, out, out_kind, stats, KIND_BF16)
+def ties_bf16(base, xs, kind, trim, mix, sv, dst):
+    return _ties(base, xs, kind, trim, mix, sv, dst, KIND_BF16)
 
 
 @njit(parallel=True, cache=True)
@@ -900,8 +955,8 @@ def task_arithmetic_bf16(base, xs, kind, weights, normalize, lam, out, out_kind)
     return _task_arithmetic(base, xs, kind, weights, normalize, lam, KIND_BF16, out, out_kind)
 
 @njit(parallel=True, cache=True)
-def ties_f16(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect, out, out_kind, stats):
-    return _ties(base, xs, kind, weights, sparsify, keep_all, threshold, quota, density, seeds, vote, normalize, lam, protect, sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect, out, out_kind, stats, KIND_F16)
+def ties_f16(base, xs, kind, trim, mix, sv, dst):
+    return _ties(base, xs, kind, trim, mix, sv, dst, KIND_F16)
 
 
 @njit(parallel=True, cache=True)

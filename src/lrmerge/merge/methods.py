@@ -212,9 +212,9 @@ def one_pass_ties(task: TensorTask, weights: np.ndarray, vote: int, stats: np.nd
     unsure_count = np.zeros(K.GROUPS, np.int64)
     stats[:] = 0
     lam = np.float32(cfg.lambda_)
-    bad = K.ties_window(task.base, task.xs, task.kind, weights, w.lo, w.hi, vote, cfg.normalize,
-                        lam, task.out, task.out_kind, stats, w.above, w.cand_keys, w.cand_count,
-                        unsure, unsure_count)
+    bad = K.ties_window(task.base, task.xs, task.kind, (weights, vote, cfg.normalize, lam),
+                        (w.lo, w.hi, w.above, w.cand_keys, w.cand_count),
+                        (task.out, task.out_kind, stats), (unsure, unsure_count))
     if (unsure_count > unsure.shape[1]).any():
         return False
     ok, threshold, quota = K.select_candidates(ks, numel, w.above, w.cand_keys, w.cand_count)
@@ -341,124 +341,150 @@ def _all_kept(task: TensorTask) -> np.ndarray:
 
 @register("ties", "ties_sv", "dare_ties", "dare_linear")
 def ties_family(task: TensorTask) -> np.ndarray:
+    """TIES, TIES-SV, DARE-TIES and DARE-linear: one kernel with switches (the trim, the vote, the
+    slack). TIES on a large float32 tensor first tries the one-pass kernel; TIES-SV finds the
+    candidates it reserves by collecting them in one pass (few models) or by radix passes."""
     cfg = task.config
-    n, numel = task.xs.shape
+    n = task.xs.shape[0]
+    vote = K.VOTE_UNWEIGHTED if cfg.vote == "unweighted" else K.VOTE_WEIGHTED
+    if (cfg.method == "ties" and task.trim is None and task.arith == K.KIND_F32
+            and task.xs.shape[1] >= 4 * SAMPLE):
+        stats = np.zeros((K.GROUPS, n, 3), np.int64)
+        if one_pass_ties(task, task.weights, vote, stats):
+            return stats.sum(axis=0)
+    run = _TiesRun(task, -1 if cfg.method == "dare_linear" else vote)  # DARE-linear: no election
+    if run.reserving and n <= 8 and run.collect_and_reserve():
+        return run.stats.sum(axis=0)
+    threshold, quota = run.radix_reserve() if run.reserving else (0, run.no_quota)
+    task.check(run(-1, 0, threshold, quota, run.no_hist))
+    return run.stats.sum(axis=0)
+
+
+def _trim_args(task: TensorTask) -> tuple:
+    """The kernel's trim tuple: (sparsify, keep_all, threshold, quota, density, seeds)."""
+    cfg = task.config
+    n = task.xs.shape[0]
     keep_all = np.zeros(n, np.bool_)
     threshold = np.zeros(n, np.uint32)
     quota = np.full((K.GROUPS, n), np.iinfo(np.int64).max, np.int64)
     density = np.array(cfg.densities(), np.float64)
     seeds = np.zeros(n, np.uint64)
     if cfg.method.startswith("dare"):
-        sparsify = K.SPARSIFY_RANDOM
         keep_all[:] = density >= 1
         # one stream per (seed, tensor, model), drawn by index: independent of threads and order
         seeds[:] = [(cfg.seed << 32) ^ zlib.crc32(task.name.encode()) ^ (i << 56) for i in range(n)]
-    else:
-        sparsify = K.SPARSIFY_MAGNITUDE
-        if (cfg.method == "ties" and task.trim is None and task.arith == K.KIND_F32
-                and numel >= 4 * SAMPLE):
-            vote = K.VOTE_UNWEIGHTED if cfg.vote == "unweighted" else K.VOTE_WEIGHTED
-            stats = np.zeros((K.GROUPS, n, 3), np.int64)
-            if one_pass_ties(task, task.weights, vote, stats):
-                return stats.sum(axis=0)
-        selections = task.trim if task.trim is not None else trim_selection(task)
-        for i, sel in enumerate(selections):
-            if sel is None and density[i] <= 0 and cfg.source == "mergekit":
-                threshold[i] = 0xFFFFFFFF  # nothing kept: no |tau| lies beyond
-                quota[:, i] = 0
-            elif sel is None:
-                keep_all[i] = True
-            else:
-                threshold[i] = sel.threshold
-                if sel.quota is not None:
-                    quota[:, i] = sel.quota
-    vote = K.VOTE_UNWEIGHTED if cfg.vote == "unweighted" else K.VOTE_WEIGHTED
-    if cfg.method == "dare_linear":
-        vote = -1  # no sign election: every kept entry agrees
-    protect = cfg.names.index(cfg.protect) if cfg.method == "ties_sv" else -1
-    weights = task.weights
-    lam = np.float32(cfg.lambda_)
-    stats = np.zeros((K.GROUPS, n, 3), np.int64)
+        return K.SPARSIFY_RANDOM, keep_all, threshold, quota, density, seeds
+    selections = task.trim if task.trim is not None else trim_selection(task)
+    for i, sel in enumerate(selections):
+        if sel is None and density[i] <= 0 and cfg.source == "mergekit":
+            threshold[i] = 0xFFFFFFFF  # nothing kept: no |tau| lies beyond
+            quota[:, i] = 0
+        elif sel is None:
+            keep_all[i] = True
+        else:
+            threshold[i] = sel.threshold
+            if sel.quota is not None:
+                quota[:, i] = sel.quota
+    return K.SPARSIFY_MAGNITUDE, keep_all, threshold, quota, density, seeds
+
+
+class _TiesRun:
+    """One tensor's runs of the TIES kernel: the trim and mix fixed, the slack pass varying."""
+
     no_hist = np.zeros((1, 1, 1), np.int64)
     no_quota = np.zeros(K.GROUPS, np.int64)
-
-    kernel = K.TIES[task.arith]
     no_collect = (np.zeros((1, 1), np.uint32), np.zeros((1, 1), np.uint32),
                   np.zeros((1, 1), np.uint8), np.zeros(1, np.int64))
 
-    def run(sv_mode, sv_bucket, sv_threshold, sv_quota, sv_hist, sv_collect=no_collect):
-        return kernel(task.base, task.xs, task.kind, weights, sparsify, keep_all, threshold, quota,
-                      density, seeds, vote, cfg.normalize, lam, protect, sv_mode,
-                      np.uint32(sv_bucket), np.uint32(sv_threshold), sv_quota, sv_hist, sv_collect,
-                      task.out, task.out_kind, stats)
+    def __init__(self, task: TensorTask, vote: int):
+        cfg = self.cfg = task.config
+        self.task = task
+        self.trim = _trim_args(task)
+        self.mix = (task.weights, vote, cfg.normalize, np.float32(cfg.lambda_))
+        self.protect = cfg.names.index(cfg.protect) if cfg.method == "ties_sv" else -1
+        self.reserving = self.protect >= 0 and (cfg.slack > 0 or cfg.slack_auto)
+        self.stats = np.zeros((K.GROUPS, task.xs.shape[0], 3), np.int64)
+        self.kept = self.discarded = 0  # the protected model's counts, which slack: auto needs
 
-    reserving = protect >= 0 and (cfg.slack > 0 or cfg.slack_auto)
-    kept = discarded = 0  # the protected model's counts, which slack: auto needs
+    def __call__(self, mode, bucket, threshold, quota, hist, collect=None) -> int:
+        task = self.task
+        sv = (self.protect, mode, np.uint32(bucket), np.uint32(threshold), quota, hist,
+              collect or self.no_collect)
+        return K.TIES[task.arith](task.base, task.xs, task.kind, self.trim, self.mix, sv,
+                                  (task.out, task.out_kind, self.stats))
 
-    def how_many(candidates: int, kept: int, discarded: int) -> int:
-        if not cfg.slack_auto:
-            return math.floor(cfg.slack * candidates)
-        m = auto_reserve(float(task.plan), kept, discarded, candidates)
-        task.facts["slack"] = m / candidates if candidates else 0.0
+    def note_protected(self) -> None:
+        self.kept = int(self.stats[:, self.protect, 0].sum())
+        self.discarded = int(self.stats[:, self.protect, 1].sum())
+
+    def how_many(self, candidates: int) -> int:
+        """Candidates the slack reserves: a share, or (auto) what reaches the target fraction."""
+        if not self.cfg.slack_auto:
+            return math.floor(self.cfg.slack * candidates)
+        m = auto_reserve(float(self.task.plan), self.kept, self.discarded, candidates)
+        self.task.facts["slack"] = m / candidates if candidates else 0.0
         return m
 
-    if reserving and n <= 8:
-        # one pass merges as TIES and collects the candidates; the few reserved ones are re-merged
-        trimmed = numel if keep_all[protect] else min(numel, math.ceil(density[protect] * numel))
+    def collect_and_reserve(self) -> bool:
+        """One pass merges as TIES and collects the candidates; the few reserved ones are
+        re-merged. False (nothing kept) if the candidates overflow the buffers."""
+        task, p = self.task, self.protect
+        numel = task.xs.shape[1]
+        keep_all, density = self.trim[1], self.trim[4]
+        trimmed = numel if keep_all[p] else min(numel, math.ceil(density[p] * numel))
         cap = min(numel // K.GROUPS + 1, math.ceil(trimmed * SV_SHARE / K.GROUPS) + SV_SLACK)
         collect = (task.scratch.get("sv_keys", (K.GROUPS, cap), np.uint32),
                    task.scratch.get("sv_offsets", (K.GROUPS, cap), np.uint32),
                    task.scratch.get("sv_keep", (K.GROUPS, cap), np.uint8),
                    np.zeros(K.GROUPS, np.int64))
-        bad = run(K.SV_COLLECT, 0, 0, no_quota, no_hist, collect)
+        bad = self(K.SV_COLLECT, 0, 0, self.no_quota, self.no_hist, collect)
         counts = collect[3]
-        kept, discarded = int(stats[:, protect, 0].sum()), int(stats[:, protect, 1].sum())
-        if (counts <= cap).all():
-            task.check(bad)
-            m = how_many(int(counts.sum()), kept, discarded)
-            if m > 0:
-                sv_threshold, sv_quota = K.select_smallest(collect[0], counts, m)
-                task.check(K.TIES_SV_RESERVE[task.arith](
-                    task.base, task.xs, task.kind, weights, vote, cfg.normalize, lam, protect,
-                    collect, sv_threshold, sv_quota, task.out, task.out_kind, stats))
-            return stats.sum(axis=0)
-        stats[:] = 0  # more candidates than the buffers hold: the radix passes below
+        self.note_protected()
+        if not (counts <= cap).all():
+            self.stats[:] = 0  # more candidates than the buffers hold: the radix passes instead
+            return False
+        task.check(bad)
+        m = self.how_many(int(counts.sum()))
+        if m > 0:
+            threshold, quota = K.select_smallest(collect[0], counts, m)
+            weights, vote, normalize, lam = self.mix
+            task.check(K.TIES_SV_RESERVE[task.arith](
+                task.base, task.xs, task.kind, weights, vote, normalize, lam, p, collect,
+                threshold, quota, task.out, task.out_kind, self.stats))
+        return True
 
-    sv_threshold, sv_quota = 0, no_quota  # reserve nothing
-    if reserving and cfg.slack_auto and n > 8:
-        # the protected model's kept and discarded counts, from a merge that reserves nothing
-        task.check(run(-1, 0, 0, no_quota, no_hist))
-        kept, discarded = int(stats[:, protect, 0].sum()), int(stats[:, protect, 1].sum())
-        stats[:] = 0
-    if reserving:
+    def radix_reserve(self) -> tuple[int, np.ndarray]:
+        """The reserved candidates' threshold key and per-group quota, by radix passes that count
+        the candidates' keys without merging."""
+        if self.cfg.slack_auto:
+            # the protected model's kept and discarded counts, from a merge that reserves nothing
+            self.task.check(self(-1, 0, 0, self.no_quota, self.no_hist))
+            self.note_protected()
+            self.stats[:] = 0
 
         def sv_pass(mode, bucket, thr):
             if mode == K.COUNT_EQUAL:
                 hist = np.zeros((K.GROUPS, 1, 1), np.int64)
-                run(mode, bucket[0], thr[0], no_quota, hist)
+                self(mode, bucket[0], thr[0], self.no_quota, hist)
                 return hist[:, :, 0]
-            hist = task.scratch.get("hist", (K.thread_slabs(), 1, 65536), np.int64, zero=True)
-            run(mode, bucket[0], thr[0], no_quota, hist)
+            hist = self.task.scratch.get("hist", (K.thread_slabs(), 1, 65536), np.int64, zero=True)
+            self(mode, bucket[0], thr[0], self.no_quota, hist)
             return hist.sum(axis=0)
 
         wanted = []
 
         def reserve_count(totals):
-            wanted.append((how_many(int(totals[0]), kept, discarded), int(totals[0])))
+            wanted.append((self.how_many(int(totals[0])), int(totals[0])))
             return np.array([wanted[0][0]], np.int64)
 
         (sel,) = radix_select(sv_pass, 1, reserve_count, largest=False)
         m, candidates = wanted[0]
         if sel is not None:
-            sv_threshold = sel.threshold
-            if sel.quota is not None:
-                sv_quota = sel.quota
-            else:
-                sv_quota = np.full(K.GROUPS, np.iinfo(np.int64).max, np.int64)
-        elif m >= candidates and m > 0:
-            sv_threshold = 0xFFFFFFFF  # every candidate
-    task.check(run(-1, 0, sv_threshold, sv_quota, no_hist))
-    return stats.sum(axis=0)
+            quota = sel.quota if sel.quota is not None else np.full(K.GROUPS, np.iinfo(np.int64).max, np.int64)
+            return sel.threshold, quota
+        if m >= candidates and m > 0:
+            return 0xFFFFFFFF, self.no_quota  # every candidate
+        return 0, self.no_quota  # reserve nothing
 
 
 # ---------------------------------------------------------------------------------------------
