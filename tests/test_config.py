@@ -52,7 +52,7 @@ def test_mini_preset_plans_the_study():
     assert all(len(f["budgets"]) >= 3 for f in config["languages"].values())
     kinds = {m.kind for m in plan_models(config)}
     assert kinds == {"base", "sft", "ct", "ct_sft", "merge"}
-    methods = {m.name for m in plan_merges(config)}
+    methods = {m.entry for m in plan_merges(config)}
     assert {"average", "ties", "ties_sv"} <= methods
     assert any(len(m.languages) == 2 for m in plan_merges(config))
 
@@ -217,7 +217,7 @@ def test_variants_of_a_weight_grid_and_named_methods(tmp_path):
         c["merge"]["methods"]["ties_d05"] = {"method": "ties", "density": 0.5}
 
     config = _check(tmp_path, mutate)
-    variants = {(m.variant, m.name, m.method, m.weights) for m in plan_merges(config)}
+    variants = {(m.variant, m.entry, m.method, m.weights) for m in plan_merges(config)}
     assert ("average_w1-1", "average", "average", (1.0, 1.0)) in variants
     assert ("average_w0.5-1", "average", "average", (0.5, 1.0)) in variants
     assert ("ties_d05", "ties_d05", "ties", (1.0, 1.0)) in variants

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lrmerge.cli import main
-from lrmerge.config import load_config, plan_merges, plan_models, tasks_of
+from lrmerge.config import Layout, load_config, plan_merges, plan_models, tasks_of
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ["embed", "q_proj", "down_proj", "norm"]
@@ -24,7 +24,9 @@ def write_study(cfg: dict, tmp_path: Path):
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     config = load_config(config_path)
-    run = tmp_path / "results" / cfg["run_name"]
+    results = Layout.of(cfg)
+    run = tmp_path / results.root
+    results = Layout(str(run))
     expected = {}
     sources = config["evaluate"]["sources"]
     for k, model in enumerate(plan_models(config)):
@@ -41,7 +43,7 @@ def write_study(cfg: dict, tmp_path: Path):
                                "debris": 0, "predictions": SPREAD if family == "classification"
                                else None}
                 expected[(model.id, task)] = score
-        path = run / "eval" / f"{model.id}.json"
+        path = Path(results.eval(model.id))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"model": model.id, "tasks": tasks}))
     for m in plan_merges(config):
@@ -69,14 +71,14 @@ def write_study(cfg: dict, tmp_path: Path):
                          for n, f in frac.items()}
                 tensors[f"model.layers.{layer}.{tensor}.weight"] = entries(1, share)
         stats = {
-            "method": m.method,
+            "method": m.method,  # the engine method, as lrmerge merge writes it
             "models": names,
             "totals": entries(len(MODULES)),
             "tensors": tensors,
             "by_layer": {"0": entries(len(MODULES))},
             "by_module": {mod: entries(1) for mod in MODULES},
         }
-        path = run / "models" / "merge" / m.variant / m.group / str(m.tokens) / "merge_stats.json"
+        path = Path(results.summary(m.id))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(stats))
     return config_path, config, run, expected
@@ -100,10 +102,8 @@ def _aggregate(config_path, run):
             "aggregate",
             "--config",
             str(config_path),
-            "--eval-dir",
-            str(run / "eval"),
-            "--models-dir",
-            str(run / "models"),
+            "--results",
+            str(run),
             "--scores",
             str(run / "tables" / "scores.csv"),
             "--discarded",

@@ -20,16 +20,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lrmerge import fsutil
+from lrmerge.config.layout import BASE_ID, RELATIVE, SFT_ID, ct_id, ct_sft_id, merge_id
 
-# Where each training rule leaves its train_summary.json, under results/{run}/.
-TRAIN_SUMMARIES = {"pretrain_base": "models/base", "continual_pretrain": "models/ct/*/*",
-                   "finetune_sft": "models/sft", "ct_then_sft": "models/ct_sft/*/*"}
+# The model folders each training rule fills, under results/{run}/ (globs).
+TRAIN_MODELS = {"pretrain_base": BASE_ID, "continual_pretrain": ct_id("*", "*"),
+                "finetune_sft": SFT_ID, "ct_then_sft": ct_sft_id("*", "*")}
+TRAIN_SUMMARIES = {rule: RELATIVE.summary(model) for rule, model in TRAIN_MODELS.items()}
 # Tokenizing rules: benchmark files and the manifest of the shard folder each job wrote.
-TOKEN_JOBS = {"prepare_corpus": ("benchmarks/prepare_corpus/*.tsv", "data/tokens/{job}/manifest.json"),
-              "prepare_sft_data": ("benchmarks/prepare_sft_data/*.tsv",
-                                   "data/tokens/sft/manifest.json")}
-EVAL_BENCHMARKS = "benchmarks/evaluate/**/*.tsv"
-MERGE_BENCHMARKS = "benchmarks/merge/**/*.tsv"
+TOKEN_JOBS = {"prepare_corpus": (RELATIVE.benchmark("prepare_corpus", "*"),
+                                 RELATIVE.manifest("{job}")),
+              "prepare_sft_data": (RELATIVE.benchmark("prepare_sft_data", "*"),
+                                   RELATIVE.manifest("sft"))}
+EVAL_BENCHMARKS = RELATIVE.benchmark("evaluate", "**/*")
+MERGE_BENCHMARKS = RELATIVE.benchmark("merge", "**/*")
 SCALING = ("sweep seconds an item = pilot seconds an item x (sweep / pilot matmul parameters) "
            "x (sweep / pilot plan.eval_prompt_tokens) x (pilot / sweep peak TFLOPS)")
 
@@ -133,7 +136,7 @@ def _local_folder(text: str, run: Path) -> Path | None:
 
 def training_figure(run: Path, rule: str) -> tuple[Figure, set[tuple[str, float]]]:
     """The rule's MFU over its jobs, and the (device, peak TFLOPS) they ran on."""
-    pattern = f"{TRAIN_SUMMARIES[rule]}/train_summary.json"
+    pattern = TRAIN_SUMMARIES[rule]
     paths = sorted(run.glob(pattern))
     if not paths:
         raise NotMeasured(f"no {pattern}", found=False)
@@ -163,7 +166,7 @@ def training_figure(run: Path, rule: str) -> tuple[Figure, set[tuple[str, float]
 
 def eval_figure(run: Path) -> tuple[float, int, set[str], list[str]]:
     """(seconds an item on the pilot, files used, the devices the evaluations ran on, notes)."""
-    root = run / "benchmarks" / "evaluate"
+    root = run / RELATIVE.benchmarks("evaluate")
     paths = sorted(run.glob(EVAL_BENCHMARKS))
     if not paths:
         raise NotMeasured(f"no {EVAL_BENCHMARKS}", found=False)
@@ -171,15 +174,15 @@ def eval_figure(run: Path) -> tuple[float, int, set[str], list[str]]:
     used, devices, skipped = 0, set(), []
     for path in paths:
         model = path.relative_to(root).with_suffix("").as_posix()
-        result = run / "eval" / f"{model}.json"
+        result = run / RELATIVE.eval(model)
         if not result.is_file():
-            skipped.append(f"left out {path.relative_to(run)} (no eval/{model}.json)")
+            skipped.append(f"left out {path.relative_to(run)} (no {RELATIVE.eval(model)})")
             continue
         doc = fsutil.read_json(result)
         tasks = _field(doc, "tasks", result)
         unsized = [t for t, e in tasks.items() if e.get("n") is None]
         if unsized:
-            skipped.append(f"left out {path.relative_to(run)} (eval/{model}.json: no item count for "
+            skipped.append(f"left out {path.relative_to(run)} ({RELATIVE.eval(model)}: no item count for "
                            f"{', '.join(unsized)})")
             continue
         # each shot set is a pass over the test items
@@ -200,15 +203,15 @@ def eval_figure(run: Path) -> tuple[float, int, set[str], list[str]]:
 
 
 def merge_figure(run: Path) -> tuple[Figure, list[str]]:
-    root = run / "benchmarks" / "merge"
+    root = run / RELATIVE.benchmarks("merge")
     paths = sorted(run.glob(MERGE_BENCHMARKS))
     if not paths:
         raise NotMeasured(f"no {MERGE_BENCHMARKS}", found=False)
     moved = seconds = 0.0
     used, skipped = 0, []
     for path in paths:
-        folder = run / "models" / "merge" / path.relative_to(root).with_suffix("")
-        stats_path = folder / "merge_stats.json"
+        model_id = merge_id(*path.relative_to(root).with_suffix("").parts)
+        folder, stats_path = run / RELATIVE.model(model_id), run / RELATIVE.summary(model_id)
         if not stats_path.is_file():
             skipped.append(f"left out {path.relative_to(run)} (no {stats_path.relative_to(run)})")
             continue
@@ -229,7 +232,8 @@ def merge_figure(run: Path) -> tuple[Figure, list[str]]:
     if seconds == 0:
         raise NotMeasured(f"{MERGE_BENCHMARKS}: 0 s in every file")
     rate = moved / seconds
-    source = f"{MERGE_BENCHMARKS} + models/merge/**/merge_stats.json and the models' safetensors"
+    source = (f"{MERGE_BENCHMARKS} + {RELATIVE.summary(merge_id('*', '*', '*'))} and the models' "
+              "safetensors")
     return Figure("merge", "bytes_per_s", rate, rate, used, source), skipped
 
 
@@ -261,7 +265,8 @@ def pilot_sizes(run: Path, pilot_cfg: dict) -> tuple[dict, str]:
     mini's vocabulary is the tokenizer's actual size), else the pilot config's base model."""
     from lrmerge.plan import model_sizes
 
-    for pattern in ("models/sft", "models/base", "models/ct/*/*", "models/ct_sft/*/*"):
+    for model in (SFT_ID, BASE_ID, ct_id("*", "*"), ct_sft_id("*", "*")):
+        pattern = RELATIVE.model(model)
         for folder in sorted(run.glob(pattern)):
             if (folder / "config.json").is_file():
                 return fsutil.read_json(folder / "config.json"), str(folder / "config.json")
@@ -310,7 +315,7 @@ def calibrate(cfg: dict, run_dir: str | Path, pilot_cfg: dict, pilot_config: str
         cal.notes += [f"merge: {s}" for s in skipped]
     evaluated = attempt("evaluate", lambda: eval_figure(run))
     if not found:
-        looked = [f"{p}/train_summary.json" for p in TRAIN_SUMMARIES.values()]
+        looked = list(TRAIN_SUMMARIES.values())
         looked += [p for p, _ in TOKEN_JOBS.values()] + [MERGE_BENCHMARKS, EVAL_BENCHMARKS]
         raise FileNotFoundError(f"--calibrate {run}: no pilot measurements there; looked for "
                                 + ", ".join(looked))
@@ -366,6 +371,6 @@ def _scaled_eval(per_item: float, used: int, cfg: dict, pilot_cfg: dict, pilot_m
                f"x {sweep_prompt / pilot_prompt:.4g} prompt tokens (plan.eval_prompt_tokens "
                f"{sweep_prompt} / the pilot config's {pilot_prompt}, both assumed) "
                f"x {pilot_peak / sweep_peak:.4g} peak ({pilot_peak:g} / {sweep_peak:g} TFLOPS)")
-    source = f"{EVAL_BENCHMARKS} + eval/**/*.json (items x shot sets)"
+    source = f"{EVAL_BENCHMARKS} + {RELATIVE.eval('**/*')} (items x shot sets)"
     return Figure("evaluate", "seconds_per_item", per_item * factor, per_item, used, source,
                   scaling)

@@ -71,30 +71,26 @@ def train_flops(sizes: dict, seq_len: int) -> float:
                                                      sizes["hidden_size"], seq_len)
 
 
-def plan(cfg: dict, measured: dict[str, dict] | None = None) -> dict:
-    """The sweep's cost per rule. `measured`: rule -> the figure a pilot measured for it, which
-    replaces the rule's assumption: {"mfu"} (training), {"tokens_per_s"} (tokenizing),
-    {"bytes_per_s"} (merge), {"seconds_per_item"} (evaluate, already scaled to the sweep)."""
-    from lrmerge.config import plan_merges, plan_models
-    from lrmerge.data.budget import corpus_tokens_needed
+class _Costs:
+    """The per-rule totals `plan` adds jobs to, and the rates it costs them at: a pilot's
+    measured figure for a rule where there is one, else the config's assumption."""
 
-    p = cfg["plan"]
-    measured = measured or {}
-    sizes, source = model_sizes(cfg)
-    mm, n_params = _params(sizes)
-    rules: dict[str, dict] = {}
+    def __init__(self, cfg: dict, measured: dict[str, dict]):
+        self.cfg, self.p, self.measured = cfg, cfg["plan"], measured
+        self.rules: dict[str, dict] = {}
 
-    def rate(rule, figure, assumed):
-        return float(measured[rule][figure]) if rule in measured else float(assumed)
+    def rate(self, rule: str, figure: str, assumed) -> float:
+        return float(self.measured[rule][figure]) if rule in self.measured else float(assumed)
 
-    def achieved(rule):  # FLOP/s per GPU
-        return float(p["peak_tflops"]) * 1e12 * rate(rule, "mfu", p["mfu"])
+    def achieved(self, rule: str) -> float:
+        """FLOP/s per GPU."""
+        return float(self.p["peak_tflops"]) * 1e12 * self.rate(rule, "mfu", self.p["mfu"])
 
-    def add(rule, jobs, gpu_seconds=0.0, cpu_seconds=0.0, disk_bytes=0.0, **extra):
-        gpus = int(job_resources(cfg, rule).get("gpu") or 0)
-        r = rules.setdefault(rule, {"jobs": 0, "gpus_per_job": gpus, "gpu_hours": 0.0,
-                                    "wall_hours": 0.0, "disk_gb": 0.0,
-                                    "basis": "measured" if rule in measured else "assumed"})
+    def add(self, rule, jobs, gpu_seconds=0.0, cpu_seconds=0.0, disk_bytes=0.0, **extra):
+        gpus = int(job_resources(self.cfg, rule).get("gpu") or 0)
+        basis = "measured" if rule in self.measured else "assumed"
+        r = self.rules.setdefault(rule, {"jobs": 0, "gpus_per_job": gpus, "gpu_hours": 0.0,
+                                         "wall_hours": 0.0, "disk_gb": 0.0, "basis": basis})
         r["jobs"] += jobs
         if gpus:
             r["gpu_hours"] += gpu_seconds / 3600
@@ -106,76 +102,115 @@ def plan(cfg: dict, measured: dict[str, dict] | None = None) -> dict:
         for k, v in extra.items():
             r[k] = r.get(k, 0) + v
 
-    # data: each corpus tokenized once, 2 bytes a token (the Llama vocabulary is below 65,536)
-    for corpus in [*cfg["languages"], "en"]:
-        n = corpus_tokens_needed(cfg, corpus)[0] * cfg["continual_pretrain"]["data_margin"]
-        add("prepare_corpus", 1,
-            cpu_seconds=n / rate("prepare_corpus", "tokens_per_s", p["tokenize_tokens_per_s"]),
-            disk_bytes=2 * n, tokens=int(n))
-    sft = cfg["sft"]
-    sft_tokens = sft["steps"] * sft["batch_size"] * sft["seq_len"]
-    add("prepare_sft_data", 1,
-        cpu_seconds=sft_tokens / rate("prepare_sft_data", "tokens_per_s",
-                                      p["tokenize_tokens_per_s"]),
-        disk_bytes=2 * sft_tokens, tokens=sft_tokens)
-    # training
-    if cfg["base_model"] is None:  # the mini pre-trains its own base
-        pt = cfg["pretrain"]
-        pt_tokens = pt["steps"] * pt["batch_size"] * pt["seq_len"]
-        add("pretrain_base", 1,
-            gpu_seconds=pt_tokens * train_flops(sizes, pt["seq_len"]) / achieved("pretrain_base"),
-            disk_bytes=n_params * 4, tokens=pt_tokens)
-    ct = cfg["continual_pretrain"]
-    ct_fpt, sft_fpt = train_flops(sizes, ct["seq_len"]), train_flops(sizes, sft["seq_len"])
-    ckpt = n_params * BYTES[ct["save_dtype"]]
-    optim = n_params * OPTIMIZER_BYTES
-    n_ct = 0
-    keep_all = ct["keep_optimizer"] == "all"
-    for facts in cfg["languages"].values():
-        previous = 0
-        for i, tokens in enumerate(facts["budgets"]):
-            step = tokens - previous  # each budget continues the previous one
-            previous = tokens
-            last = i == len(facts["budgets"]) - 1
-            # keep_optimizer: all keeps every non-final budget's state; next deletes it once
-            # the following budget has read it (one state per language at a time)
-            state = optim if keep_all and not last else 0
-            add("continual_pretrain", 1, gpu_seconds=step * ct_fpt / achieved("continual_pretrain"),
-                disk_bytes=ckpt + state, tokens=step)
-            n_ct += 1
-    multi = [f for f in cfg["languages"].values() if len(f["budgets"]) > 1]
-    rules["continual_pretrain"]["transient_gb"] = 0.0 if keep_all else len(multi) * optim / 1e9
-    add("finetune_sft", 1, gpu_seconds=sft_tokens * sft_fpt / achieved("finetune_sft"),
-        disk_bytes=n_params * BYTES[sft["save_dtype"]], tokens=sft_tokens)
-    add("ct_then_sft", n_ct, gpu_seconds=n_ct * sft_tokens * sft_fpt / achieved("ct_then_sft"),
-        disk_bytes=n_ct * n_params * BYTES[sft["save_dtype"]], tokens=n_ct * sft_tokens)
-    # merges: read every input and the base, write the result (streamed)
-    out_bytes = n_params * 2
-    for m in plan_merges(cfg):
-        inputs = len(m.languages) + 1 + (0 if m.method == "average" else 1)
-        moved = (inputs + 1) * out_bytes
-        add("merge", 1, cpu_seconds=moved / rate("merge", "bytes_per_s", p["merge_gb_per_s"] * 1e9),
-            disk_bytes=out_bytes)
-    # evaluation: every model on the tasks of its languages, each shot set
-    items = _eval_items(cfg)
-    for model in plan_models(cfg):
-        n_items = sum(items.get(lang, (0, 0))[0] for lang in model.eval_languages)
-        gen = sum(items.get(lang, (0, 0))[1] for lang in model.eval_languages)
-        if "evaluate" in measured:
-            seconds = n_items * float(measured["evaluate"]["seconds_per_item"])
-        else:
-            prompt_flops = n_items * p["eval_prompt_tokens"] * 2.0 * mm
-            seconds = prompt_flops / achieved("evaluate") + gen / p["decode_tokens_per_s"]
-        add("evaluate", 1, gpu_seconds=seconds, items=n_items)
+
+def plan(cfg: dict, measured: dict[str, dict] | None = None) -> dict:
+    """The sweep's cost per rule. `measured`: rule -> the figure a pilot measured for it, which
+    replaces the rule's assumption: {"mfu"} (training), {"tokens_per_s"} (tokenizing),
+    {"bytes_per_s"} (merge), {"seconds_per_item"} (evaluate, already scaled to the sweep)."""
+    p = cfg["plan"]
+    sizes, source = model_sizes(cfg)
+    mm, n_params = _params(sizes)
+    costs = _Costs(cfg, measured or {})
+    _data_costs(costs)
+    ct_fpt, sft_fpt = _training_costs(costs, sizes, n_params)
+    _merge_costs(costs, n_params)
+    _evaluation_costs(costs, mm)
+    rules = costs.rules
     total = {"gpu_hours": sum(r["gpu_hours"] for r in rules.values()),
              "disk_gb": sum(r["disk_gb"] for r in rules.values()),
-             "train_tokens": sum(rules[r].get("tokens", 0) for r in
-                                 ("pretrain_base", "continual_pretrain", "finetune_sft",
-                                  "ct_then_sft") if r in rules)}
+             "train_tokens": sum(rules[r].get("tokens", 0) for r in TRAINING_RULES if r in rules)}
     model = {"source": source, "params": n_params, "matmul_params": mm,
              "ct_flops_per_token": ct_fpt, "sft_flops_per_token": sft_fpt,
              "gpu": p["gpu"], "peak_tflops": p["peak_tflops"], "mfu": p["mfu"]}
     return {"model": model, "rules": rules, "total": total}
+
+
+def _sft_tokens(cfg: dict) -> int:
+    sft = cfg["sft"]
+    return sft["steps"] * sft["batch_size"] * sft["seq_len"]
+
+
+def _data_costs(costs: _Costs) -> None:
+    """Each corpus tokenized once, 2 bytes a token (the Llama vocabulary is below 65,536)."""
+    from lrmerge.data.budget import corpus_tokens_needed
+
+    cfg, p = costs.cfg, costs.p
+    for corpus in [*cfg["languages"], "en"]:
+        n = corpus_tokens_needed(cfg, corpus)[0] * cfg["continual_pretrain"]["data_margin"]
+        rate = costs.rate("prepare_corpus", "tokens_per_s", p["tokenize_tokens_per_s"])
+        costs.add("prepare_corpus", 1, cpu_seconds=n / rate, disk_bytes=2 * n, tokens=int(n))
+    n = _sft_tokens(cfg)
+    rate = costs.rate("prepare_sft_data", "tokens_per_s", p["tokenize_tokens_per_s"])
+    costs.add("prepare_sft_data", 1, cpu_seconds=n / rate, disk_bytes=2 * n, tokens=n)
+
+
+def _training_costs(costs: _Costs, sizes: dict, n_params: int) -> tuple[float, float]:
+    """The training rules' jobs; returns (CT, SFT) FLOPs per token."""
+    cfg = costs.cfg
+    if cfg["base_model"] is None:  # the mini pre-trains its own base
+        pt = cfg["pretrain"]
+        pt_tokens = pt["steps"] * pt["batch_size"] * pt["seq_len"]
+        costs.add("pretrain_base", 1, disk_bytes=n_params * 4, tokens=pt_tokens,
+                  gpu_seconds=pt_tokens * train_flops(sizes, pt["seq_len"])
+                  / costs.achieved("pretrain_base"))
+    ct, sft = cfg["continual_pretrain"], cfg["sft"]
+    ct_fpt, sft_fpt = train_flops(sizes, ct["seq_len"]), train_flops(sizes, sft["seq_len"])
+    optim = n_params * OPTIMIZER_BYTES
+    keep_all = ct["keep_optimizer"] == "all"
+    n_ct = 0
+    for facts in cfg["languages"].values():
+        budgets = facts["budgets"]
+        for i, tokens in enumerate(budgets):
+            step = tokens - (budgets[i - 1] if i else 0)  # each budget continues the previous one
+            # keep_optimizer: all keeps every non-final budget's state; next deletes it once
+            # the following budget has read it (one state per language at a time)
+            state = optim if keep_all and i < len(budgets) - 1 else 0
+            costs.add("continual_pretrain", 1, tokens=step,
+                      gpu_seconds=step * ct_fpt / costs.achieved("continual_pretrain"),
+                      disk_bytes=n_params * BYTES[ct["save_dtype"]] + state)
+            n_ct += 1
+    multi = [f for f in cfg["languages"].values() if len(f["budgets"]) > 1]
+    costs.rules["continual_pretrain"]["transient_gb"] = (0.0 if keep_all
+                                                         else len(multi) * optim / 1e9)
+    sft_tokens, sft_bytes = _sft_tokens(cfg), n_params * BYTES[sft["save_dtype"]]
+    for rule, jobs in (("finetune_sft", 1), ("ct_then_sft", n_ct)):
+        costs.add(rule, jobs, gpu_seconds=jobs * sft_tokens * sft_fpt / costs.achieved(rule),
+                  disk_bytes=jobs * sft_bytes, tokens=jobs * sft_tokens)
+    return ct_fpt, sft_fpt
+
+
+def merge_inputs(m) -> int:
+    """The models a merge reads: its CT models, SFT-flan, and the base where the method takes
+    task vectors against one (lrmerge.merge.table)."""
+    return len(m.languages) + 1 + (1 if m.row.reads_base else 0)
+
+
+def _merge_costs(costs: _Costs, n_params: int) -> None:
+    """Each merge reads its inputs and writes the result (streamed, bf16)."""
+    from lrmerge.config import plan_merges
+
+    out_bytes = n_params * 2
+    rate = costs.rate("merge", "bytes_per_s", costs.p["merge_gb_per_s"] * 1e9)
+    for m in plan_merges(costs.cfg):
+        moved = (merge_inputs(m) + 1) * out_bytes
+        costs.add("merge", 1, cpu_seconds=moved / rate, disk_bytes=out_bytes)
+
+
+def _evaluation_costs(costs: _Costs, mm: int) -> None:
+    """Every model on the tasks of its languages, each shot set."""
+    from lrmerge.config import plan_models
+
+    p = costs.p
+    items = _eval_items(costs.cfg)
+    for model in plan_models(costs.cfg):
+        n_items = sum(items.get(lang, (0, 0))[0] for lang in model.eval_languages)
+        gen = sum(items.get(lang, (0, 0))[1] for lang in model.eval_languages)
+        if "evaluate" in costs.measured:
+            seconds = n_items * float(costs.measured["evaluate"]["seconds_per_item"])
+        else:
+            prompt_flops = n_items * p["eval_prompt_tokens"] * 2.0 * mm
+            seconds = prompt_flops / costs.achieved("evaluate") + gen / p["decode_tokens_per_s"]
+        costs.add("evaluate", 1, gpu_seconds=seconds, items=n_items)
 
 
 def _eval_items(cfg: dict) -> dict[str, tuple[int, int]]:

@@ -7,17 +7,27 @@ import yaml
 from snakemake.utils import validate
 
 from lrmerge.config import (
-    NO_BASE,
-    ONE_LANGUAGE,
+    Layout,
     check_config,
     job_resources,
-    language_entry,
+    merge_args as merge_config_args,
     plan_merges,
     plan_models,
     rule_config,
+    schema_path,
     target_stats_budget,
-    task_families,
 )
+from lrmerge.config.layout import (
+    BASE_ID,
+    FIGURE_FORMATS,
+    RELATIVE,
+    SFT_ID,
+    ct_id,
+    ct_sft_id,
+    merge_id,
+    root_of,
+)
+from lrmerge.report import figure_names
 
 
 def config_file():
@@ -45,20 +55,20 @@ def config_file():
 
 
 CONFIG = config_file()
-validate(config, schema="../schemas/config.schema.yaml")
+validate(config, schema=str(schema_path()))
 check_config(config, CONFIG)
 
-RUN = config["run_name"]
-RESULTS = f"results/{RUN}"
-LOGS = f"logs/{RUN}"
+L = Layout.of(config)  # every path of the run (lrmerge.config.layout)
+RESULTS = L.root
+LOGS = L.logs
 LANGS = list(config["languages"])
 MODELS = {m.id: m for m in plan_models(config)}
-MERGES = {f"{m.variant}/{m.group}/{m.tokens}": m for m in plan_merges(config)}
+MERGES = {m.id: m for m in plan_merges(config)}
 # The paper starts from a hub model; the mini preset builds its own base.
 BASE_IS_BUILT = config["base_model"] is None
-BASE = f"{RESULTS}/models/base" if BASE_IS_BUILT else config["base_model"]
+BASE = L.model(BASE_ID) if BASE_IS_BUILT else config["base_model"]
 # The tokenizer every corpus is tokenized with: the base model's, or the one the mini trains.
-TOKENIZER = f"{RESULTS}/data/tokenizer" if BASE_IS_BUILT else config["base_model"]
+TOKENIZER = L.tokenizer() if BASE_IS_BUILT else config["base_model"]
 
 
 def _alternatives(values):
@@ -71,15 +81,9 @@ wildcard_constraints:
     tokens=_alternatives(
         sorted({n for f in config["languages"].values() for n in f["budgets"]})
     ),
-    method=_alternatives(sorted({m.variant for m in MERGES.values()}) or ["-"]),
+    variant=_alternatives(sorted({m.variant for m in MERGES.values()}) or ["-"]),
     group=_alternatives(sorted({m.group for m in MERGES.values()}) or ["-"]),
     model=_alternatives(MODELS),
-
-
-def summary(folder):
-    """A model folder's completion marker: train_summary.json or, for merges, merge_stats.json."""
-    merged = Path(folder).parent.parent.parent.name == "merge"
-    return f"{folder}/{'merge_stats.json' if merged else 'train_summary.json'}"
 
 
 def output_dir(wildcards, output):
@@ -94,6 +98,20 @@ def data_dir(wildcards, input):
 
 def english_dir(wildcards, input):
     return os.path.dirname(input.english)
+
+
+def init_dir(wildcards, input):
+    return os.path.dirname(input.init)
+
+
+def tasks_root(wildcards, output):
+    """The folder of every language's task folder (build_tasks' output is one of them)."""
+    return os.path.dirname(output[0])
+
+
+def results_dir(wildcards, input):
+    """The run's results folder, from the report's inputs (so that it follows a storage prefix)."""
+    return root_of(input.evals[0], RELATIVE.eval(next(iter(MODELS))))
 
 
 def tokenizer_input(wildcards=None):
@@ -134,121 +152,63 @@ def launcher(wildcards, resources):
     return "lrmerge train"
 
 
-def init_dir(wildcards, input):
-    return os.path.dirname(input.init)
-
-
-def eval_dir(wildcards, input):
-    # results/{run}/eval: every evaluation lies below it, base.json and sft.json directly.
-    return os.path.commonpath(input.evals)
-
-
-def models_dir(wildcards, input):
-    return os.path.join(os.path.dirname(eval_dir(wildcards, input)), "models")
-
-
-def tasks_dir(wildcards, input):
-    return os.path.dirname(input.tasks[0])
-
-
-def figures_dir(wildcards, output):
-    return os.path.dirname(output[0])
-
-
 def base_input(wildcards=None):
-    return [summary(BASE)] if BASE_IS_BUILT else []
+    return [L.summary(BASE_ID)] if BASE_IS_BUILT else []
 
 
-def budgets(lang):
-    return config["languages"][lang]["budgets"]
+def previous_ct(wildcards):
+    """The id of the previous budget's CT model, or None at the first budget (the base)."""
+    tokens = int(wildcards.tokens)
+    chain = config["languages"][wildcards.lang]["budgets"]
+    if tokens not in chain:
+        raise ValueError(f"{tokens} is not a budget of {wildcards.lang}: {chain}")
+    i = chain.index(tokens)
+    return None if i == 0 else ct_id(wildcards.lang, chain[i - 1])
 
 
 def ct_init_dir(wildcards):
     """The previous budget's checkpoint, or the base for the first budget."""
-    tokens = int(wildcards.tokens)
-    chain = budgets(wildcards.lang)
-    if tokens not in chain:
-        raise ValueError(f"{tokens} is not a budget of {wildcards.lang}: {chain}")
-    i = chain.index(tokens)
-    return BASE if i == 0 else f"{RESULTS}/models/ct/{wildcards.lang}/{chain[i - 1]}"
+    previous = previous_ct(wildcards)
+    return BASE if previous is None else L.model(previous)
 
 
 def ct_init_input(wildcards):
-    init = ct_init_dir(wildcards)
-    return [summary(init)] if init != BASE or BASE_IS_BUILT else []
+    previous = previous_ct(wildcards)
+    return base_input() if previous is None else [L.summary(previous)]
 
 
-def merge_spec(wildcards):
-    key = f"{wildcards.method}/{wildcards.group}/{wildcards.tokens}"
+def merge_job(wildcards):
+    key = merge_id(wildcards.variant, wildcards.group, wildcards.tokens)
     if key not in MERGES:
         raise ValueError(f"no merge {key} in the config")
     return MERGES[key]
 
 
 def merge_inputs(wildcards):
-    m = merge_spec(wildcards)
-    inputs = {
-        f"ct_{lang}": summary(f"{RESULTS}/models/ct/{lang}/{m.tokens}")
-        for lang in m.languages
-    }
-    inputs["sft"] = summary(f"{RESULTS}/models/sft")
-    if m.method not in NO_BASE:
+    m = merge_job(wildcards)
+    inputs = {f"ct_{lang}": L.summary(ct_id(lang, m.tokens)) for lang in m.languages}
+    inputs["sft"] = L.summary(SFT_ID)
+    if m.row.reads_base:
         inputs["base"] = base_input()
     first = target_stats_budget(m, config)
-    if first is not None:
-        inputs["target"] = target_stats(m, first)
+    if first is not None:  # the merge stats a slack: auto merge aims at
+        inputs["target"] = L.summary(merge_id(m.variant, m.group, first))
     return inputs
 
 
-def target_stats(m, tokens):
-    """The merge stats whose per-tensor discarded fractions a slack: auto merge aims at."""
-    return summary(f"{RESULTS}/models/merge/{m.variant}/{m.group}/{tokens}")
-
-
 def merge_args(wildcards):
-    """The lrmerge merge-config arguments for one merge."""
-    m = merge_spec(wildcards)
-    args = ["--method", m.method]
-    if m.method not in NO_BASE:
-        args += ["--base", BASE]
-    single = len(m.languages) == 1
-    weighted = (
-        m.method not in ONE_LANGUAGE
-    )  # chat_vector and layer_swap weigh by themselves
-    for lang, weight in zip(m.languages, m.weights):
-        name = "ct" if single else f"ct_{lang}"
-        at = f"@{weight:g}" if weighted else ""
-        args += ["--model", f"{name}={RESULTS}/models/ct/{lang}/{m.tokens}{at}"]
-    at = f"@{m.weights[-1]:g}" if weighted else ""
-    args += ["--model", f"sft={RESULTS}/models/sft{at}"]
-    for key, value in m.params.items():
-        flag = f"--{key.replace('_', '-')}"
-        if key == "target_discarded" and value == "first_budget":
-            first = target_stats_budget(m, config)
-            # at the first budget the target is the merge's own fraction: nothing is reserved
-            value = target_stats(m, first) if first is not None else 1.0
-        if isinstance(value, bool):
-            args += [flag] if value else []
-        else:
-            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    if m.method == "ties_sv":
-        args += ["--protect", "sft"]
-    if m.method == "layer_swap":
-        args += ["--task-model", "sft"]
-    return " ".join(args)
+    """The lrmerge merge-config arguments for one merge (lrmerge.config.merge_args)."""
+    return " ".join(merge_config_args(merge_job(wildcards), config, L, BASE))
 
 
 def model_dir(wildcards):
-    return BASE if wildcards.model == "base" else f"{RESULTS}/models/{wildcards.model}"
+    return BASE if wildcards.model == BASE_ID else L.model(wildcards.model)
 
 
 def evaluate_inputs(wildcards):
     m = MODELS[wildcards.model]
-    model = base_input() if m.kind == "base" else [summary(model_dir(wildcards))]
-    return {
-        "model": model,
-        "tasks": [f"{RESULTS}/tasks/{lang}" for lang in m.eval_languages],
-    }
+    model = base_input() if m.id == BASE_ID else [L.summary(m.id)]
+    return {"model": model, "tasks": [L.tasks(lang) for lang in m.eval_languages]}
 
 
 def eval_langs(wildcards):
@@ -256,48 +216,37 @@ def eval_langs(wildcards):
 
 
 def all_evals():
-    return [f"{RESULTS}/eval/{model_id}.json" for model_id in MODELS]
+    return [L.eval(model_id) for model_id in MODELS]
 
 
 def all_merge_stats():
-    return [summary(f"{RESULTS}/models/merge/{key}") for key in MERGES]
-
-
-def figures():
-    """The report's figures: saturation (families averaged), saturation of each task family
-    in the config, discarded parameters, and where they are lost (layer map, per module).
-    """
-    families = [f"saturation_{f}" for f in task_families(config)]
-    names = ["saturation", *families, "discarded", "discarded_map", "discarded_modules"]
-    return [
-        f"{RESULTS}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")
-    ]
+    return [L.summary(model_id) for model_id in MERGES]
 
 
 def report_figures():
-    """The figures; the PNGs flagged for `snakemake --report`, each with its caption."""
+    """The report's figures (lrmerge.report.figure_names); the PNGs flagged for `snakemake
+    --report`, each with its caption. The PDFs are the same figures, for papers."""
     flagged = []
-    for path in figures():
-        name = Path(path).stem
-        if not path.endswith(".png"):
-            flagged.append(path)  # the PDFs: the same figures, for papers
-            continue
-        family = name.partition("_")[2] if name.startswith("saturation_") else ""
+    for name, family in figure_names(config):
         if name.startswith("discarded"):
-            caption = name
+            caption, figure = name, name
         else:
-            caption = "saturation_family" if family else "saturation"
-        item = report(
-            path,
-            caption=f"../report/{caption}.rst",
-            category="Report",
-            subcategory="Figures",
-            labels={
-                "figure": name if name.startswith("discarded") else "saturation",
-                "family": family or "all",
-            },
-        )
-        flagged.append(item)
+            caption, figure = (
+                "saturation_family" if family else "saturation"
+            ), "saturation"
+        for fmt in FIGURE_FORMATS:
+            path = L.figure(name, fmt)
+            if fmt != "png":
+                flagged.append(path)
+                continue
+            item = report(
+                path,
+                caption=f"../report/{caption}.rst",
+                category="Report",
+                subcategory="Figures",
+                labels={"figure": figure, "family": family or "all"},
+            )
+            flagged.append(item)
     return flagged
 
 
@@ -316,7 +265,8 @@ def eval_labels(wildcards):
 
 
 def get_final_output():
-    return [
-        f"{RESULTS}/tables/scores.csv",
-        f"{RESULTS}/tables/discarded.csv",
-    ] + figures()
+    return [L.table("scores"), L.table("discarded")] + [
+        L.figure(name, fmt)
+        for name, _ in figure_names(config)
+        for fmt in FIGURE_FORMATS
+    ]

@@ -4,11 +4,11 @@
 
 rule train_tokenizer:
     output:
-        f"{RESULTS}/data/tokenizer/tokenizer.json",
+        f"{L.tokenizer()}/tokenizer.json",
     log:
-        f"{LOGS}/train_tokenizer.log",
+        L.log("train_tokenizer"),
     benchmark:
-        f"{RESULTS}/benchmarks/train_tokenizer/train_tokenizer.tsv"
+        L.benchmark("train_tokenizer", "train_tokenizer")
     conda:
         "../../envs/data.yaml"
     threads: rule_threads("train_tokenizer")
@@ -27,15 +27,15 @@ rule prepare_corpus:
         tokenizer_input,
     output:
         report(
-            f"{RESULTS}/data/tokens/{{corpus}}/manifest.json",
+            L.manifest("{corpus}"),
             caption="../report/tokens.rst",
             category="Data",
             labels={"corpus": "{corpus}"},
         ),
     log:
-        f"{LOGS}/prepare_corpus/{{corpus}}.log",
+        L.log("prepare_corpus", "{corpus}"),
     benchmark:
-        f"{RESULTS}/benchmarks/prepare_corpus/{{corpus}}.tsv"
+        L.benchmark("prepare_corpus", "{corpus}")
     conda:
         "../../envs/data.yaml"
     threads: rule_threads("prepare_corpus")
@@ -55,11 +55,11 @@ rule prepare_sft_data:
     input:
         tokenizer_input,
     output:
-        f"{RESULTS}/data/tokens/sft/manifest.json",
+        L.manifest("sft"),
     log:
-        f"{LOGS}/prepare_sft_data.log",
+        L.log("prepare_sft_data"),
     benchmark:
-        f"{RESULTS}/benchmarks/prepare_sft_data/sft.tsv"
+        L.benchmark("prepare_sft_data", "sft")
     conda:
         "../../envs/data.yaml"
     threads: rule_threads("prepare_sft_data")

@@ -5,11 +5,11 @@
 
 rule build_tasks:
     output:
-        directory(f"{RESULTS}/tasks/{{corpus}}"),
+        directory(L.tasks("{corpus}")),
     log:
-        f"{LOGS}/build_tasks/{{corpus}}.log",
+        L.log("build_tasks", "{corpus}"),
     benchmark:
-        f"{RESULTS}/benchmarks/build_tasks/{{corpus}}.tsv"
+        L.benchmark("build_tasks", "{corpus}")
     conda:
         "../../envs/evaluate.yaml"
     threads: rule_threads("build_tasks")
@@ -18,7 +18,7 @@ rule build_tasks:
     params:
         config=CONFIG,
         cfg=config_slice("build_tasks"),
-        tasks_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        tasks_dir=tasks_root,
     shell:
         "lrmerge tasks --config {params.config} --lang {wildcards.corpus}"
         " --write {params.tasks_dir} > {log} 2>&1"
@@ -29,16 +29,16 @@ rule evaluate:
         unpack(evaluate_inputs),
     output:
         report(
-            f"{RESULTS}/eval/{{model}}.json",
+            L.eval("{model}"),
             caption="../report/eval.rst",
             category="Evaluate",
             subcategory=eval_subcategory,
             labels=eval_labels,
         ),
     log:
-        f"{LOGS}/evaluate/{{model}}.log",
+        L.log("evaluate", "{model}"),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{model}}.tsv"
+        L.benchmark("evaluate", "{model}")
     conda:
         "../../envs/evaluate.yaml"
     threads: rule_threads("evaluate")
@@ -47,7 +47,7 @@ rule evaluate:
     params:
         config=CONFIG,
         cfg=config_slice("evaluate"),
-        tasks_dir=tasks_dir,
+        tasks_dir=L.tasks_dir(),
         model=model_dir,
         langs=eval_langs,
     shell:

@@ -8,16 +8,20 @@ rule merge:
         unpack(merge_inputs),
     output:
         report(
-            f"{RESULTS}/models/merge/{{method}}/{{group}}/{{tokens}}/merge_stats.json",
+            L.summary(merge_id("{variant}", "{group}", "{tokens}")),
             caption="../report/merge_stats.rst",
             category="Merge",
-            subcategory="{method}",
-            labels={"method": "{method}", "language": "{group}", "tokens": "{tokens}"},
+            subcategory="{variant}",
+            labels={
+                "method": "{variant}",
+                "language": "{group}",
+                "tokens": "{tokens}",
+            },
         ),
     log:
-        f"{LOGS}/merge/{{method}}/{{group}}/{{tokens}}.log",
+        L.log("merge", "{variant}/{group}/{tokens}"),
     benchmark:
-        f"{RESULTS}/benchmarks/merge/{{method}}/{{group}}/{{tokens}}.tsv"
+        L.benchmark("merge", "{variant}/{group}/{tokens}")
     conda:
         "../../envs/merge.yaml"
     threads: rule_threads("merge")

@@ -8,60 +8,59 @@ rule aggregate:
         stats=all_merge_stats(),
     output:
         scores=report(
-            f"{RESULTS}/tables/scores.csv",
+            L.table("scores"),
             caption="../report/scores.rst",
             category="Report",
             subcategory="Tables",
             labels={"table": "scores"},
         ),
         discarded=report(
-            f"{RESULTS}/tables/discarded.csv",
+            L.table("discarded"),
             caption="../report/discarded_table.rst",
             category="Report",
             subcategory="Tables",
             labels={"table": "discarded"},
         ),
         discarded_map=report(
-            f"{RESULTS}/tables/discarded_map.csv",
+            L.table("discarded_map"),
             caption="../report/discarded_map_table.rst",
             category="Report",
             subcategory="Tables",
             labels={"table": "discarded_map"},
         ),
     log:
-        f"{LOGS}/aggregate.log",
+        L.log("aggregate"),
     benchmark:
-        f"{RESULTS}/benchmarks/aggregate/aggregate.tsv"
+        L.benchmark("aggregate", "aggregate")
     conda:
         "../../envs/report.yaml"
     params:
         config=CONFIG,
         cfg=config_slice("aggregate"),
-        eval_dir=eval_dir,
-        models_dir=models_dir,
+        results=results_dir,
     shell:
-        "lrmerge report aggregate --config {params.config} --eval-dir {params.eval_dir}"
-        " --models-dir {params.models_dir} --scores {output.scores}"
+        "lrmerge report aggregate --config {params.config} --results {params.results}"
+        " --scores {output.scores}"
         " --discarded {output.discarded} --discarded-map {output.discarded_map} > {log} 2>&1"
 
 
 rule plot:
     input:
-        scores=f"{RESULTS}/tables/scores.csv",
-        discarded=f"{RESULTS}/tables/discarded.csv",
-        discarded_map=f"{RESULTS}/tables/discarded_map.csv",
+        scores=L.table("scores"),
+        discarded=L.table("discarded"),
+        discarded_map=L.table("discarded_map"),
     output:
         report_figures(),
     log:
-        f"{LOGS}/plot.log",
+        L.log("plot"),
     benchmark:
-        f"{RESULTS}/benchmarks/plot/plot.tsv"
+        L.benchmark("plot", "plot")
     conda:
         "../../envs/report.yaml"
     params:
         config=CONFIG,
         cfg=config_slice("plot"),
-        out_dir=figures_dir,
+        out_dir=output_dir,
     shell:
         "lrmerge report plot --config {params.config} --scores {input.scores}"
         " --discarded {input.discarded} --discarded-map {input.discarded_map}"

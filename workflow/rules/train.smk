@@ -8,19 +8,19 @@
 rule pretrain_base:
     input:
         tokenizer=tokenizer_input,
-        data=f"{RESULTS}/data/tokens/en/manifest.json",
+        data=L.manifest("en"),
     output:
         report(
-            f"{RESULTS}/models/base/train_summary.json",
+            L.summary(BASE_ID),
             caption="../report/train_summary.rst",
             category="Train",
             subcategory="base (pre-trained)",
             labels={"model": "base"},
         ),
     log:
-        f"{LOGS}/pretrain_base.log",
+        L.log("pretrain_base"),
     benchmark:
-        f"{RESULTS}/benchmarks/pretrain_base/base.tsv"
+        L.benchmark("pretrain_base", "base")
     conda:
         "../../envs/train.yaml"
     threads: rule_threads("pretrain_base")
@@ -41,20 +41,20 @@ rule pretrain_base:
 rule continual_pretrain:
     input:
         init=ct_init_input,
-        data=f"{RESULTS}/data/tokens/{{lang}}/manifest.json",
-        english=f"{RESULTS}/data/tokens/en/manifest.json",
+        data=L.manifest("{lang}"),
+        english=L.manifest("en"),
     output:
         report(
-            f"{RESULTS}/models/ct/{{lang}}/{{tokens}}/train_summary.json",
+            L.summary(ct_id("{lang}", "{tokens}")),
             caption="../report/train_summary.rst",
             category="Train",
             subcategory="CT",
             labels={"language": "{lang}", "tokens": "{tokens}"},
         ),
     log:
-        f"{LOGS}/continual_pretrain/{{lang}}/{{tokens}}.log",
+        L.log("continual_pretrain", "{lang}/{tokens}"),
     benchmark:
-        f"{RESULTS}/benchmarks/continual_pretrain/{{lang}}/{{tokens}}.tsv"
+        L.benchmark("continual_pretrain", "{lang}/{tokens}")
     conda:
         "../../envs/train.yaml"
     threads: rule_threads("continual_pretrain")
@@ -77,19 +77,19 @@ rule continual_pretrain:
 rule finetune_sft:
     input:
         init=base_input,
-        data=f"{RESULTS}/data/tokens/sft/manifest.json",
+        data=L.manifest("sft"),
     output:
         report(
-            f"{RESULTS}/models/sft/train_summary.json",
+            L.summary(SFT_ID),
             caption="../report/train_summary.rst",
             category="Train",
             subcategory="SFT-flan",
             labels={"model": "sft"},
         ),
     log:
-        f"{LOGS}/finetune_sft.log",
+        L.log("finetune_sft"),
     benchmark:
-        f"{RESULTS}/benchmarks/finetune_sft/sft.tsv"
+        L.benchmark("finetune_sft", "sft")
     conda:
         "../../envs/train.yaml"
     threads: rule_threads("finetune_sft")
@@ -109,20 +109,20 @@ rule finetune_sft:
 
 rule ct_then_sft:
     input:
-        init=f"{RESULTS}/models/ct/{{lang}}/{{tokens}}/train_summary.json",
-        data=f"{RESULTS}/data/tokens/sft/manifest.json",
+        init=L.summary(ct_id("{lang}", "{tokens}")),
+        data=L.manifest("sft"),
     output:
         report(
-            f"{RESULTS}/models/ct_sft/{{lang}}/{{tokens}}/train_summary.json",
+            L.summary(ct_sft_id("{lang}", "{tokens}")),
             caption="../report/train_summary.rst",
             category="Train",
             subcategory="CT-then-SFT",
             labels={"language": "{lang}", "tokens": "{tokens}"},
         ),
     log:
-        f"{LOGS}/ct_then_sft/{{lang}}/{{tokens}}.log",
+        L.log("ct_then_sft", "{lang}/{tokens}"),
     benchmark:
-        f"{RESULTS}/benchmarks/ct_then_sft/{{lang}}/{{tokens}}.tsv"
+        L.benchmark("ct_then_sft", "{lang}/{tokens}")
     conda:
         "../../envs/train.yaml"
     threads: rule_threads("ct_then_sft")
