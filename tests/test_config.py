@@ -31,30 +31,56 @@ def test_presets_are_valid(name):
 
 
 def test_defaults_are_filled(tmp_path):
-    config = _check(tmp_path, lambda c: c.pop("seed"))
-    assert config["seed"] == 0
+    """The schema's defaults, filled in nested sections and in each merge entry."""
+    from lrmerge.config import load_schema
+
+    def bare(c):
+        c.pop("seed")
+        c["evaluate"] = {"sources": c["evaluate"]["sources"]}
+
+    config = _check(tmp_path, bare)
+    props = load_schema()["properties"]
+    assert config["seed"] == props["seed"]["default"]
     assert config["merge"]["methods"]["ties"]["weights"] == [[1.0, 1.0]]
-    assert isinstance(config["evaluate"], dict) and "batch_size" in config["evaluate"]
+    assert config["evaluate"]["collapse_share"] == props["evaluate"]["properties"][
+        "collapse_share"]["default"]
+    # two configs never share a default object
+    other = _check(tmp_path, bare)
+    assert config["evaluate"]["shot_seeds"] is not other["evaluate"]["shot_seeds"]
 
 
-def test_paper_preset_is_the_study():
-    config = load_config(REPO / "config" / "config.yaml")
-    assert config["base_model"] == "meta-llama/Llama-2-7b-hf"
-    assert list(config["languages"]) == ["bo", "ug", "mn", "ta", "te", "or", "bn"]
-    assert config["continual_pretrain"]["english_ratio"] == pytest.approx(0.2)  # 4:1
-    assert len(config["merge"]["methods"]["average"]["weights"]) > 1  # tuned: a grid
-    assert [m["name"] for m in config["merge"]["multi"]] == ["mn+ug"]
+def test_schema_names_the_workflow_methods_of_the_table():
+    """The schema's method enum (Snakemake validates with it) and the keys a merge entry may
+    give are the method table's, so a method added there is one the workflow accepts."""
+    from lrmerge.config import load_schema, schema_path
+    from lrmerge.merge.table import METHOD_TABLE, WORKFLOW_METHODS
+
+    entry = load_schema()["$defs"]["merge_method"]["properties"]
+    assert entry["method"]["enum"] == list(WORKFLOW_METHODS)
+    keys = {k for name in WORKFLOW_METHODS for k in METHOD_TABLE[name].workflow_keys}
+    assert set(entry) == keys | {"method", "weights"}
+    # the schema ships in the package (pip install without a checkout validates)
+    assert schema_path().parent == Path(__import__("lrmerge.config").config.__file__).parent
 
 
-def test_mini_preset_plans_the_study():
+def test_mini_plan_by_hand():
+    """The mini preset: 2 languages x 3 budgets; 6 merge entries of one weight pair each and one
+    two-language merge at the largest shared budget."""
     config = load_config(REPO / "config" / "mini.yaml")
-    assert len(config["languages"]) >= 2
-    assert all(len(f["budgets"]) >= 3 for f in config["languages"].values())
-    kinds = {m.kind for m in plan_models(config)}
-    assert kinds == {"base", "sft", "ct", "ct_sft", "merge"}
-    methods = {m.entry for m in plan_merges(config)}
-    assert {"average", "ties", "ties_sv"} <= methods
-    assert any(len(m.languages) == 2 for m in plan_merges(config))
+    models = plan_models(config)
+    merges = plan_merges(config)
+    assert len(merges) == 6 * 2 * 3 + 1
+    assert len(models) == 2 + 6 + 6 + len(merges)
+    assert len({m.id for m in models}) == len(models)
+    auto = next(m for m in merges if m.variant == "ties_auto")
+    assert (auto.entry, auto.method, auto.id) == ("ties_auto", "ties_sv", "merge/ties_auto/bn/100000")
+    multi = merges[-1]
+    assert (multi.id, multi.languages, multi.weights) == ("merge/ties/bn+bo/400000", ("bn", "bo"),
+                                                          (1.0, 1.0, 1.0))
+    by_id = {m.id: m for m in models}
+    assert by_id["ct_sft/bo/200000"].eval_languages == ("bo", "en")
+    assert by_id[multi.id].eval_languages == ("bn", "bo", "en")
+    assert by_id["base"].eval_languages == ("bn", "bo", "en")
 
 
 @pytest.mark.parametrize(
@@ -189,6 +215,58 @@ def test_mini_preset_plans_the_study():
             lambda c: c["merge"]["multi"][0].update(name="bo+bn"),
             r"merge\.multi\[0\]\.name: name must be the languages joined by '\+': bn\+bo",
         ),
+        # merge entries against the method table
+        (
+            lambda c: c["merge"]["methods"].update(dare_linear={"density": 0.5}),
+            r"merge\.methods\.dare_linear: unknown merge method 'dare_linear'",
+        ),
+        (
+            lambda c: c["merge"]["methods"].update(crumbs={"method": "breadcrumbs"}),
+            r"merge\.methods\.crumbs: method breadcrumbs needs density",
+        ),
+        (
+            lambda c: c["merge"]["methods"]["ties"].update(gamma=0.1),
+            r"merge\.methods\.ties: gamma not used by method ties",
+        ),
+        (
+            lambda c: c["merge"]["methods"]["ties"].update(weights=[[0.0, 0.0]]),
+            r"merge\.methods\.ties\.weights\[0\]: weights must not all be zero",
+        ),
+        # multi-language merges, each check
+        (
+            lambda c: c["merge"]["multi"].append(dict(c["merge"]["multi"][0])),
+            r"merge\.multi\[1\]\.name: 'bn\+bo' is used twice",
+        ),
+        (
+            lambda c: c["merge"]["multi"][0].update(languages=["bn", "bn"], name="bn+bn"),
+            r"merge\.multi\[0\]\.languages: a language is listed twice",
+        ),
+        (
+            lambda c: c["merge"]["multi"][0].update(weights=[1.0, 1.0]),
+            r"merge\.multi\[0\]\.weights: give 3 weights",
+        ),
+        (
+            lambda c: c["languages"]["bo"].update(budgets=[300000]),
+            r"merge\.multi\[0\]\.tokens: its languages share no budget",
+        ),
+        # evaluation sources
+        (
+            lambda c: c["languages"]["bo"]["tasks"].append("topic_xx"),
+            r"languages\.bo\.tasks: task 'topic_xx' has no evaluate\.sources\.topic_xx entry",
+        ),
+        (
+            lambda c: c["evaluate"]["sources"].update(t={"kind": "milic", "family": "math"}),
+            r"evaluate\.sources\.t\.lang: required for kind: milic",
+        ),
+        (
+            lambda c: c["evaluate"]["sources"].update(
+                t={"kind": "mgsm", "family": "classification", "test": {"path": "x"}}),
+            r"evaluate\.sources\.t\.family: kind mgsm has no classification task",
+        ),
+        (
+            lambda c: c["evaluate"]["sources"]["math_bn"].update(shots="per_label"),
+            r"evaluate\.sources\.math_bn\.shots: per_label is for classification tasks",
+        ),
         # the English code is reserved for the English corpus
         (lambda c: c["languages"].update(en=copy.deepcopy(c["languages"]["bn"])), r"languages: "),
         (lambda c: c.pop("run_name"), r"'run_name' is a required property"),
@@ -253,3 +331,66 @@ def test_multi_merge_tokens(tmp_path):
     multi = [m for m in plan_merges(config) if m.group == "bn+bo"]
     assert [m.tokens for m in multi] == [100000, 200000]
     assert multi[0].weights == (1.0, 1.0, 1.0)
+
+
+def _merge_args(config, variant, group, tokens, base="BASE"):
+    from lrmerge.config import Layout, merge_args
+
+    job = next(m for m in plan_merges(config)
+               if (m.variant, m.group, m.tokens) == (variant, group, tokens))
+    return merge_args(job, config, Layout("R"), base)
+
+
+def test_merge_config_arguments_come_from_the_method_table(tmp_path):
+    """One merge of each kind: weights where the method takes them, a base where it reads one,
+    the entry's parameters, and the ones the workflow fixes (ties_sv protects SFT-flan,
+    layer_swap keeps SFT-flan's middle layers)."""
+    def more(c):
+        c["merge"]["methods"]["crumbs"] = {"method": "breadcrumbs", "density": 0.3, "gamma": 0.05}
+
+    config = _check(tmp_path, more)
+    assert _merge_args(config, "ties_sv", "bo", 200000) == [
+        "--method", "ties_sv", "--base", "BASE", "--model", "ct=R/models/ct/bo/200000@1",
+        "--model", "sft=R/models/sft@1", "--density", "0.2", "--lambda", "1", "--slack", "0.1",
+        "--protect", "sft"]
+    assert _merge_args(config, "layer_swap", "bn", 100000) == [
+        "--method", "layer_swap", "--model", "ct=R/models/ct/bn/100000", "--model",
+        "sft=R/models/sft", "--bottom", "1", "--top", "1", "--task-model", "sft"]
+    assert _merge_args(config, "chat_vector", "bn", 100000) == [
+        "--method", "chat_vector", "--base", "BASE", "--model", "ct=R/models/ct/bn/100000",
+        "--model", "sft=R/models/sft", "--ratio", "1"]
+    assert _merge_args(config, "average", "bn", 100000) == [
+        "--method", "average", "--model", "ct=R/models/ct/bn/100000@1", "--model",
+        "sft=R/models/sft@1"]
+    assert _merge_args(config, "crumbs", "bn", 400000)[:2] == ["--method", "breadcrumbs"]
+    assert _merge_args(config, "crumbs", "bn", 400000)[-4:] == ["--density", "0.3", "--gamma",
+                                                               "0.05"]
+    assert _merge_args(config, "ties", "bn+bo", 400000)[4:8] == [
+        "--model", "ct_bn=R/models/ct/bn/400000@1", "--model", "ct_bo=R/models/ct/bo/400000@1"]
+    # slack: auto aims at the first budget's merge stats; at that budget, at its own fraction
+    auto = _merge_args(config, "ties_auto", "bn", 200000)
+    assert auto[auto.index("--target-discarded") + 1] == (
+        "R/models/merge/ties_auto/bn/100000/merge_stats.json")
+    first = _merge_args(config, "ties_auto", "bn", 100000)
+    assert first[first.index("--target-discarded") + 1] == "1"
+
+
+def test_layout_names_each_path_once():
+    from lrmerge.config import Layout
+    from lrmerge.config.layout import RELATIVE, kind_of, root_of
+
+    config = load_config(REPO / "config" / "mini.yaml")
+    lay = Layout.of(config)
+    assert (lay.root, lay.logs) == ("results/mini", "logs/mini")
+    for m in plan_models(config):
+        assert kind_of(m.id) == m.kind
+        marker = "merge_stats.json" if m.kind == "merge" else "train_summary.json"
+        assert lay.summary(m.id) == f"results/mini/models/{m.id}/{marker}"
+        assert lay.eval(m.id) == f"results/mini/eval/{m.id}.json"
+    # wildcard patterns for the rules, relative paths for the pilot's globs
+    assert lay.summary("ct/{lang}/{tokens}") == "results/mini/models/ct/{lang}/{tokens}/train_summary.json"
+    assert RELATIVE.benchmark("merge", "**/*") == "benchmarks/merge/**/*.tsv"
+    assert lay.log("merge", "a/b/1") == "logs/mini/merge/a/b/1.log"
+    assert root_of("s3://x/" + lay.eval("base"), RELATIVE.eval("base")) == "s3://x/results/mini"
+    with pytest.raises(ValueError):
+        root_of("elsewhere/base.json", RELATIVE.eval("base"))
