@@ -21,6 +21,9 @@ from llvmlite import ir
 from numba import get_num_threads, get_thread_id, njit, prange, types
 from numba.extending import intrinsic, overload
 
+from lrmerge import numba_cache
+
+numba_cache.install()  # cache=True below: one user-wide copy per content of this file
 
 GROUPS = 64
 BLOCK = 1024  # elements per step of the blocked kernels
