@@ -20,6 +20,7 @@ that always answers one label is visible; the sample fields say which items eval
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -158,6 +159,26 @@ def task_entry(meta: dict, results: dict, n_samples: dict, samples: dict) -> dic
     return entry
 
 
+@contextlib.contextmanager
+def _no_env_report():
+    """lm-eval's simple_evaluate ends with add_env_info: torch's collect_env, which runs pip, lscpu
+    and the like as subprocesses (~0.3 s of every evaluation) for a "pretty_env_info" that the
+    result file never keeps. Skipped while the block runs; the versions are recorded instead."""
+    from lm_eval import evaluator
+
+    def versions_only(storage: dict) -> None:
+        import transformers
+
+        storage.update(pretty_env_info=None, transformers_version=transformers.__version__)
+
+    original = evaluator.add_env_info
+    evaluator.add_env_info = versions_only
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
 def evaluate(cfg: dict, model: str, langs: list[str], tasks_dir: str, out: str,
              threads: int | None = None, lm=None) -> dict:
     """Run lm-eval on `model` for the tasks of `langs`; write and return the result JSON.
@@ -191,12 +212,13 @@ def evaluate(cfg: dict, model: str, langs: list[str], tasks_dir: str, out: str,
     seed = int(cfg["seed"])
     t0 = time.time()
     try:
-        results = lm_eval.simple_evaluate(
-            model=lm if lm is not None else "hf", model_args=model_args, tasks=names,
-            task_manager=tm, num_fewshot=None,
-            batch_size=ev["batch_size"], limit=None,
-            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-            fewshot_random_seed=seed, log_samples=True)  # the samples give the predictions
+        with _no_env_report():
+            results = lm_eval.simple_evaluate(
+                model=lm if lm is not None else "hf", model_args=model_args, tasks=names,
+                task_manager=tm, num_fewshot=None,
+                batch_size=ev["batch_size"], limit=None,
+                random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                fewshot_random_seed=seed, log_samples=True)  # the samples give the predictions
     except Exception as e:  # name the tasks and their sources: lm-eval's errors do not
         sources = "; ".join(f"{t}: {m['source']}" for t, m in metas.items())
         raise RuntimeError(f"lm-eval failed on {model} ({type(e).__name__}: {e}); "
