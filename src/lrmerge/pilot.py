@@ -286,6 +286,24 @@ def calibrate(cfg: dict, run_dir: str | Path, pilot_cfg: dict, pilot_config: str
                          f"the pilot directory {run} is results/{run.name}: pass the config that "
                          "pilot ran with")
     cal = Calibration(str(run), pilot_config)
+    pilot_peaks, evaluated = _measure(run, cal)
+    sizes, sizes_source = pilot_sizes(run, pilot_cfg)
+    pilot_mm = _params(sizes)[0]
+    cal.pilot_model = {"source": sizes_source, "matmul_params": pilot_mm}
+    if pilot_peaks:
+        cal.notes.append(_device_note(pilot_peaks, cfg["plan"]))
+    if evaluated:
+        _carry_eval(cal, evaluated, pilot_peaks, cfg, pilot_cfg, pilot_mm)
+    for rule in [r for r in cal.figures if r not in rules]:
+        cal.notes.append(f"{rule}: measured, but the sweep has no such rule")
+        del cal.figures[rule]
+    cal.unmeasured = {r: why for r, why in cal.unmeasured.items() if r in rules}
+    return cal
+
+
+def _measure(run: Path, cal: Calibration) -> tuple[set[tuple[str, float]], tuple | None]:
+    """Each rule's figure into `cal` (or why not); returns the (device, peak TFLOPS) the pilot
+    trained on and the evaluation measurement (eval_figure's), which needs them to carry over."""
     found = False
     pilot_peaks: set[tuple[str, float]] = set()
 
@@ -319,32 +337,26 @@ def calibrate(cfg: dict, run_dir: str | Path, pilot_cfg: dict, pilot_config: str
         looked += [p for p, _ in TOKEN_JOBS.values()] + [MERGE_BENCHMARKS, EVAL_BENCHMARKS]
         raise FileNotFoundError(f"--calibrate {run}: no pilot measurements there; looked for "
                                 + ", ".join(looked))
+    return pilot_peaks, evaluated
 
-    sizes, sizes_source = pilot_sizes(run, pilot_cfg)
-    pilot_mm = _params(sizes)[0]
-    cal.pilot_model = {"source": sizes_source, "matmul_params": pilot_mm}
-    if pilot_peaks:
-        cal.notes.append(_device_note(pilot_peaks, cfg["plan"]))
-    if evaluated:
-        per_item, used, devices, eval_notes = evaluated
-        cal.notes += [f"evaluate: {s}" for s in eval_notes]
-        peaks = {peak for _, peak in pilot_peaks}
-        kinds = {d.split(":")[0] for d in devices}
-        trained_on = {d.split(":")[0] for d, _ in pilot_peaks}
-        if len(peaks) != 1 or kinds != trained_on:
-            cal.unmeasured["evaluate"] = (
-                f"measured {per_item:.3g} s an item on {', '.join(sorted(devices))}, but no "
-                "single peak_tflops of that device in the training summaries "
-                f"(trained on {', '.join(sorted(trained_on)) or 'nothing'}) to carry it to the "
-                "sweep's GPU")
-        else:
-            cal.figures["evaluate"] = _scaled_eval(per_item, used, cfg, pilot_cfg, pilot_mm,
-                                                   peaks.pop())
-    for rule in [r for r in cal.figures if r not in rules]:
-        cal.notes.append(f"{rule}: measured, but the sweep has no such rule")
-        del cal.figures[rule]
-    cal.unmeasured = {r: why for r, why in cal.unmeasured.items() if r in rules}
-    return cal
+
+def _carry_eval(cal: Calibration, evaluated: tuple, pilot_peaks: set[tuple[str, float]],
+                cfg: dict, pilot_cfg: dict, pilot_mm: int) -> None:
+    """The evaluation figure, scaled to the sweep where one peak of its device is known."""
+    per_item, used, devices, eval_notes = evaluated
+    cal.notes += [f"evaluate: {s}" for s in eval_notes]
+    peaks = {peak for _, peak in pilot_peaks}
+    kinds = {d.split(":")[0] for d in devices}
+    trained_on = {d.split(":")[0] for d, _ in pilot_peaks}
+    if len(peaks) != 1 or kinds != trained_on:
+        cal.unmeasured["evaluate"] = (
+            f"measured {per_item:.3g} s an item on {', '.join(sorted(devices))}, but no "
+            "single peak_tflops of that device in the training summaries "
+            f"(trained on {', '.join(sorted(trained_on)) or 'nothing'}) to carry it to the "
+            "sweep's GPU")
+    else:
+        cal.figures["evaluate"] = _scaled_eval(per_item, used, cfg, pilot_cfg, pilot_mm,
+                                               peaks.pop())
 
 
 def _device_note(pilot_peaks: set[tuple[str, float]], p: dict) -> str:
