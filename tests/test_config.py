@@ -394,3 +394,29 @@ def test_layout_names_each_path_once():
     assert root_of("s3://x/" + lay.eval("base"), RELATIVE.eval("base")) == "s3://x/results/mini"
     with pytest.raises(ValueError):
         root_of("elsewhere/base.json", RELATIVE.eval("base"))
+
+
+def test_every_rule_with_a_config_slice_has_one():
+    """Each rule's params are its command's config slice (lrmerge.config.slices): every rule that
+    asks for one has one, and each slice holds only keys of the config."""
+    import re
+
+    from lrmerge.config import rule_config
+    from lrmerge.config.slices import RULE_KEYS
+
+    rules = REPO / "workflow" / "rules"
+    asked = {name for f in rules.glob("*.smk")
+             for name in re.findall(r'config_slice\("(\w+)"\)', f.read_text())}
+    assert asked == set(RULE_KEYS)
+    config = load_config(REPO / "config" / "mini.yaml")
+    for rule in RULE_KEYS:
+        for lang in ("bn", "en", "bn+en"):
+            if rule in ("prepare_corpus", "build_tasks", "continual_pretrain") and "+" in lang:
+                continue
+            if rule == "continual_pretrain" and lang == "en":
+                continue
+            assert rule_config(config, rule, lang), (rule, lang)
+    # the report's tables read which merges exist and the collapse threshold, not the base
+    assert "base_model" not in rule_config(config, "aggregate")
+    with pytest.raises(KeyError, match="no config slice for rule 'merge'"):
+        rule_config(config, "merge")
