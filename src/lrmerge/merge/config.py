@@ -326,6 +326,28 @@ CONFIG_HOOKS = {"chat_vector": _chat_vector, "layer_swap": _layer_swap}
 
 
 def _from_mergekit(data: dict, label: str) -> MergeConfig:
+    method = _mergekit_method(data, label)
+    top = data.get("parameters") or {}
+    if not isinstance(top, dict):
+        raise MergeError(f"{label}: key 'parameters': expected a mapping")
+    _known_mergekit_params(top, f"{label}: parameters")
+    root = Path.cwd()  # mergekit resolves model paths against the working directory
+    base = _resolve(data["base_model"], f"{label}: key 'base_model'", root) \
+        if data.get("base_model") else None
+    models = _mergekit_models(data, label, root, base, method, top)
+    if method == "average":
+        base = None  # mergekit's linear ignores base_model
+    config = MergeConfig(method=method, models=models, base=base, source="mergekit")
+    _mergekit_parameters(config, top, label, data["merge_method"])
+    dtype = data.get("dtype")
+    if method != "average" and dtype is not None:
+        config.dtype = dtype  # mergekit rounds every step to it; its linear always uses float32
+    config.out_dtype = data.get("out_dtype") or dtype
+    return config
+
+
+def _mergekit_method(data: dict, label: str) -> str:
+    """Our method for a mergekit YAML, or an error naming what it asks that we do not do."""
     for key, why in MERGEKIT_UNSUPPORTED.items():
         if key in data:
             raise MergeError(f"{label}: mergekit key '{key}': {why}")
@@ -338,31 +360,28 @@ def _from_mergekit(data: dict, label: str) -> MergeConfig:
         raise MergeError(f"{label}: key 'merge_method': {ours.mergekit_note}; write a "
                          f"native lrmerge config (method: {mk_method})")
     if mk_method not in MERGEKIT_NAMES:
-        raise MergeError(
-            f"{label}: key 'merge_method': {mk_method!r} is not supported "
-            f"(supported: {', '.join(MERGEKIT_NAMES)})"
-        )
-    method = MERGEKIT_NAMES[mk_method]
-    default_normalize = METHOD_TABLE[method].normalizes
-    root = Path.cwd()  # mergekit resolves model paths against the working directory
-    top = data.get("parameters") or {}
-    if not isinstance(top, dict):
-        raise MergeError(f"{label}: key 'parameters': expected a mapping")
-    bad = sorted(set(top) - MERGEKIT_PARAMS)
+        raise MergeError(f"{label}: key 'merge_method': {mk_method!r} is not supported "
+                         f"(supported: {', '.join(MERGEKIT_NAMES)})")
+    return MERGEKIT_NAMES[mk_method]
+
+
+def _known_mergekit_params(params: dict, where: str) -> None:
+    bad = sorted(set(params) - MERGEKIT_PARAMS)
     if bad:
-        raise MergeError(f"{label}: parameters.{bad[0]}: unsupported mergekit parameter")
+        raise MergeError(f"{where}.{bad[0]}: unsupported mergekit parameter")
 
-    def param(params: dict, key: str, where: str, default: Any = None) -> Any:
-        if key in params:
-            return _number(params[key], f"{where}.{key}")
-        return default
 
-    base = _resolve(data["base_model"], f"{label}: key 'base_model'", root) \
-        if data.get("base_model") else None
-    models = []
+def _mergekit_number(params: dict, key: str, where: str, default: Any = None) -> Any:
+    return _number(params[key], f"{where}.{key}") if key in params else default
+
+
+def _mergekit_models(data: dict, label: str, root: Path, base: Path | None, method: str,
+                     top: dict) -> list[ModelSpec]:
     models_raw = data.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         raise MergeError(f"{label}: key 'models': expected a non-empty list")
+    default_weight = _mergekit_number(top, "weight", f"{label}: parameters", 1.0)
+    models = []
     for i, entry in enumerate(models_raw):
         where = f"{label}: models[{i}]"
         if not isinstance(entry, dict) or "model" not in entry:
@@ -371,27 +390,28 @@ def _from_mergekit(data: dict, label: str) -> MergeConfig:
         if base is not None and path == base and method != "average":
             continue  # mergekit lists the base among the models; it is not a task vector
         params = entry.get("parameters") or {}
-        bad = sorted(set(params) - MERGEKIT_PARAMS)
-        if bad:
-            raise MergeError(f"{where}.parameters.{bad[0]}: unsupported mergekit parameter")
+        _known_mergekit_params(params, f"{where}.parameters")
         if "gamma" in params:
             raise MergeError(f"{where}.parameters.gamma: a per-model gamma is not supported; give "
                              "one under the top-level parameters")
-        density = param(params, "density", f"{where}.parameters")
+        density = _mergekit_number(params, "density", f"{where}.parameters")
         models.append(ModelSpec(
             path=path,
             name=path.name,
-            weight=param(params, "weight", f"{where}.parameters", param(top, "weight", f"{label}: parameters", 1.0)),
+            weight=_mergekit_number(params, "weight", f"{where}.parameters", default_weight),
             density=None if density is None else _number(density, f"{where}.parameters.density", 0, 1),
         ))
-    if method == "average":
-        base = None  # mergekit's linear ignores base_model
-    config = MergeConfig(method=method, models=models, base=base, source="mergekit")
+    return models
+
+
+def _mergekit_parameters(config: MergeConfig, top: dict, label: str, mk_method: str) -> None:
+    """The top-level parameters, with mergekit's defaults where absent."""
+    method = config.method
     if "density" in top:
         config.density = _number(top["density"], f"{label}: parameters.density", 0, 1)
     elif METHOD_TABLE[method].trims:
         config.density = 1.0  # mergekit's default: no trimming
-    config.lambda_ = param(top, "lambda", f"{label}: parameters", 1.0)
+    config.lambda_ = _mergekit_number(top, "lambda", f"{label}: parameters", 1.0)
     if "gamma" in top:
         if method != "breadcrumbs":
             raise MergeError(f"{label}: parameters.gamma has no meaning for {mk_method}")
@@ -401,15 +421,10 @@ def _from_mergekit(data: dict, label: str) -> MergeConfig:
         raise MergeError(f"{label}: parameters.rescale: {rescale!r} is not supported for "
                          f"{mk_method} (lrmerge {'always' if method in MERGEKIT_RESCALES else 'never'}"
                          " rescales it)")
-    normalize = top.get("normalize", default_normalize)
+    normalize = top.get("normalize", METHOD_TABLE[method].normalizes)
     if not isinstance(normalize, bool):
         raise MergeError(f"{label}: parameters.normalize: expected true or false")
     config.normalize = normalize
-    dtype = data.get("dtype")
-    if method != "average" and dtype is not None:
-        config.dtype = dtype  # mergekit rounds every step to it; its linear always uses float32
-    config.out_dtype = data.get("out_dtype") or dtype
-    return config
 
 
 def _validate(config: MergeConfig, label: str) -> None:

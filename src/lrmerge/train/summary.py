@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lrmerge import fsutil
+
 if TYPE_CHECKING:
     from lrmerge.train.loop import Data, Job, Progress, Throughput
     from lrmerge.train.schedule import Schedule
@@ -44,7 +46,7 @@ def read_attempts(out: Path) -> list[dict]:
     path = out / ATTEMPTS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return fsutil.read_jsonl(path)
 
 
 def peak_mem_gb(device: torch.device) -> float:
