@@ -13,6 +13,7 @@ import pytest
 
 from lrmerge.merge import kernels as K
 from lrmerge.merge import methods as M
+from lrmerge.merge.methods import ties
 from lrmerge.merge.config import load_merge_config
 
 NUMEL = 300_000  # above methods.SAMPLE * 4: the windowed paths
@@ -91,7 +92,7 @@ def test_fallback_to_radix_passes_is_exact(case, how, monkeypatch):
             return top, top, 0.0  # holds the largest key only: the threshold lies below it
         return 0, 0xFFFFFFFF, 0.0  # every key inside, buffers sized for none
 
-    monkeypatch.setattr(M, "sample_window", bad_window)
+    monkeypatch.setattr(ties, "sample_window", bad_window)
     _check(*_merge(CASES[case], "bfloat16"))
     assert calls, "the windowed path was not taken"
 
@@ -108,7 +109,7 @@ def test_sample_avoids_columns_aligned_with_the_stride():
     count = min(M.SAMPLE, max(NUMEL // 64, 4096))
     keys = K.sample_keys(base, xs, K.KIND_F32, NUMEL // count, count, K.KIND_F32)
     k = NUMEL // 5
-    lo, hi, _ = M.sample_window(keys[0], k, NUMEL)
+    lo, hi, _ = ties.sample_window(keys[0], k, NUMEL)
     threshold = np.sort(np.abs(tau).view(np.uint32))[NUMEL - k]
     assert lo <= threshold <= hi
 
@@ -117,6 +118,6 @@ def test_sample_avoids_columns_aligned_with_the_stride():
 def test_ties_sv_candidate_buffer_overflow_falls_back_exactly(storage, monkeypatch):
     """TIES-SV collects its candidates in buffers sized for a share of the protected model's kept
     entries; when they overflow, the radix passes give the same result."""
-    monkeypatch.setattr(M, "SV_SHARE", 0.0)
-    monkeypatch.setattr(M, "SV_SLACK", 0)
+    monkeypatch.setattr(ties, "SV_SHARE", 0.0)
+    monkeypatch.setattr(ties, "SV_SLACK", 0)
     _check(*_merge(CASES["ties_sv"], storage))

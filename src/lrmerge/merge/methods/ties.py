@@ -1,146 +1,20 @@
-"""Merge methods: small registered units that merge one tensor with the kernels.
-
-A method receives a `TensorTask` (the tensor's inputs already in memory, its output buffer, the
-method's parameters) and returns per-model counts (kept, discarded, reserved). Adding a method is one
-function here plus, if its per-element math is new, a kernel.
-"""
+"""The TIES family (TIES, TIES-SV, DARE-TIES, DARE-linear): one kernel with switches; the trim's
+exact top-k selection; the slack of TIES-SV, fixed or auto."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from . import kernels as K
-from .config import MergeConfig
-from .errors import MergeError
-from .stats import module_of
-from .topk import (
-    Selection,
-    radix_select,
-    sample_window,
-    select_direct,
-)
-
-REGISTRY: dict[str, Callable[[TensorTask], np.ndarray]] = {}
-# Methods that decide something per tensor from the config and the tensor names alone, before any
-# tensor is read (so that a bad name or stats file fails at once): name -> planner(config, names,
-# model config.json) -> {tensor: plan}.
-PLANNERS: dict[str, Callable[[MergeConfig, list[str], dict], dict[str, Any]]] = {}
-
-
-def register(*names: str):
-    def wrap(fn):
-        for name in names:
-            REGISTRY[name] = fn
-        return fn
-
-    return wrap
-
-
-def plan_tensors(config: MergeConfig, names: list[str], model_config: dict) -> dict[str, Any] | None:
-    """Each tensor's plan, or None for methods without a planner."""
-    if config.slack_auto:
-        return _slack_targets(config, names)
-    planner = PLANNERS.get(config.method)
-    return planner(config, names, model_config) if planner else None
-
-
-class Scratch:
-    """Grow-only work buffers reused from tensor to tensor: fresh allocations of this size would pay
-    for their page faults on every tensor."""
-
-    def __init__(self):
-        self._buffers: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], dtype, zero: bool = False) -> np.ndarray:
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        buf = self._buffers.get(name)
-        if buf is None or buf.nbytes < nbytes:
-            buf = self._buffers[name] = np.empty(nbytes, np.uint8)
-        view = buf[:nbytes].view(dtype).reshape(shape)
-        if zero:
-            view.fill(0)
-        return view
-
-
-@dataclass
-class TensorTask:
-    name: str
-    config: MergeConfig
-    base: np.ndarray | None  # (1, N) storage dtype
-    xs: np.ndarray  # (n, N)
-    kind: int
-    out: np.ndarray  # (1, N)
-    out_kind: int
-    trim: list[Selection | None] | None = None  # model-scope trim, precomputed for this tensor
-    scratch: Scratch = field(default_factory=Scratch)
-    plan: Any = None  # what the method's planner decided for this tensor (PLANNERS)
-    facts: dict = field(default_factory=dict)  # per-tensor facts for the stats (JSON values)
-
-    @property
-    def arith(self) -> int:
-        return ARITH[self.config.dtype]
-
-    @property
-    def weights(self) -> np.ndarray:
-        """Weights as float32, rounded to the arithmetic dtype (mergekit makes them tensors of it)."""
-        return np.array([round_weight(m.weight, self.arith) for m in self.config.models], np.float32)
-
-    def check(self, bad: int) -> None:
-        """Raise if the result holds a non-finite value, naming the input that caused it.
-
-        Every method turns a non-finite input into a non-finite result (inf * 0 and inf - inf are
-        NaN), so inputs need no pass of their own: they are searched only when a result is bad.
-        """
-        if bad < 0:
-            return
-        rows = [(self.config.base_name, self.base)] if self.base is not None else []
-        rows += [(name, self.xs[i : i + 1]) for i, name in enumerate(self.config.names)]
-        for who, row in rows:
-            found = int(K.first_nonfinite(row, self.kind)[0])
-            if found >= 0:
-                raise MergeError(f"tensor {self.name} of model '{who}' holds a non-finite value "
-                                 f"at flat index {found}")
-        raise MergeError(f"tensor {self.name}: the merged value at flat index {bad} is not finite")
-
-
-ARITH = {"float32": K.KIND_F32, "bfloat16": K.KIND_BF16, "float16": K.KIND_F16}
-
-
-def round_weight(x: float, arith: int) -> float:
-    """A Python float rounded once, to nearest even, into the arithmetic dtype."""
-    if arith == K.KIND_F16:
-        return float(np.float16(x))
-    if arith == K.KIND_BF16:
-        f = abs(np.float32(x))
-        lower = (np.array(f).view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
-        upper = (np.array(f).view(np.uint32) + np.uint32(0x10000) & np.uint32(0xFFFF0000)).view(np.float32)
-        lo_gap, hi_gap = abs(x) - float(lower), float(upper) - abs(x)
-        if lo_gap < hi_gap or (lo_gap == hi_gap and not int(lower.view(np.uint32)) & 0x10000):
-            nearest = float(lower)
-        else:
-            nearest = float(upper)
-        return nearest if x >= 0 else -nearest
-    return float(np.float32(x))
-
-
-def round_array(a: np.ndarray, arith: int) -> np.ndarray:
-    """float32 values rounded to the arithmetic dtype (as the kernels' rnd), back in float32."""
-    if arith == K.KIND_BF16:
-        bits = a.view(np.uint32)
-        bits = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
-        return (bits & np.uint32(0xFFFF0000)).view(np.float32)
-    if arith == K.KIND_F16:
-        return a.astype(np.float16).astype(np.float32)
-    return a
+from .. import kernels as K
+from ..config import MergeConfig
+from ..errors import MergeError
+from ..topk import Selection, radix_select, sample_window, select_direct
+from .base import Scratch, TensorTask, _decode, register, round_array
 
 
 def trim_counts(numel: int, densities: list[float], zero_keeps_none: bool = False) -> np.ndarray:
@@ -155,13 +29,6 @@ def trim_counts(numel: int, densities: list[float], zero_keeps_none: bool = Fals
 SV_SHARE, SV_SLACK = 0.6, 1024
 SAMPLE = 1 << 16  # keys sampled to place the candidate window; tensors this small get exact passes
 
-
-def _decode(a: np.ndarray, kind: int) -> np.ndarray:
-    if kind == K.KIND_F32:
-        return a
-    if kind == K.KIND_BF16:
-        return (a.astype(np.uint32) << 16).view(np.float32)
-    return a.view(np.float16).astype(np.float32)
 
 
 class _Window:
@@ -262,81 +129,6 @@ def trim_count_pass(base, xs, kind, arith, mode, bucket, threshold, scratch: Scr
     hist = scratch.get("hist", (K.thread_slabs(), n, 65536), np.int64, zero=True)
     K.trim_histogram(base, xs, kind, mode, bucket, threshold, hist, arith)
     return hist.sum(axis=0)
-
-
-@register("average")
-def average(task: TensorTask) -> np.ndarray:
-    task.check(K.linear(task.xs, task.kind, task.weights, task.config.normalize, task.out,
-                        task.out_kind))
-    return _all_kept(task)
-
-
-@register("task_arithmetic")
-def task_arithmetic(task: TensorTask) -> np.ndarray:
-    cfg = task.config
-    kernel = K.TASK_ARITHMETIC[task.arith]
-    task.check(kernel(task.base, task.xs, task.kind, task.weights, cfg.normalize,
-                      np.float32(cfg.lambda_), task.out, task.out_kind))
-    return _all_kept(task)
-
-
-def rank_window(keys: np.ndarray, lo: int, count: int) -> np.ndarray:
-    """Mask of the entries ranked lo .. lo + count - 1 in ascending `keys`, equal keys ranked by
-    index. O(N): two order statistics, then only the entries equal to them are ranked."""
-    keep = np.zeros(keys.shape, np.bool_)
-    if count <= 0:
-        return keep
-    hi = lo + count - 1
-    v_lo, v_hi = np.partition(keys, [lo, hi])[[lo, hi]]
-    keep[(keys > v_lo) & (keys < v_hi)] = True
-    for v in {float(v_lo), float(v_hi)}:
-        equal = np.flatnonzero(keys == v)
-        ranks = int(np.count_nonzero(keys < v)) + np.arange(equal.size)
-        keep[equal] = (ranks >= lo) & (ranks <= hi)
-    return keep
-
-
-@register("breadcrumbs")
-def breadcrumbs(task: TensorTask) -> np.ndarray:
-    """Model Breadcrumbs: each task vector keeps k = floor(density N) entries by |tau|, after
-    dropping its floor(gamma N) largest (fewer where k + that exceeds N) and the smallest; then task
-    arithmetic, step for step in the kernels' (and mergekit's) order. density >= 1 keeps all, as
-    in mergekit. Equal |tau| are ranked by index (mergekit's unstable sort may pick others)."""
-    cfg, arith = task.config, task.arith
-    n, numel = task.xs.shape
-    base = _decode(task.base[0], task.kind)
-    stats = np.zeros((n, 3), np.int64)
-    weights = task.weights
-    mixed = np.zeros(numel, np.float32)
-    for i, density in enumerate(cfg.densities()):
-        tau = round_array(_decode(task.xs[i], task.kind) - base, arith)
-        if density < 1:
-            k = int(density * numel)
-            drop_top = int(cfg.gamma * numel)
-            keep = rank_window(np.abs(tau), max(0, numel - k - drop_top), k)
-            tau = tau * keep  # times 0, not a select: a non-finite input stays non-finite
-            stats[i, 0] = k
-        else:
-            stats[i, 0] = numel
-        term = round_array(tau * weights[i], arith)
-        mixed = term if i == 0 else mixed + term
-    mixed = round_array(mixed, arith)
-    divisor = round_weight(float(np.float32(weights.sum(dtype=np.float32))), arith)
-    if cfg.normalize:
-        mixed = round_array(mixed / np.float32(divisor if abs(divisor) >= 1e-8 else 1), arith)
-    if cfg.lambda_ != 1:
-        mixed = round_array(mixed * np.float32(cfg.lambda_), arith)
-    result = round_array(base + mixed, arith)
-    task.check(K.linear(result[None], K.KIND_F32, np.ones(1, np.float32), True, task.out,
-                        task.out_kind))
-    return stats
-
-
-def _all_kept(task: TensorTask) -> np.ndarray:
-    n, numel = task.xs.shape
-    stats = np.zeros((n, 3), np.int64)
-    stats[:, 0] = numel
-    return stats
 
 
 @register("ties", "ties_sv", "dare_ties", "dare_linear")
@@ -485,121 +277,6 @@ class _TiesRun:
         if m >= candidates and m > 0:
             return 0xFFFFFFFF, self.no_quota  # every candidate
         return 0, self.no_quota  # reserve nothing
-
-
-# ---------------------------------------------------------------------------------------------
-# chat vectors and layer swapping: copies and convex blends of whole tensors
-
-
-def _copy(task: TensorTask, i: int) -> np.ndarray:
-    """The output is model i's tensor (converted to the output dtype)."""
-    task.check(K.linear(task.xs[i:i + 1], task.kind, np.ones(1, np.float32), True, task.out,
-                        task.out_kind))
-    n, numel = task.xs.shape
-    stats = np.zeros((n, 3), np.int64)
-    stats[i, 0] = numel
-    return stats
-
-
-@register("chat_vector")
-def chat_vector(task: TensorTask) -> np.ndarray:
-    """theta_CT + r (theta_SFT - theta_base) (Huang et al., ACL 2024): the config made it task
-    arithmetic with weights (1, r) and lambda 1, so this is that kernel; with skip_embed the
-    embeddings and LM head stay the CT model's."""
-    if task.config.skip_embed and module_of(task.name) in ("embed", "lm_head"):
-        return _copy(task, 0)
-    return task_arithmetic(task)
-
-
-_LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.")
-_EMBED_NAMES = ("model.embed_tokens.weight",)
-_HEAD_NAMES = ("model.norm.weight", "lm_head.weight")
-
-
-def swap_weights(config: MergeConfig, layers: int) -> list[float]:
-    """The language model's weight in each layer (the task model's is one minus it): 1 in the
-    bottom and top layers, 0 in the middle, and across each transition zone of t layers a linear
-    ramp j / (t + 1), j = t .. 1 going up from the bottom and j = 1 .. t going up to the top."""
-    t, bottom, top = config.transition, config.bottom, config.top
-    needed = bottom + top + t * (bottom > 0) + t * (top > 0)
-    if needed >= layers:
-        raise MergeError(f"layer_swap: bottom {bottom} + top {top} + transition {t} at each of "
-                         f"{(bottom > 0) + (top > 0)} boundaries take {needed} of the model's "
-                         f"{layers} layers and leave none of the task model's")
-    w = [0.0] * layers
-    for i in range(bottom):
-        w[i] = 1.0
-    for i in range(layers - top, layers):
-        w[i] = 1.0
-    for j in range(1, t + 1):
-        if bottom:
-            w[bottom + j - 1] = 1 - j / (t + 1)
-        if top:
-            w[layers - top - t + j - 1] = j / (t + 1)
-    return w
-
-
-def _plan_layer_swap(config: MergeConfig, names: list[str], model_config: dict) -> dict:
-    """Per tensor, each model's weight (config order), from Llama-architecture tensor names."""
-    index: dict[str, int | str] = {}
-    for name in names:
-        m = _LAYER_NAME.match(name)
-        if m:
-            index[name] = int(m.group(1))
-        elif name in _EMBED_NAMES:
-            index[name] = "embed"
-        elif name in _HEAD_NAMES:
-            index[name] = "head"
-        else:
-            raise MergeError(f"layer_swap: tensor {name} is not a Llama-architecture name "
-                             "(model.layers.N.*, model.embed_tokens.weight, model.norm.weight, "
-                             "lm_head.weight), so its layer is unknown")
-    found = sorted({i for i in index.values() if isinstance(i, int)})
-    if not found:
-        raise MergeError("layer_swap: no tensor named model.layers.N.*: nothing to swap")
-    layers = found[-1] + 1
-    missing = sorted(set(range(layers)) - set(found))
-    if missing:
-        raise MergeError(f"layer_swap: layer {missing[0]} has no tensors (model.layers."
-                         f"{missing[0]}.*) but layer {found[-1]} has")
-    declared = model_config.get("num_hidden_layers")
-    if declared is not None and declared != layers:
-        raise MergeError(f"layer_swap: config.json num_hidden_layers is {declared} but the "
-                         f"tensors name {layers} layers")
-    language = config.names.index(config.language_model)
-    per_layer = swap_weights(config, layers)
-    plan = {}
-    for name, where in index.items():
-        w = np.zeros(len(config.names), np.float32)
-        if where == "embed":
-            w[config.names.index(config.embed_from)] = 1
-        elif where == "head":
-            w[config.names.index(config.head_from)] = 1
-        else:
-            w[language] = per_layer[where]
-            w[1 - language] = 1 - per_layer[where]
-        plan[name] = w
-    return plan
-
-
-PLANNERS["layer_swap"] = _plan_layer_swap
-
-
-@register("layer_swap")
-def layer_swap(task: TensorTask) -> np.ndarray:
-    """Layer swapping (Bandarkar et al., ICLR 2025): each tensor copied from one model, or in a
-    transition layer the convex blend of the two with the planned weights."""
-    w = task.plan
-    task.facts["source"] = {name: float(x) for name, x in zip(task.config.names, w, strict=True)}
-    whole = np.flatnonzero(w == 1)
-    if len(whole):
-        return _copy(task, int(whole[0]))
-    weights = np.array([round_weight(float(x), task.arith) for x in w], np.float32)
-    task.check(K.linear(task.xs, task.kind, weights, True, task.out, task.out_kind))
-    n, numel = task.xs.shape
-    stats = np.zeros((n, 3), np.int64)
-    stats[w > 0, 0] = numel
-    return stats
 
 
 # ---------------------------------------------------------------------------------------------
