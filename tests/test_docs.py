@@ -36,7 +36,7 @@ def engine_methods() -> set[str]:
     try:
         from lrmerge.merge.table import METHOD_TABLE
     except ImportError:
-        from lrmerge.merge.config import METHODS
+        from lrmerge.merge.merge_config import METHODS
         return set(METHODS)
     return set(METHOD_TABLE)
 

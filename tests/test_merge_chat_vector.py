@@ -73,8 +73,8 @@ def test_skip_embed_keeps_the_ct_embeddings_and_head(shared_merge_inputs, tmp_pa
     ({"base": None}, "key 'base': method chat_vector needs a base model"),
 ])
 def test_chat_vector_config_errors(shared_merge_inputs, tmp_path, change, culprit):
-    from lrmerge.merge.config import load_merge_config
     from lrmerge.merge.errors import MergeError
+    from lrmerge.merge.merge_config import load_merge_config
 
     inputs = shared_merge_inputs(n_models=2, dtype="float32", seed=21)
     cfg = chat_config(inputs, **change)
@@ -87,8 +87,8 @@ def test_chat_vector_config_errors(shared_merge_inputs, tmp_path, change, culpri
 
 
 def test_chat_vector_needs_two_models_and_ratio_belongs_to_it(shared_merge_inputs, tmp_path):
-    from lrmerge.merge.config import load_merge_config
     from lrmerge.merge.errors import MergeError
+    from lrmerge.merge.merge_config import load_merge_config
 
     three = shared_merge_inputs(n_models=3, dtype="float32", seed=24)
     with pytest.raises(MergeError, match="chat_vector takes two models, the CT model first"):
@@ -103,8 +103,8 @@ def test_chat_vector_needs_two_models_and_ratio_belongs_to_it(shared_merge_input
 
 @pytest.mark.parametrize("method", ["chat_vector", "layer_swap", "ties_sv"])
 def test_mergekit_yaml_naming_our_methods_is_refused_with_the_way_out(tmp_path, method):
-    from lrmerge.merge.config import load_merge_config
     from lrmerge.merge.errors import MergeError
+    from lrmerge.merge.merge_config import load_merge_config
 
     path = write_yaml(tmp_path / "mk.yaml", {"merge_method": method, "models": [{"model": "a"}]})
     with pytest.raises(MergeError, match=f"write a native lrmerge config \\(method: {method}\\)"):

@@ -43,7 +43,7 @@ def swap_config(inputs, **kw) -> dict:
     (3, 0, 0, [1, 1, 1, 0, 0, 0, 0, 0]),
 ])
 def test_language_weight_per_layer_by_hand(bottom, top, t, want):
-    from lrmerge.merge.config import MergeConfig, ModelSpec
+    from lrmerge.merge.merge_config import MergeConfig, ModelSpec
     from lrmerge.merge.methods import swap_weights
 
     cfg = MergeConfig("layer_swap", [ModelSpec("a", "ct"), ModelSpec("b", "sft")],
@@ -52,8 +52,8 @@ def test_language_weight_per_layer_by_hand(bottom, top, t, want):
 
 
 def test_too_many_swapped_layers_leave_no_task_layer():
-    from lrmerge.merge.config import MergeConfig, ModelSpec
     from lrmerge.merge.errors import MergeError
+    from lrmerge.merge.merge_config import MergeConfig, ModelSpec
     from lrmerge.merge.methods import swap_weights
 
     cfg = MergeConfig("layer_swap", [ModelSpec("a", "ct"), ModelSpec("b", "sft")],
@@ -120,8 +120,8 @@ def test_two_runs_byte_identical(eight_layers, tmp_path):
     ({"base": "/x"}, "key 'base' has no meaning for layer_swap"),
 ])
 def test_layer_swap_config_errors(eight_layers, tmp_path, change, culprit):
-    from lrmerge.merge.config import load_merge_config
     from lrmerge.merge.errors import MergeError
+    from lrmerge.merge.merge_config import load_merge_config
 
     path = write_yaml(tmp_path / "swap.yaml",
                       swap_config(eight_layers, **({"bottom": 2, "top": 1} | change)))
@@ -165,7 +165,7 @@ def test_merge_config_writes_what_merge_reads(eight_layers, tmp_path, capsys):
     import yaml
     from merge_helpers import run_cli_inprocess
 
-    from lrmerge.merge.config import load_merge_config
+    from lrmerge.merge.merge_config import load_merge_config
 
     ct, sft = eight_layers.model_paths
     out = tmp_path / "swap.yaml"

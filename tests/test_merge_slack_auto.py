@@ -163,8 +163,8 @@ def test_per_tensor_targets_from_a_stats_file(shared_merge_inputs, tmp_path):
     ({"target_discarded": "missing.json"}, "stats file .*missing.json does not exist"),
 ])
 def test_slack_auto_config_errors(shared_merge_inputs, tmp_path, change, culprit):
-    from lrmerge.merge.config import load_merge_config
     from lrmerge.merge.errors import MergeError
+    from lrmerge.merge.merge_config import load_merge_config
 
     inputs = shared_merge_inputs(n_models=2, dtype="float32", seed=41)
     cfg = native_config(inputs, "ties_sv", density=0.3, protect=inputs.names[1], slack="auto")
@@ -177,9 +177,9 @@ def test_slack_auto_config_errors(shared_merge_inputs, tmp_path, change, culprit
 def test_slack_auto_is_for_ties_sv_and_its_stats_file_must_fit(shared_merge_inputs, tmp_path):
     import json
 
-    from lrmerge.merge.config import load_merge_config
     from lrmerge.merge.engine import run_merge
     from lrmerge.merge.errors import MergeError
+    from lrmerge.merge.merge_config import load_merge_config
 
     inputs = shared_merge_inputs(n_models=2, dtype="float32", seed=41)
     with pytest.raises(MergeError, match="key 'slack' has no meaning for ties \\(it is for ties_sv\\)"):

@@ -13,8 +13,8 @@ import pytest
 
 from lrmerge.merge import kernels as K
 from lrmerge.merge import methods as M
+from lrmerge.merge.merge_config import load_merge_config
 from lrmerge.merge.methods import ties
-from lrmerge.merge.config import load_merge_config
 
 NUMEL = 300_000  # above methods.SAMPLE * 4: the windowed paths
 

@@ -108,7 +108,7 @@ def _local_folder(text: str, run: Path) -> Path | None:
     """A model folder a merge read, here: as recorded (absolute, or relative to the workflow's
     directory), else re-rooted at this pilot directory when the run was copied from elsewhere,
     else a hub id's snapshot in the local Hugging Face cache (never downloaded)."""
-    from lrmerge.merge.config import is_hub_id
+    from lrmerge.merge.merge_config import is_hub_id
 
     recorded = Path(text)
     for candidate in (recorded, run.parent.parent / recorded):

@@ -10,8 +10,8 @@ import yaml
 
 from lrmerge import fsutil
 
-from .config import is_hub_id, load_merge_config
 from .errors import MergeError
+from .merge_config import is_hub_id, load_merge_config
 from .table import ENGINE_METHODS, METHOD_TABLE, PARAM_KEYS, methods_with
 
 

@@ -23,8 +23,8 @@ import xxhash
 from lrmerge import fsutil
 
 from .checkpoint import DTYPE_NAMES, DTYPES, ITEMSIZE, Checkpoint, OutputTensor, ShardedWriter
-from .config import MergeConfig, is_hub_id, load_merge_config
 from .errors import MergeError
+from .merge_config import MergeConfig, is_hub_id, load_merge_config
 from .stats import summarize
 
 AUX_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",

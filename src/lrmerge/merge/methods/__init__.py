@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import MergeConfig
+from ..merge_config import MergeConfig
 from . import layers, linear, ties  # noqa: F401  (they register their methods)
 from .base import ARITH, PLANNERS, REGISTRY, Scratch, TensorTask, round_array, round_weight
 from .layers import swap_weights

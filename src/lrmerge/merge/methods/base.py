@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from .. import kernels as K
-from ..config import MergeConfig
 from ..errors import MergeError
+from ..merge_config import MergeConfig
 from ..topk import Selection
 
 REGISTRY: dict[str, Callable[[TensorTask], np.ndarray]] = {}

@@ -7,8 +7,8 @@ import re
 import numpy as np
 
 from .. import kernels as K
-from ..config import MergeConfig
 from ..errors import MergeError
+from ..merge_config import MergeConfig
 from ..stats import module_of
 from .base import PLANNERS, TensorTask, register, round_weight
 from .linear import task_arithmetic

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import kernels as K
-from ..config import MergeConfig
 from ..errors import MergeError
+from ..merge_config import MergeConfig
 from ..topk import Selection, radix_select, sample_window, select_direct
 from .base import Scratch, TensorTask, _decode, register, round_array
 
