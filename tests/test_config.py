@@ -217,8 +217,8 @@ def test_mini_plan_by_hand():
         ),
         # merge entries against the method table
         (
-            lambda c: c["merge"]["methods"].update(dare_linear={"density": 0.5}),
-            r"merge\.methods\.dare_linear: unknown merge method 'dare_linear'",
+            lambda c: c["merge"]["methods"].update(della={"density": 0.5}),
+            r"merge\.methods\.della: unknown merge method 'della'",
         ),
         (
             lambda c: c["merge"]["methods"].update(crumbs={"method": "breadcrumbs"}),
@@ -347,6 +347,7 @@ def test_merge_config_arguments_come_from_the_method_table(tmp_path):
     layer_swap keeps SFT-flan's middle layers)."""
     def more(c):
         c["merge"]["methods"]["crumbs"] = {"method": "breadcrumbs", "density": 0.3, "gamma": 0.05}
+        c["merge"]["methods"]["dare_linear"] = {"density": 0.4}
 
     config = _check(tmp_path, more)
     assert _merge_args(config, "ties_sv", "bo", 200000) == [
@@ -365,6 +366,9 @@ def test_merge_config_arguments_come_from_the_method_table(tmp_path):
     assert _merge_args(config, "crumbs", "bn", 400000)[:2] == ["--method", "breadcrumbs"]
     assert _merge_args(config, "crumbs", "bn", 400000)[-4:] == ["--density", "0.3", "--gamma",
                                                                "0.05"]
+    assert _merge_args(config, "dare_linear", "bn", 100000) == [
+        "--method", "dare_linear", "--base", "BASE", "--model", "ct=R/models/ct/bn/100000@1",
+        "--model", "sft=R/models/sft@1", "--density", "0.4"]
     assert _merge_args(config, "ties", "bn+bo", 400000)[4:8] == [
         "--model", "ct_bn=R/models/ct/bn/400000@1", "--model", "ct_bo=R/models/ct/bo/400000@1"]
     # slack: auto aims at the first budget's merge stats; at that budget, at its own fraction

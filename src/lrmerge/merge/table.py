@@ -124,7 +124,7 @@ METHOD_TABLE: dict[str, Method] = {m.name: m for m in (
     Method(
         "dare_linear", "DARE", "drop task-vector entries at random, rescale, add",
         "Yu et al., Language models are Super Mario, ICML 2024",
-        params=(DENSITY, LAMBDA, SEED), mergekit="dare_linear", in_workflow=False,
+        params=(DENSITY, LAMBDA, SEED), mergekit="dare_linear",
     ),
     Method(
         "breadcrumbs", "Breadcrumbs",
