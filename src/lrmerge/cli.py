@@ -20,7 +20,7 @@ COMMANDS = {
     "evaluate": "lrmerge.evaluate.cli",
     "tasks": "lrmerge.evaluate.cli",
     "report": "lrmerge.report",
-    "plan": "lrmerge.plan",
+    "plan": "lrmerge.plan.cli",
     "import-gguf": "lrmerge.gguf",
 }
 

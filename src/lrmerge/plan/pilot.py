@@ -1,5 +1,7 @@
 """A pilot run's measured figures, carried to the sweep: `lrmerge plan --calibrate DIR`.
 
+`calibrated_plan` is the plan (lrmerge.plan.cost) with them, beside the plan on assumptions.
+
 DIR is results/{run} of a run of the workflow (finished or not). Per rule of the plan:
 - training (pretrain_base, continual_pretrain, finetune_sft, ct_then_sft): the MFU of its jobs,
   from their train_summary.json: tokens_per_s x flops_per_token / (peak_tflops x world_size),
@@ -21,6 +23,8 @@ from pathlib import Path
 
 from lrmerge import fsutil
 from lrmerge.config.layout import BASE_ID, RELATIVE, SFT_ID, ct_id, ct_sft_id, merge_id
+
+from .cost import ASSUMED_KEYS, _duration, _params, model_sizes, plan
 
 # The model folders each training rule fills, under results/{run}/ (globs).
 TRAIN_MODELS = {"pretrain_base": BASE_ID, "continual_pretrain": ct_id("*", "*"),
@@ -263,8 +267,6 @@ def tokenize_figure(run: Path, rule: str) -> Figure:
 def pilot_sizes(run: Path, pilot_cfg: dict) -> tuple[dict, str]:
     """The pilot model's sizes: a trained folder's config.json (what the pilot really built; the
     mini's vocabulary is the tokenizer's actual size), else the pilot config's base model."""
-    from lrmerge.plan import model_sizes
-
     for model in (SFT_ID, BASE_ID, ct_id("*", "*"), ct_sft_id("*", "*")):
         pattern = RELATIVE.model(model)
         for folder in sorted(run.glob(pattern)):
@@ -276,8 +278,6 @@ def pilot_sizes(run: Path, pilot_cfg: dict) -> tuple[dict, str]:
 def calibrate(cfg: dict, run_dir: str | Path, pilot_cfg: dict, pilot_config: str,
               rules: list[str]) -> Calibration:
     """Measure each of `rules` (the sweep plan's) from the pilot run in `run_dir`."""
-    from lrmerge.plan import _params
-
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"--calibrate {run}: no such directory (a pilot's results/{{run}})")
@@ -373,8 +373,6 @@ def _device_note(pilot_peaks: set[tuple[str, float]], p: dict) -> str:
 
 def _scaled_eval(per_item: float, used: int, cfg: dict, pilot_cfg: dict, pilot_mm: int,
                  pilot_peak: float) -> Figure:
-    from lrmerge.plan import _params, model_sizes
-
     sweep_mm = _params(model_sizes(cfg)[0])[0]
     sweep_prompt, pilot_prompt = (c["plan"]["eval_prompt_tokens"] for c in (cfg, pilot_cfg))
     sweep_peak = float(cfg["plan"]["peak_tflops"])
@@ -386,3 +384,83 @@ def _scaled_eval(per_item: float, used: int, cfg: dict, pilot_cfg: dict, pilot_m
     source = f"{EVAL_BENCHMARKS} + {RELATIVE.eval('**/*')} (items x shot sets)"
     return Figure("evaluate", "seconds_per_item", per_item * factor, per_item, used, source,
                   scaling)
+
+
+# ----------------------------------------------------------------------------------------------
+# The calibrated plan
+
+
+def calibrated_plan(cfg: dict, run_dir: str | Path, pilot_config: str | Path) -> dict:
+    """The plan with what the pilot run in `run_dir` (results/{run} of `pilot_config`) measured,
+    beside the plan on assumptions alone (`assumed`); `calibration.figures` says, per rule, what
+    its cost rests on: a figure measured from N files there, or the config keys assumed."""
+    from lrmerge.config import load_config
+
+    assumed = plan(cfg)
+    cal = calibrate(cfg, run_dir, load_config(pilot_config), str(pilot_config),
+                    list(assumed["rules"]))
+    doc = plan(cfg, cal.measured())
+    doc["assumed"] = {"rules": assumed["rules"], "total": assumed["total"]}
+    figures = {}
+    for rule in doc["rules"]:
+        keys = {f"plan.{k}": cfg["plan"][k] for k in ASSUMED_KEYS[rule]}
+        measured = cal.figure(rule)
+        if measured:
+            figures[rule] = {"origin": "measured", **measured, "instead_of": keys}
+        else:
+            figures[rule] = {"origin": "assumed", "keys": keys,
+                             "why": cal.unmeasured.get(rule, "not measured by the pilot")}
+    doc["calibration"] = {"pilot": cal.run_dir, "pilot_config": cal.pilot_config,
+                          "pilot_model": cal.pilot_model, "figures": figures,
+                          "notes": cal.notes, "eval_scaling": SCALING}
+    return doc
+
+
+def format_calibrated(doc: dict) -> str:
+    m, cal = doc["model"], doc["calibration"]
+    lines = [f"model: {m['params'] / 1e9:.2f}B parameters ({m['source']}), "
+             f"{m['ct_flops_per_token'] / 1e9:.1f} GFLOP per CT token; "
+             f"{m['gpu']} at {m['peak_tflops']:g} TFLOPS",
+             f"calibrated from the pilot {cal['pilot']} (config {cal['pilot_config']}; its model "
+             f"{cal['pilot_model']['matmul_params'] / 1e6:,.1f}M matmul parameters, "
+             f"{cal['pilot_model']['source']}); assumed: the config's plan keys alone",
+             f"{'':<36}{'GPU-HOURS':^22}{'WALL/JOB':^22}",
+             f"{'RULE':<20}{'JOBS':>6}{'GPUS/JOB':>10}{'assumed':>11}{'calibrated':>11}"
+             f"{'assumed':>11}{'calibrated':>11}{'DISK GB':>10}  BASIS"]
+    for rule, r in doc["rules"].items():
+        a = doc["assumed"]["rules"][rule]
+        per_job = [x["wall_hours"] / x["jobs"] if x["jobs"] else 0.0 for x in (a, r)]
+        lines.append(f"{rule:<20}{r['jobs']:>6}{r['gpus_per_job']:>10}{a['gpu_hours']:>11,.1f}"
+                     f"{r['gpu_hours']:>11,.1f}{_duration(per_job[0]):>11}"
+                     f"{_duration(per_job[1]):>11}{r['disk_gb']:>10,.1f}  {r['basis']}")
+    t, ta = doc["total"], doc["assumed"]["total"]
+    lines.append(f"{'total':<20}{sum(r['jobs'] for r in doc['rules'].values()):>6}{'':>10}"
+                 f"{ta['gpu_hours']:>11,.1f}{t['gpu_hours']:>11,.1f}{'':>22}"
+                 f"{t['disk_gb']:>10,.1f}")
+    lines.append(f"training tokens: {t['train_tokens'] / 1e9:,.2f}B")
+    lines.append("figures:")
+    for rule, f in cal["figures"].items():
+        keys = ", ".join(f"{k} {v:g}" for k, v in f.get("keys", f.get("instead_of")).items())
+        if f["origin"] == "measured":
+            text = (f"{_figure(f['name'], f['value'])} measured from {f['files']} "
+                    f"file{'s' if f['files'] > 1 else ''} in {cal['pilot']}: {f['source']}")
+            if f["scaling"]:
+                text += f"; the pilot's {_figure(f['name'], f['pilot_value'])} {f['scaling']}"
+            text += f" (instead of {keys})"
+        else:
+            text = f"assumed from {keys} ({f['why']})"
+        lines.append(f"  {rule:<20}{text}")
+    lines += [f"  note: {n}" for n in cal["notes"]]
+    if cal["figures"]["evaluate"]["origin"] == "measured":
+        lines.append(f"  evaluate scaling: {cal['eval_scaling']}")
+    return "\n".join(lines)
+
+
+def _figure(name: str, value: float) -> str:
+    if name == "mfu":
+        return f"MFU {value:.3g}"
+    if name == "seconds_per_item":
+        return f"{value:.3g} s an item"
+    if name == "bytes_per_s":
+        return f"{value / 1e9:.3g} GB/s"
+    return f"{value:,.0f} tokens/s"

@@ -1,4 +1,4 @@
-"""The sweep's cost before submitting: `lrmerge plan [--config F] [--format table|json]`.
+"""The sweep's cost from the config alone: `lrmerge plan [--config F] [--format table|json]`.
 
 A small model of each rule's jobs from the config alone (no SLURM, no model download):
 - training: tokens x FLOPs per token / (GPU peak x MFU). FLOPs per token come from the base
@@ -14,16 +14,14 @@ A small model of each rule's jobs from the config alone (no SLURM, no model down
 GPU-hours count every GPU of a job; a job's wall time is its GPU-hours over its GPUs.
 
 `--calibrate DIR --pilot-config F` replaces these assumptions, rule by rule, with what a pilot run
-measured (lrmerge.pilot) and prints both plans side by side.
+measured (lrmerge.plan.pilot) and prints both plans side by side.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from lrmerge import fsutil
 from lrmerge.config import job_resources
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -253,118 +251,9 @@ def format_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def calibrated_plan(cfg: dict, run_dir: str | Path, pilot_config: str | Path) -> dict:
-    """The plan with what the pilot run in `run_dir` (results/{run} of `pilot_config`) measured,
-    beside the plan on assumptions alone (`assumed`); `calibration.figures` says, per rule, what
-    its cost rests on: a figure measured from N files there, or the config keys assumed."""
-    from lrmerge.config import load_config
-    from lrmerge.pilot import SCALING, calibrate
-
-    assumed = plan(cfg)
-    cal = calibrate(cfg, run_dir, load_config(pilot_config), str(pilot_config),
-                    list(assumed["rules"]))
-    doc = plan(cfg, cal.measured())
-    doc["assumed"] = {"rules": assumed["rules"], "total": assumed["total"]}
-    figures = {}
-    for rule in doc["rules"]:
-        keys = {f"plan.{k}": cfg["plan"][k] for k in ASSUMED_KEYS[rule]}
-        measured = cal.figure(rule)
-        if measured:
-            figures[rule] = {"origin": "measured", **measured, "instead_of": keys}
-        else:
-            figures[rule] = {"origin": "assumed", "keys": keys,
-                             "why": cal.unmeasured.get(rule, "not measured by the pilot")}
-    doc["calibration"] = {"pilot": cal.run_dir, "pilot_config": cal.pilot_config,
-                          "pilot_model": cal.pilot_model, "figures": figures,
-                          "notes": cal.notes, "eval_scaling": SCALING}
-    return doc
-
-
-def format_calibrated(doc: dict) -> str:
-    m, cal = doc["model"], doc["calibration"]
-    lines = [f"model: {m['params'] / 1e9:.2f}B parameters ({m['source']}), "
-             f"{m['ct_flops_per_token'] / 1e9:.1f} GFLOP per CT token; "
-             f"{m['gpu']} at {m['peak_tflops']:g} TFLOPS",
-             f"calibrated from the pilot {cal['pilot']} (config {cal['pilot_config']}; its model "
-             f"{cal['pilot_model']['matmul_params'] / 1e6:,.1f}M matmul parameters, "
-             f"{cal['pilot_model']['source']}); assumed: the config's plan keys alone",
-             f"{'':<36}{'GPU-HOURS':^22}{'WALL/JOB':^22}",
-             f"{'RULE':<20}{'JOBS':>6}{'GPUS/JOB':>10}{'assumed':>11}{'calibrated':>11}"
-             f"{'assumed':>11}{'calibrated':>11}{'DISK GB':>10}  BASIS"]
-    for rule, r in doc["rules"].items():
-        a = doc["assumed"]["rules"][rule]
-        per_job = [x["wall_hours"] / x["jobs"] if x["jobs"] else 0.0 for x in (a, r)]
-        lines.append(f"{rule:<20}{r['jobs']:>6}{r['gpus_per_job']:>10}{a['gpu_hours']:>11,.1f}"
-                     f"{r['gpu_hours']:>11,.1f}{_duration(per_job[0]):>11}"
-                     f"{_duration(per_job[1]):>11}{r['disk_gb']:>10,.1f}  {r['basis']}")
-    t, ta = doc["total"], doc["assumed"]["total"]
-    lines.append(f"{'total':<20}{sum(r['jobs'] for r in doc['rules'].values()):>6}{'':>10}"
-                 f"{ta['gpu_hours']:>11,.1f}{t['gpu_hours']:>11,.1f}{'':>22}"
-                 f"{t['disk_gb']:>10,.1f}")
-    lines.append(f"training tokens: {t['train_tokens'] / 1e9:,.2f}B")
-    lines.append("figures:")
-    for rule, f in cal["figures"].items():
-        keys = ", ".join(f"{k} {v:g}" for k, v in f.get("keys", f.get("instead_of")).items())
-        if f["origin"] == "measured":
-            text = (f"{_figure(f['name'], f['value'])} measured from {f['files']} "
-                    f"file{'s' if f['files'] > 1 else ''} in {cal['pilot']}: {f['source']}")
-            if f["scaling"]:
-                text += f"; the pilot's {_figure(f['name'], f['pilot_value'])} {f['scaling']}"
-            text += f" (instead of {keys})"
-        else:
-            text = f"assumed from {keys} ({f['why']})"
-        lines.append(f"  {rule:<20}{text}")
-    lines += [f"  note: {n}" for n in cal["notes"]]
-    if cal["figures"]["evaluate"]["origin"] == "measured":
-        lines.append(f"  evaluate scaling: {cal['eval_scaling']}")
-    return "\n".join(lines)
-
-
-def _figure(name: str, value: float) -> str:
-    if name == "mfu":
-        return f"MFU {value:.3g}"
-    if name == "seconds_per_item":
-        return f"{value:.3g} s an item"
-    if name == "bytes_per_s":
-        return f"{value / 1e9:.3g} GB/s"
-    return f"{value:,.0f} tokens/s"
-
-
 def _duration(hours: float) -> str:
     if hours >= 1:
         return f"{hours:,.1f} h"
     if hours * 60 >= 1:
         return f"{hours * 60:.1f} min"
     return f"{hours * 3600:.1f} s"
-
-
-@fsutil.cli_errors("plan")
-def cmd_plan(args) -> int:
-    from lrmerge.config import load_config
-
-    if (args.calibrate is None) != (args.pilot_config is None):
-        raise ValueError("--calibrate DIR and --pilot-config F go together: the pilot's "
-                         "results/{run} and the config it ran with")
-    cfg = load_config(args.config)
-    if args.calibrate is None:
-        doc = plan(cfg)
-        print(json.dumps(doc, indent=2) if args.format == "json" else format_table(doc))
-    else:
-        doc = calibrated_plan(cfg, args.calibrate, args.pilot_config)
-        print(json.dumps(doc, indent=2) if args.format == "json" else format_calibrated(doc))
-    return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("plan", help="the sweep's GPU-hours, wall time and disk per rule",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="config/config.yaml", help="workflow config file")
-    p.add_argument("--format", choices=("table", "json"), default="table")
-    p.add_argument("--calibrate", metavar="DIR",
-                   help="a pilot run's results/{run}: replace the assumptions with its measured "
-                        "MFU, evaluation, merge and tokenizing rates, and print both plans")
-    p.add_argument("--pilot-config", metavar="F",
-                   help="the config file the pilot ran with (with --calibrate)")
-    p.set_defaults(func=cmd_plan)
-    return p
-

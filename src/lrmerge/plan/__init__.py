@@ -1,0 +1,12 @@
+"""The sweep's cost before submitting: `lrmerge plan`.
+
+    cost    GPU-hours, wall time and disk per rule from the config's assumptions (`plan`)
+    pilot   what a pilot run measured, carried to the sweep (`calibrate`, `calibrated_plan`)
+    cli     the command
+"""
+
+from .cost import format_table, model_sizes, plan
+from .pilot import calibrate, calibrated_plan, format_calibrated
+
+__all__ = ["calibrate", "calibrated_plan", "format_calibrated", "format_table", "model_sizes",
+           "plan"]
