@@ -13,9 +13,11 @@ import itertools  # noqa: E402
 import pytest  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
-# `make test` runs two workers (pytest-xdist, --dist loadgroup): the merge tests share one, so that
-# numba compiles the kernels once (minutes on a clean clone, then cached on disk); the workflow
-# tests share the other's turn at Snakemake's working directory (dry runs in the repository).
+# `make test` runs two workers (pytest-xdist, --dist loadgroup): the merge tests share one, where
+# numba compiles the kernels (about 4 min of CPU the first time on a machine; then loaded from the
+# user-wide cache of lrmerge.numba_cache, which every clone of the same kernels.py shares); the
+# workflow tests share the other's turn at Snakemake's working directory (dry runs in the
+# repository).
 
 
 def pytest_collection_modifyitems(config, items):
