@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from .table import (
     COMMON_KEYS,
     ENGINE_METHODS,
     MERGEKIT_NAMES,
+    MERGEKIT_PARAM_KEYS,
     METHOD_TABLE,
     PARAM_KEYS,
     methods_with,
@@ -30,7 +31,8 @@ NATIVE_KEYS = set(COMMON_KEYS) | set(PARAM_KEYS)
 MODEL_KEYS = {"path", "weight", "name", "density"}
 OUT_DTYPES = ("float32", "bfloat16", "float16")
 MERGEKIT_KEYS = {"merge_method", "models", "base_model", "parameters", "dtype", "out_dtype"}
-MERGEKIT_PARAMS = {"weight", "density", "lambda", "normalize", "int8_mask", "rescale", "gamma"}
+MERGEKIT_PARAMS = {"weight", "density", "lambda", "normalize", "int8_mask", "rescale",
+                   *MERGEKIT_PARAM_KEYS}
 # mergekit rescales kept entries by 1/density where it samples them (DARE), and never elsewhere; a
 # config that asks otherwise is refused rather than merged differently.
 MERGEKIT_RESCALES = ("dare_ties", "dare_linear")
@@ -70,7 +72,6 @@ class MergeConfig:
     out_dtype: str | None = None  # None: each tensor keeps the base's dtype
     normalize: bool = True
     ratio: float = 1.0  # chat_vector: r
-    gamma: float = 0.01  # breadcrumbs: share of the largest entries dropped
     skip_embed: bool = False  # chat_vector: embeddings and LM head stay the CT model's
     task_model: str | None = None  # layer_swap: the model whose middle layers are kept
     bottom: int = 0  # layer_swap: layers taken from the language model at the bottom ...
@@ -80,6 +81,18 @@ class MergeConfig:
     head_from: str | None = None  # layer_swap: the model the final norm and LM head come from
     source: str = "native"  # or "mergekit"
     notes: list[str] = field(default_factory=list)
+    # parameters of methods without a field of their own above (a new method's): key -> value
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, key: str) -> Any:
+        """A parameter's value: its field, else `extra`, else the method table's default."""
+        if key == "lambda":
+            return self.lambda_
+        if key in _FIELDS:
+            return getattr(self, key)
+        if key in self.extra:
+            return self.extra[key]
+        return self.spec.param(key).default
 
     @property
     def names(self) -> list[str]:
@@ -118,13 +131,16 @@ class MergeConfig:
                 out["slack"] = "auto"
                 out["target_discarded"] = self.target_discarded
             else:
-                out[key] = getattr(self, key)
+                out[key] = self.value(key)
         if self.method != "layer_swap":
             out["lambda"] = self.lambda_
             out["normalize"] = self.normalize
         out["dtype"] = self.dtype
         out["out_dtype"] = self.out_dtype
         return out
+
+
+_FIELDS = {f.name for f in fields(MergeConfig)} - {"extra"}
 
 
 def _number(value: Any, where: str, lo: float | None = None, hi: float | None = None) -> float:
@@ -262,8 +278,12 @@ def _set_param(config: MergeConfig, param, value: Any, where: str) -> None:
             raise MergeError(f"{where}: expected a model name, got {value!r}")
     if kind == "slack" and value == "auto":
         config.slack_auto = True
+    elif param.key == "lambda":
+        config.lambda_ = value
+    elif param.key in _FIELDS:
+        setattr(config, param.key, value)
     else:
-        setattr(config, "lambda_" if param.key == "lambda" else param.key, value)
+        config.extra[param.key] = value
 
 
 def _target_discarded(value: Any, label: str, root: Path) -> float | str:
@@ -391,9 +411,10 @@ def _mergekit_models(data: dict, label: str, root: Path, base: Path | None, meth
             continue  # mergekit lists the base among the models; it is not a task vector
         params = entry.get("parameters") or {}
         _known_mergekit_params(params, f"{where}.parameters")
-        if "gamma" in params:
-            raise MergeError(f"{where}.parameters.gamma: a per-model gamma is not supported; give "
-                             "one under the top-level parameters")
+        per_model = sorted(set(params) & set(MERGEKIT_PARAM_KEYS))
+        if per_model:
+            raise MergeError(f"{where}.parameters.{per_model[0]}: a per-model {per_model[0]} is "
+                             "not supported; give one under the top-level parameters")
         density = _mergekit_number(params, "density", f"{where}.parameters")
         models.append(ModelSpec(
             path=path,
@@ -412,10 +433,11 @@ def _mergekit_parameters(config: MergeConfig, top: dict, label: str, mk_method: 
     elif METHOD_TABLE[method].trims:
         config.density = 1.0  # mergekit's default: no trimming
     config.lambda_ = _mergekit_number(top, "lambda", f"{label}: parameters", 1.0)
-    if "gamma" in top:
-        if method != "breadcrumbs":
-            raise MergeError(f"{label}: parameters.gamma has no meaning for {mk_method}")
-        config.gamma = _number(top["gamma"], f"{label}: parameters.gamma", 0, 1)
+    for key in sorted(set(top) & set(MERGEKIT_PARAM_KEYS)):
+        param = METHOD_TABLE[method].param(key)
+        if param is None or not param.mergekit:
+            raise MergeError(f"{label}: parameters.{key} has no meaning for {mk_method}")
+        _set_param(config, param, top[key], f"{label}: parameters.{key}")
     rescale = top.get("rescale", method in MERGEKIT_RESCALES)
     if rescale != (method in MERGEKIT_RESCALES):
         raise MergeError(f"{label}: parameters.rescale: {rescale!r} is not supported for "

@@ -29,6 +29,7 @@ class Param:
     choices: tuple[str, ...] = ()
     # In a workflow merge entry: "optional", "required", or "" (the workflow sets it, or never does)
     workflow: str = "optional"
+    mergekit: bool = False  # a mergekit YAML gives it, by this name, under top-level parameters
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ METHOD_TABLE: dict[str, Method] = {m.name: m for m in (
         "Davari and Belilovsky, Model Breadcrumbs, ECCV 2024",
         params=(DENSITY,
                 Param("gamma", "fraction", "share of each task vector's largest entries dropped",
-                      default=0.01),
+                      default=0.01, mergekit=True),
                 LAMBDA),
         mergekit="breadcrumbs",
     ),
@@ -177,6 +178,8 @@ MERGEKIT_NAMES = {m.mergekit: m.name for m in METHOD_TABLE.values() if m.mergeki
 # Keys every native config may give, whatever its method.
 COMMON_KEYS = ("method", "base", "models", "weight", "dtype", "out_dtype")
 PARAM_KEYS = tuple(dict.fromkeys(p.key for m in METHOD_TABLE.values() for p in m.params))
+MERGEKIT_PARAM_KEYS = tuple(dict.fromkeys(p.key for m in METHOD_TABLE.values() for p in m.params
+                                          if p.mergekit))
 
 
 def method(name: str, where: str = "method") -> Method:

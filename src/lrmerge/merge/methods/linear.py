@@ -57,7 +57,7 @@ def breadcrumbs(task: TensorTask) -> np.ndarray:
         tau = round_array(_decode(task.xs[i], task.kind) - base, arith)
         if density < 1:
             k = int(density * numel)
-            drop_top = int(cfg.gamma * numel)
+            drop_top = int(cfg.value("gamma") * numel)
             keep = rank_window(np.abs(tau), max(0, numel - k - drop_top), k)
             tau = tau * keep  # times 0, not a select: a non-finite input stays non-finite
             stats[i, 0] = k
