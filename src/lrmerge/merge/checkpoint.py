@@ -133,6 +133,23 @@ class Checkpoint:
                 raise MergeError(f"{info.file}: unexpected end of file reading tensor {name}")
             done += got
 
+    def read_range(self, info: TensorInfo, start: int, out: np.ndarray) -> None:
+        """Read out's byte size of a tensor's bytes from byte `start` of it (a vocabulary-extended
+        model's new rows; `info` is the tensor's uncut record)."""
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        if start + len(view) > info.nbytes:
+            raise MergeError(f"model '{self.name}': tensor {info.name} has {info.nbytes} bytes, "
+                             f"cannot read {len(view)} from byte {start}")
+        fd = self._fds.get(info.file)
+        if fd is None:
+            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+        done = 0
+        while done < len(view):
+            got = os.preadv(fd, [view[done:]], info.offset + start + done)
+            if got == 0:
+                raise MergeError(f"{info.file}: unexpected end of file reading tensor {info.name}")
+            done += got
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)

@@ -26,6 +26,14 @@ from .checkpoint import DTYPE_NAMES, DTYPES, ITEMSIZE, Checkpoint, OutputTensor,
 from .errors import MergeError
 from .merge_config import MergeConfig, is_hub_id, load_merge_config
 from .stats import summarize
+from .vocab import (
+    VOCAB_TENSORS,
+    VocabPlan,
+    cut_to_shared,
+    fill_new_rows,
+    plan_vocab,
+    write_tokenizer,
+)
 
 AUX_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
              "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "vocab.json",
@@ -50,6 +58,15 @@ class Inputs:
     config: MergeConfig
     base: Checkpoint | None
     models: list[Checkpoint]
+    vocab: VocabPlan | None = None  # set where the models' vocabularies differ
+
+    def out_shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape in the output: the reference's, with every token's row (a merge
+        across vocabularies)."""
+        shape = self.reference.tensors[name].shape
+        if self.vocab is not None and name in VOCAB_TENSORS:
+            return (self.vocab.size, *shape[1:])
+        return shape
 
     @property
     def reference(self) -> Checkpoint:
@@ -79,7 +96,9 @@ def _locate(path: Path, name: str) -> Path:
 def open_inputs(config: MergeConfig) -> Inputs:
     base = Checkpoint(_locate(config.base, config.base_name), config.base_name) if config.base else None
     models = [Checkpoint(_locate(m.path, m.name), m.name) for m in config.models]
-    inputs = Inputs(config, base, models)
+    inputs = Inputs(config, base, models, plan_vocab(config, base, models))
+    if inputs.vocab is not None:
+        cut_to_shared(inputs.vocab, inputs.all)  # the method sees the rows every input has
     _check_compatible(inputs)
     return inputs
 
@@ -88,7 +107,7 @@ def _check_compatible(inputs: Inputs) -> None:
     ref = inputs.reference
     vocab = {c.name: c.config().get("vocab_size") for c in inputs.all}
     known = {k: v for k, v in vocab.items() if v is not None}
-    if len(set(known.values())) > 1:
+    if len(set(known.values())) > 1 and inputs.vocab is None:
         sizes = ", ".join(f"{k}={v}" for k, v in known.items())
         raise MergeError(f"vocabulary-size mismatch (config.json vocab_size): {sizes}")
     for ckpt in inputs.all:
@@ -250,6 +269,14 @@ def _model_card(config: MergeConfig, hashes: dict[str, str], inputs: Inputs, sta
               yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip(), "```", ""]
     if config.notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in config.notes] + [""]
+    if "vocabulary" in stats:  # a merge across vocabularies
+        v = stats["vocabulary"]
+        taken = ", ".join(f"{m} {n}" for m, n in v["new_rows_from"].items())
+        lines += ["## Vocabulary", "",
+                  f"{v['size']} tokens: the {v['shared_rows']} every input has, merged by "
+                  f"{config.method}; {v['new_rows']} new tokens (rows from: {taken}), each the "
+                  "weighted mean of the rows of the models that have it (one model: its row), "
+                  f"with no task vector from the others. Tokenizer: {v['tokenizer']}.", ""]
     if "source_by_layer" in stats:  # layer_swap: where each layer came from
         names = stats["models"]
         lines += ["## Layer sources", "", "| layer | " + " | ".join(names) + " |",
@@ -358,12 +385,13 @@ def _merge_tensors(cfg: MergeConfig, stream: _Stream, plans, partial: Path, thre
     bar = Progress(len(order), sum(ref.tensors[t].nbytes * len(inputs.all) for t in order),
                    enabled=progress)
     writer = ShardedWriter(
-        partial, [OutputTensor(t, out_dtypes[t], ref.tensors[t].shape) for t in order],
+        partial, [OutputTensor(t, out_dtypes[t], inputs.out_shape(t)) for t in order],
         parse_size(shard_size), {"lrmerge_method": cfg.method},
     )
     # OUT_BUFFERS output buffers reused in turn, so that writing out a large tensor (the
     # embeddings) does not hold up the merge of the next ones
-    largest_out = max((ITEMSIZE[out_dtypes[t]] * ref.tensors[t].numel for t in order), default=0)
+    largest_out = max((ITEMSIZE[out_dtypes[t]] * int(np.prod(inputs.out_shape(t))) for t in order),
+                      default=0)
     out_buffers = [np.empty(largest_out, np.uint8) for _ in range(OUT_BUFFERS)]
     scratch = Scratch()
     with ThreadPoolExecutor(1) as write_pool:
@@ -373,12 +401,17 @@ def _merge_tensors(cfg: MergeConfig, stream: _Stream, plans, partial: Path, thre
                 writes[t - OUT_BUFFERS].result()  # its output buffer is about to be reused
             info = ref.tensors[name]
             out_storage, out_kind = DTYPES[out_dtypes[name]]
-            out = out_buffers[t % OUT_BUFFERS][:np.dtype(out_storage).itemsize * info.numel]
-            out = out.view(out_storage).reshape(1, info.numel)
-            task = TensorTask(name, cfg, base, xs, DTYPES[info.dtype][1], out, out_kind,
+            numel = int(np.prod(inputs.out_shape(name)))
+            out = out_buffers[t % OUT_BUFFERS][:np.dtype(out_storage).itemsize * numel]
+            out = out.view(out_storage).reshape(1, numel)
+            task = TensorTask(name, cfg, base, xs, DTYPES[info.dtype][1], out[:, :info.numel],
+                              out_kind,
                               trims[name] if trims else None, scratch,
                               plans[name] if plans else None)
             per_tensor[name] = method(task)
+            if numel > info.numel:  # the new tokens' rows, from the models that have them
+                task.facts["new_rows"] = _new_rows(cfg, inputs, name, info, out[0, info.numel:],
+                                                   out_kind, stream.hashers)
             if task.facts:
                 facts[name] = task.facts
             writes.append(write_pool.submit(writer.write, name, out))
@@ -390,6 +423,21 @@ def _merge_tensors(cfg: MergeConfig, stream: _Stream, plans, partial: Path, thre
     return per_tensor, facts
 
 
+def _new_rows(cfg: MergeConfig, inputs: Inputs, name: str, info, out: np.ndarray, out_kind: int,
+              hashers: dict) -> dict[str, int]:
+    """layer_swap takes them from the model its embeddings (or head) come from; every other method
+    from the models that have each token, by their merge weights."""
+    models = inputs.models
+    if cfg.method == "layer_swap":
+        source = cfg.embed_from if name == VOCAB_TENSORS[0] else cfg.head_from
+        models = [c for c in models if c.name == source]
+    weights = {m.name: m.weight for m in cfg.models}
+    storage, kind = DTYPES[info.dtype]
+    width = info.numel // info.shape[0]
+    return fill_new_rows(inputs.vocab, name, models, weights, kind, storage, width, out, out_kind,
+                         hashers)
+
+
 def _finish(cfg: MergeConfig, inputs: Inputs, hashers: dict, per_tensor: dict, facts: dict,
             partial: Path, out_dir: Path, stats_path) -> dict:
     """Write the stats, tokenizer files and model card, then move the folder into place."""
@@ -398,6 +446,13 @@ def _finish(cfg: MergeConfig, inputs: Inputs, hashers: dict, per_tensor: dict, f
     stats["input_hashes"] = hashes
     stats["parameters"] = cfg.to_dict()
     _copy_aux(inputs.reference.folder, partial, cfg.out_dtype)
+    if inputs.vocab is not None:
+        stats["vocabulary"] = inputs.vocab.record()
+        write_tokenizer(inputs.vocab, partial)
+        model_config = fsutil.read_json(partial / "config.json")
+        model_config["vocab_size"] = inputs.vocab.size
+        fsutil.write_text(partial / "config.json", json.dumps(model_config, indent=2,
+                                                             sort_keys=True) + "\n")
     fsutil.write_text(partial / "README.md", _model_card(cfg, hashes, inputs, stats))
     fsutil.write_json(partial / "lrmerge_merge.json", {"parameters": cfg.to_dict(), "inputs": hashes})
     inside = None
