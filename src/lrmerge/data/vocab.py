@@ -166,14 +166,14 @@ class _Corpus:
         self.pairs: Counter = Counter()
         self.where: dict[tuple[str, str], set[int]] = {}
         self.symbols: Counter = Counter()
-        for i, w in enumerate(self.words):
+        for i in range(len(self.words)):
             self._count(i, +1)
 
     def _count(self, i: int, sign: int) -> None:
         w, n = self.words[i], self.counts[i]
         for s in w:
             self.symbols[s] += sign * n
-        for pair in zip(w, w[1:]):
+        for pair in zip(w, w[1:], strict=False):
             self.pairs[pair] += sign * n
             if sign > 0:
                 self.where.setdefault(pair, set()).add(i)
@@ -198,7 +198,7 @@ class _Corpus:
                     j += 1
             self.words[i] = out
             self._count(i, +1)
-            touched.update(p for p in zip(out, out[1:]) if joined in p)
+            touched.update(p for p in zip(out, out[1:], strict=False) if joined in p)
         self.pairs[pair] = 0
         return touched
 
@@ -300,6 +300,17 @@ def _extended_json(data: dict, new: list[tuple[str, tuple[str, str] | None]], fi
                    path: Path) -> dict:
     out = json.loads(json.dumps(data))
     model = out["model"]
+    # `tokenizers` gives an added token that the BPE vocab lacks the id after the model's highest
+    # when it loads a file, so one at the end (a <pad> at 32000) would move onto a new token's
+    # id; naming it in the vocab at its own id keeps it there (no merge ever produces it).
+    for added in out.get("added_tokens") or []:
+        if added["id"] >= first_id:
+            raise VocabError(f"{path}: added token {added['content']!r} has id {added['id']}, "
+                             f"where new ids start ({first_id})")
+        known = model["vocab"].setdefault(added["content"], added["id"])
+        if known != added["id"]:
+            raise VocabError(f"{path}: added token {added['content']!r} has id {added['id']} "
+                             f"but model.vocab gives it {known}")
     merges = model.get("merges") or []
     as_strings = bool(merges) and isinstance(merges[0], str)
     for i, (token, pair) in enumerate(new):
