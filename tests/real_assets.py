@@ -88,3 +88,12 @@ def sib200_file(lang: str, split: str) -> Path:
 
 def mgsm_file(lang: str) -> Path:
     return DATA / "mgsm" / f"mgsm_{lang}.tsv"
+
+
+def udhr_split(code: str, every: int = 5) -> tuple[list[str], list[str]]:
+    """(training, held-out) paragraphs of the UDHR in `code`: every `every`-th paragraph held out
+    (20% by default), spread over the text rather than its last articles."""
+    paragraphs = udhr_paragraphs(code)
+    train = [p for i, p in enumerate(paragraphs) if i % every != every - 1]
+    held_out = [p for i, p in enumerate(paragraphs) if i % every == every - 1]
+    return train, held_out

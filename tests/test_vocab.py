@@ -280,3 +280,48 @@ def test_failed_extension_leaves_old_output(tmp_path):
     with pytest.raises(VocabError):
         vocab.extend_tokenizer(base_dir, docs[:2], 10_000, tmp_path / "ext")
     assert (tmp_path / "ext" / "tokenizer.json").read_bytes() == before
+
+
+# --------------------------------------------------------------------------------------------
+# real tokenizers on real text (make test-real)
+# --------------------------------------------------------------------------------------------
+REAL_LANGUAGES = ["ben", "tel", "tam", "bod", "khk", "uig_arab"]  # UDHR files (khk_mong: 1 <p>)
+REAL_K = 150
+
+
+@pytest.fixture(scope="module")
+def real_bases() -> dict[str, tuple[str, Path]]:
+    from llama2_tokenizer import llama2_tokenizer_dir, smollm2_tokenizer_dir
+
+    return {"llama2": (BYTE_FALLBACK, llama2_tokenizer_dir()),
+            "smollm2": (BYTE_LEVEL, smollm2_tokenizer_dir())}
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("model", ["llama2", "smollm2"])
+@pytest.mark.parametrize("code", REAL_LANGUAGES)
+def test_real_extension(real_bases, model, code, tmp_path):
+    from real_assets import udhr_paragraphs, udhr_split
+
+    family, base_dir = real_bases[model]
+    train, held_out = udhr_split(code)
+    english = udhr_paragraphs("eng")[:20]
+    record = vocab.extend_tokenizer(base_dir, train, REAL_K, tmp_path / "ext")
+    check_extension(base_dir, tmp_path / "ext", REAL_K, family, english)
+    assert record["base_vocab_size"] == {"llama2": 32000, "smollm2": 49152}[model]
+    before = vocab.chars_per_token(base_dir, held_out)
+    after = vocab.chars_per_token(tmp_path / "ext", held_out)
+    assert after["tokens"] < before["tokens"], (before, after)
+    if family == BYTE_FALLBACK and before["byte_fallback_share"] > 0.5:
+        assert after["byte_fallback_share"] < before["byte_fallback_share"] / 2
+
+
+@pytest.mark.real
+def test_real_deterministic(real_bases, tmp_path):
+    from real_assets import udhr_paragraphs
+
+    family, base_dir = real_bases["llama2"]
+    for name in ("one", "two"):
+        vocab.extend_tokenizer(base_dir, udhr_paragraphs("tel"), 300, tmp_path / name)
+    for f in ("tokenizer.json", RECORD):
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes()
