@@ -97,14 +97,16 @@ class Plain:
 
     def step(self):
         if self.world_size > 1:
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p)
-                     for p in self.model.parameters()]
+            # Frozen parameters (the embedding warm-up) are left without a gradient: a zero one
+            # would still let AdamW's weight decay move them.
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             flat = torch._utils._flatten_dense_tensors(grads)
             dist.all_reduce(flat)
             for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads),
                                  strict=True):
                 g.copy_(synced)
-            for p, g in zip(self.model.parameters(), grads, strict=True):
+            for p, g in zip(params, grads, strict=True):
                 p.grad = g
         if self.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)

@@ -39,11 +39,15 @@ from lrmerge.data.shards import TokenShards  # noqa: E402
 from lrmerge.train import state  # noqa: E402
 from lrmerge.train.backend import all_max, all_sum, barrier, device_of, make_backend, world  # noqa: E402
 from lrmerge.train.model import (  # noqa: E402
+    EXTENSION_FILE,
+    extend_embeddings,
     flops_per_token,
     load_model,
     peak_flops,
     prepare_for_training,
+    read_extension,
     saved_weights,
+    train_only_embeddings,
 )
 from lrmerge.train.schedule import Schedule, make_schedule  # noqa: E402
 from lrmerge.train.stream import Blocks, Mix, Packed, data_pad_id  # noqa: E402
@@ -106,11 +110,19 @@ class Job:
     log: Callable  # process 0's; the others' log nothing
     slurm_job: str | None
     started: float  # time.time() at the start
+    vocab_extension: dict | None = None  # the summary's record (_extend_vocabulary)
 
     @property
     def budgets(self) -> list:
         """The language's CT budgets (the schedule's cuts; its cosine spans the largest)."""
         return self.cfg["languages"][self.lang]["budgets"] if self.stage == "ct" else []
+
+    @property
+    def embedding_warmup_steps(self) -> int:
+        """The first steps (counted over the whole CT chain) train only the input embeddings
+        and the output layer. Read with a default of 0 until the config schema has the key: it
+        must gain `embedding_warmup_steps` (integer >= 0, default 0) in continual_pretrain."""
+        return int(self.tc.get("embedding_warmup_steps", 0))
 
 
 @dataclass
@@ -156,21 +168,27 @@ class Progress:
 
 def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = None,
           init: str | None = None, tokens: int | None = None, lang: str | None = None,
-          model=None, tokenizer=None, threads: int | None = None, log=log_line) -> dict | None:
+          model=None, tokenizer=None, tokenizer_dir: str | None = None,
+          threads: int | None = None, log=log_line) -> dict | None:
     """Run one training job; return its summary (process 0; also OUT/train_summary.json).
 
     stage: pretrain | ct | sft. `data` is a token folder (CT: the language's; SFT: the SFT
     data; pretrain: English), `english` the English token folder mixed into CT at
     continual_pretrain.english_ratio. `init` is a model folder or hub id (CT: the base, or the
-    previous budget's folder); pretrain passes the built `model` and `tokenizer` instead."""
+    previous budget's folder); pretrain passes the built `model` and `tokenizer` instead.
+    `tokenizer_dir` is the tokenizer folder when it is not `init`'s: an extended one (with
+    vocab_extension.json) makes CT from the base grow the model's vocabulary first."""
     from transformers import AutoTokenizer
 
     job = _start_job(stage, cfg, out, init, tokens, lang, threads, log)
 
     # --- where this run starts: the CT budget it continues, the model ------------------------
     chain = _previous_budget(job)
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(init)
-    model = prepare_for_training(model or load_model(init, job.tc["attention"]), job.tc)
+    tokenizer_dir = tokenizer_dir or init
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = model or load_model(init, job.tc["attention"])
+    job.vocab_extension = _extend_vocabulary(job, model, tokenizer_dir)
+    model = prepare_for_training(model, job.tc)
 
     # --- data, schedule, backend ---------------------------------------------------------------
     samples = _open_stream(job, data, english, tokenizer, model)
@@ -235,6 +253,34 @@ def _previous_budget(job: Job) -> dict | None:
     return prev
 
 
+def _extend_vocabulary(job: Job, model, tokenizer_dir: str | None) -> dict | None:
+    """CT with an extended tokenizer (its folder has vocab_extension.json): a model with the
+    base vocabulary (CT from the base) gets the new rows, each the mean of its pieces' rows; one
+    that has them already (the previous budget's) is left as it is. Returns the summary's
+    record, None without an extension."""
+    if job.embedding_warmup_steps and job.tc.get("deepspeed"):
+        # ZeRO builds its flat fp32 partitions, gradient hooks and optimizer groups from the
+        # parameters at engine creation; freezing them later leaves them in there (updated with
+        # zero gradients: weight decay and Adam steps still move them).
+        raise ValueError(f"{STAGES[job.stage]}.embedding_warmup_steps "
+                         f"({job.embedding_warmup_steps}) is not supported with the deepspeed "
+                         "backend; set it to 0 or drop the stage's deepspeed key")
+    ext = read_extension(tokenizer_dir) if job.stage == "ct" and tokenizer_dir else None
+    if ext is None:
+        return None
+    path = Path(tokenizer_dir) / EXTENSION_FILE
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows == ext["base_vocab_size"] + ext["added"]:
+        record = {"added": ext["added"], "initialised": f"before: {job.init} has the rows"}
+    else:  # refuses a model that has neither the base's rows nor the extended ones
+        record = extend_embeddings(model, ext, str(path))
+        job.log(f"vocabulary extended by {record['added']} tokens ({path}): rows "
+                f"{record['base_vocab_size']} -> {record['vocab_size']}, each new row the mean "
+                f"of its pieces' rows ({record['mean_pieces']} pieces a token)")
+    return dict(record, tokenizer=str(tokenizer_dir),
+                embedding_warmup_steps=job.embedding_warmup_steps)
+
+
 def _open_data(path: str, tokenizer, model, what: str) -> TokenShards:
     from lrmerge.data.tokenize import tokenizer_identity
 
@@ -281,6 +327,8 @@ def _fingerprint(job: Job, data: Data) -> str:
     ignored."""
     obj = {"stage": job.stage, "init": str(job.init), "lang": job.lang, "tc": job.tc,
            "tokens": job.tokens, "seed": job.seed, "data": data.shard_lists}
+    if job.vocab_extension is not None:  # not in older fingerprints: their checkpoints stay valid
+        obj["vocab_extension"] = job.vocab_extension
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -370,9 +418,16 @@ def _run_steps(job: Job, backend, data: Data, sched: Schedule, speed: Throughput
     last), a checkpoint every `checkpoint_every`, and on a stop signal a checkpoint and
     Preempted."""
     every, log_every = job.tc["checkpoint_every"], job.tc["log_every"]
+    warmup = job.embedding_warmup_steps
     t_loop = time.time()
     with StopSignals() as stop:
         while p.seen < sched.total_tokens:
+            # The phase follows the step, so a job resumed inside the warm-up stays in it.
+            in_warmup = p.step < warmup
+            if train_only_embeddings(backend.module(), only=in_warmup):
+                job.log(f"step {p.step}: training only the embeddings and the output layer "
+                        f"until step {warmup}" if in_warmup else
+                        f"step {p.step}: embedding warm-up over, training all parameters")
             lr = sched.lr_at(p.step)
             end = sched.step_end(p.seen)
             p.loss, n_pred = _step(job, backend, data, p.seen, end, lr)
@@ -437,8 +492,13 @@ def _finish(job: Job, backend, tokenizer, data: Data, sched: Schedule, speed: Th
     summary = None
     if job.rank == 0:
         _save_hf(backend.module(), tokenizer, out, tc["save_dtype"])
+        if job.vocab_extension is not None:  # the folder says its rows (the next budget, merges)
+            shutil.copyfile(Path(job.vocab_extension["tokenizer"]) / EXTENSION_FILE,
+                            out / EXTENSION_FILE)
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-        summary = train_summary(job, data, sched, backend.kind, speed, p, keep_state)
+        summary = dict(train_summary(job, data, sched, backend.kind, speed, p, keep_state),
+                       vocab_extension=job.vocab_extension,
+                       embedding_warmup_steps=job.embedding_warmup_steps)
         fsutil.write_json(out / SUMMARY_FILE, summary)
         if p.chain is not None and tc["keep_optimizer"] == "next":
             state.remove(Path(job.init) / STATE_DIR)  # consumed: this budget is complete

@@ -112,3 +112,101 @@ def peak_flops(tc: dict, device: torch.device) -> float | None:
             if key in name:
                 return tflops * 1e12
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary extension (issue 17): new rows for the K tokens lrmerge.data.vocab added
+# --------------------------------------------------------------------------------------------
+EXTENSION_FILE = "vocab_extension.json"  # lrmerge.data.vocab.RECORD, beside the tokenizer files
+
+
+def read_extension(tokenizer_dir) -> dict | None:
+    """The tokenizer folder's vocab_extension.json (None: the folder has none), checked: the new
+    ids run base_vocab_size .. base_vocab_size + added - 1 in order, and every token has pieces,
+    all of them base ids (a new row is made from base rows only)."""
+    import json
+    from pathlib import Path
+
+    path = Path(tokenizer_dir) / EXTENSION_FILE
+    if not path.is_file():
+        return None
+    ext = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("base_vocab_size", "added", "tokens"):
+        if key not in ext:
+            raise ValueError(f"{path}: no {key!r}")
+    base, tokens = int(ext["base_vocab_size"]), ext["tokens"]
+    if len(tokens) != int(ext["added"]):
+        raise ValueError(f"{path}: 'added' is {ext['added']} but {len(tokens)} tokens are listed")
+    for i, tok in enumerate(tokens):
+        what = f"{path}: token {tok.get('id')} ({tok.get('token')!r})"
+        if tok.get("id") != base + i:
+            raise ValueError(f"{what} is entry {i} of 'tokens'; new ids must run from "
+                             f"base_vocab_size {base} without gaps, so it should be {base + i}")
+        pieces = tok.get("pieces")
+        if not pieces:
+            raise ValueError(f"{what} has no pieces: its embedding row would have nothing to "
+                             "be initialised from")
+        bad = [p for p in pieces if not isinstance(p, int) or not 0 <= p < base]
+        if bad:
+            raise ValueError(f"{what}: pieces {bad} are not base ids (0 .. {base - 1})")
+    return ext
+
+
+def extend_embeddings(model, extension: dict, source: str = EXTENSION_FILE) -> dict:
+    """Grow the input embeddings and the output layer from base_vocab_size N to N + K rows; new
+    row N + i is the mean of its pieces' rows: in the input matrix from input rows, in an untied
+    output layer from output rows (and bias) of the same pieces. A tied model stays tied: one
+    tensor, saved under the base's name. Base rows stay bit for bit. Returns the record for
+    the training summary. `source` names the extension in errors (its file).
+
+    Resizing is transformers' `resize_token_embeddings`: it keeps the input Embedding module
+    (new data, same Parameter), builds a new output Linear, re-ties a tied head to the input
+    weight, and sets config.vocab_size. Its own row init (transformers 5 defaults to sampling
+    from the old rows' mean and covariance, else normal init) draws from torch's global RNG; it is
+    turned off (mean_resizing=False), run under a forked RNG so training's random state is not
+    moved, and every new row it made is overwritten here."""
+    base, tokens = int(extension["base_vocab_size"]), extension["tokens"]
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    rows = inp.weight.shape[0]
+    if rows != base or model.config.vocab_size != base:
+        raise ValueError(f"{source}: extends a vocabulary of {base} tokens, but the model has "
+                         f"{rows} embedding rows (config.vocab_size {model.config.vocab_size})"
+                         + ("; it is already extended" if rows == base + len(tokens) else ""))
+    tied = out is not None and out.weight is inp.weight
+    old_in = inp.weight.detach().clone()
+    old_out = None if out is None or tied else out.weight.detach().clone()
+    old_bias = None if out is None or out.bias is None else out.bias.detach().clone()
+    with torch.random.fork_rng(devices=[]):
+        model.resize_token_embeddings(base + len(tokens), mean_resizing=False)
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if inp.weight.shape[0] != base + len(tokens) or (tied and out.weight is not inp.weight):
+        raise RuntimeError(f"resize_token_embeddings left {inp.weight.shape[0]} input rows "
+                           f"(tied head still tied: {out.weight is inp.weight}), expected "
+                           f"{base + len(tokens)} (tied: {tied})")
+    with torch.no_grad():
+        for i, tok in enumerate(tokens):
+            pieces = torch.tensor(tok["pieces"], dtype=torch.long)
+            inp.weight[base + i] = old_in[pieces].double().mean(0).to(inp.weight.dtype)
+            if old_out is not None:
+                out.weight[base + i] = old_out[pieces].double().mean(0).to(out.weight.dtype)
+            if old_bias is not None:
+                out.bias[base + i] = old_bias[pieces].double().mean().to(out.bias.dtype)
+    return {"added": len(tokens), "base_vocab_size": base, "vocab_size": base + len(tokens),
+            "initialised": "mean_of_pieces", "tied": tied,
+            "mean_pieces": round(sum(len(t["pieces"]) for t in tokens) / len(tokens), 3)}
+
+
+def train_only_embeddings(model, only: bool) -> bool:
+    """The embedding warm-up: `only` trains just the input embeddings and the output layer
+    (every other parameter requires_grad False: it gets no gradient, so AdamW neither moves it
+    nor decays it nor starts its moments); else all parameters train. Returns whether anything
+    changed (the phase began or ended)."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    keep = {id(p) for m in (inp, out) if m is not None for p in m.parameters()}
+    changed = False
+    for p in model.parameters():
+        wanted = id(p) in keep or not only
+        if p.requires_grad != wanted:
+            p.requires_grad_(wanted)
+            changed = True
+    return changed
