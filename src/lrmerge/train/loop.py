@@ -1,15 +1,18 @@
 """The training loop shared by pre-training (mini), continual pre-training (CT) and SFT.
 
 `train` reads top to bottom: the job (`_start_job`), where the run starts (a previous CT budget,
-`_previous_budget`), the data (token shards through memory maps, `_open_stream`), the schedule,
-the backend, then resume (`_resume`: this job's own checkpoint, else the previous budget's state),
-the loop (`_run_steps`) and the end (`_finish`). Each step (`_step`) takes its token range of the
-position-indexed stream, gives each process every world_size-th sample, normalises the loss by the
-step's target tokens over all processes, and steps the optimizer. Checkpoints every
-`checkpoint_every` steps, and on SIGTERM/SIGUSR1 (SLURM's warning before the time limit, or
-preemption) at the next step boundary, after which the job exits with PREEMPTED_EXIT so that a
-re-run continues from there. At the end: a CT budget's state for the next budget, the Hugging Face
-folder in `save_dtype`, then `train_summary.json` (`lrmerge.train.summary`), written last.
+`_previous_budget`; CT from the base with an extended tokenizer first grows the model's
+vocabulary, `_extend_vocabulary`), the data (token shards through memory maps, `_open_stream`),
+the schedule, the backend, then resume (`_resume`: this job's own checkpoint, else the previous
+budget's state), the loop (`_run_steps`) and the end (`_finish`). Each step (`_step`) takes its
+token range of the position-indexed stream, gives each process every world_size-th sample,
+normalises the loss by the step's target tokens over all processes, and steps the optimizer. The
+first `embedding_warmup_steps` steps train only the input embeddings and the output layer.
+Checkpoints every `checkpoint_every` steps, and on SIGTERM/SIGUSR1 (SLURM's warning before the
+time limit, or preemption) at the next step boundary, after which the job exits with
+PREEMPTED_EXIT so that a re-run continues from there. At the end: a CT budget's state for the next
+budget, the Hugging Face folder in `save_dtype`, then `train_summary.json`
+(`lrmerge.train.summary`), written last.
 """
 
 from __future__ import annotations
@@ -182,7 +185,8 @@ def train(*, stage: str, cfg: dict, out: str, data: str, english: str | None = N
 
     job = _start_job(stage, cfg, out, init, tokens, lang, threads, log)
 
-    # --- where this run starts: the CT budget it continues, the model ------------------------
+    # --- where this run starts: the CT budget it continues, the model (its vocabulary grown
+    # to an extended tokenizer's) -----------------------------------------------------------------
     chain = _previous_budget(job)
     tokenizer_dir = tokenizer_dir or init
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -257,7 +261,7 @@ def _extend_vocabulary(job: Job, model, tokenizer_dir: str | None) -> dict | Non
     """CT with an extended tokenizer (its folder has vocab_extension.json): a model with the
     base vocabulary (CT from the base) gets the new rows, each the mean of its pieces' rows; one
     that has them already (the previous budget's) is left as it is. Returns the summary's
-    record, None without an extension."""
+    record, None without an extension. Refuses the embedding warm-up under DeepSpeed first."""
     if job.embedding_warmup_steps and job.tc.get("deepspeed"):
         # ZeRO builds its flat fp32 partitions, gradient hooks and optimizer groups from the
         # parameters at engine creation; freezing them later leaves them in there (updated with

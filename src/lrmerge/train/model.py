@@ -1,5 +1,6 @@
 """Models: the mini preset's tiny Llama, loading a checkpoint with the configured attention and
-activation checkpointing, and the FLOPs a trained token costs (for MFU)."""
+activation checkpointing, the FLOPs a trained token costs (for MFU), and the new embedding rows
+of an extended vocabulary (each the mean of its pieces' rows) with the embedding warm-up."""
 
 from __future__ import annotations
 
