@@ -8,6 +8,8 @@ JSON per model. Each task entry carries its own metadata, so the report never gu
      "n", "n_shot", "shot_sets", "per_set": {set: score}, "per_set_stderr": {...},
      "macro_f1", "debris", "predictions": {label: count, "<unparsed>": count},
      "predictions_per_set": {set: {...}},
+     "prompt_tokens": {"mean", "median", "max", "total"}, "prompt_tokens_per_set": {set: {...}},
+     "prompt_chars": {...}, "choice_tokens": {...}, "prompt_bos", "prompt_truncated",
      "limit", "limit_seed", "n_items_full", "sample_hash", "sample_indices"}
 
 score is the mean over the shot sets; stderr is the mean of their lm-eval standard errors (the sets
@@ -16,6 +18,21 @@ debris counts generations with undecodable bytes over all sets. predictions (cla
 not built-in tasks) counts how often each candidate label was the answer, over all sets, so a model
 that always answers one label is visible; the sample fields say which items evaluate.limit chose
 (lrmerge.evaluate.limit), copied from tasks.json.
+
+The prompt fields say what the prompts cost under the model's own tokenizer (issue 17: an extended
+vocabulary reads a language in fewer tokens). They are counted from lm-eval's logged samples, the
+exact context strings it fed the model (few-shot examples included), with the evaluated LM's own
+encoding functions (no second tokenizer or model load), one prompt per item and shot set:
+prompt_tokens over all sets' items, prompt_tokens_per_set per set; prompt_chars the characters of
+the same strings, so total chars / total tokens is the prompts' characters per token. Generation
+counts the context as lm-eval's tok_batch_encode encodes it; log-likelihood counts the context as
+lm-eval's _encode_pair splits it (trailing whitespace moved to the continuation), and
+choice_tokens sums each item's continuation tokens over its candidates (None under generation).
+Counts include whatever special tokens the tokenizer adds: prompt_bos says whether the encoded
+prompts begin with BOS (Llama-2's tokenizer adds one). prompt_truncated counts the prompts lm-eval
+cut on the left to fit the model's window (context plus max_gen_toks, or context plus candidate);
+the token counts are the lengths before that cut. With an LM that has no tokenizer (a test's
+scripted LM) only prompt_chars is recorded; the token fields are None.
 """
 
 from __future__ import annotations
@@ -24,6 +41,7 @@ import contextlib
 import json
 import math
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -41,6 +59,10 @@ METRIC_ORDER = ("acc", "exact_match", "f1", "acc_norm")
 UNPARSED = "<unparsed>"
 # What tasks.json records of each task's evaluate.limit sample; the eval file copies it.
 SAMPLE_KEYS = ("limit", "limit_seed", "n_items_full", "sample_hash", "sample_indices")
+# Contexts tokenized at once when counting prompt lengths (bounds the padded batch).
+COUNT_CHUNK = 256
+# lm-eval's names for the generation cap, first present wins (lm_eval.models.utils).
+MAX_GEN_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
 
 
 def read_manifests(cfg: dict, langs: list[str], tasks_dir: str | Path) -> dict[str, dict]:
@@ -114,8 +136,107 @@ def predictions(meta: dict, samples: dict) -> tuple[dict | None, dict | None]:
     return total, per_set if meta["shot_sets"] else None
 
 
-def task_entry(meta: dict, results: dict, n_samples: dict, samples: dict) -> dict:
-    """Our entry of one task from lm-eval's results (and logged samples) of its shot sets."""
+def _stats(values: list[int]) -> dict:
+    return {"mean": round(sum(values) / len(values), 2), "median": statistics.median(values),
+            "max": max(values), "total": sum(values)}
+
+
+def _items(samples: list[dict]) -> list[dict]:
+    """One logged sample per item: lm-eval logs an item once per filter (MGSM's built-in task has
+    two filters)."""
+    seen, out = set(), []
+    for s in samples:
+        if s["doc_id"] not in seen:
+            seen.add(s["doc_id"])
+            out.append(s)
+    return out
+
+
+def counts_tokens(lm) -> bool:
+    """Whether `lm` has lm-eval's HF encoding functions (HFLM does; a scripted LM does not)."""
+    return lm is not None and all(hasattr(lm, a) for a in ("tok_batch_encode", "_encode_pair",
+                                                            "tokenizer", "max_length"))
+
+
+def _generate_lengths(lm, contexts: list[str], gen_kwargs: dict) -> tuple[list[int], bool, int]:
+    """(tokens per context, does the first begin with BOS, how many exceed the window) as
+    HFLM.generate_until encodes them: tok_batch_encode, left padding, cut on the left to
+    max_length - max_gen_toks."""
+    lengths, bos = [], None
+    for i in range(0, len(contexts), COUNT_CHUNK):
+        ids, mask = lm.tok_batch_encode(contexts[i:i + COUNT_CHUNK])
+        n = mask.sum(1).tolist()
+        if bos is None:  # left padding: a row's tokens are its last n
+            bos = n[0] > 0 and int(ids[0, ids.shape[1] - n[0]]) == lm.tokenizer.bos_token_id
+        lengths += n
+    max_gen = next((gen_kwargs[k] for k in MAX_GEN_KEYS if k in gen_kwargs), lm.max_gen_toks)
+    window = lm.max_length - (int(max_gen) if getattr(lm, "backend", "causal") == "causal" else 0)
+    return lengths, bool(bos), sum(n > window for n in lengths)
+
+
+def _loglik_lengths(lm, pairs: list) -> tuple[int, int, bool, bool]:
+    """(context tokens, continuation tokens over the candidates, begins with BOS, cut to the
+    window) of one item's (context, continuation) requests, as lm-eval's loglikelihood encodes
+    them: _encode_pair, or for an empty context the one prefix token it puts there."""
+    ctx_n, cont_n, bos, cut = 0, 0, False, False
+    for context, continuation in pairs:
+        if context:
+            ctx, cont = lm._encode_pair(context, continuation)
+        else:
+            ctx = [lm.prefix_token_id]
+            cont = lm.tok_encode(continuation, add_special_tokens=False)
+        ctx_n, bos = len(ctx), bool(ctx) and ctx[0] == lm.tokenizer.bos_token_id
+        cont_n += len(cont)
+        cut = cut or len(ctx) + len(cont) > lm.max_length + 1
+    return ctx_n, cont_n, bos, cut
+
+
+def prompt_lengths(meta: dict, samples: dict, lm=None) -> dict:
+    """The prompt fields of one task's entry (see the module docstring) from lm-eval's logged
+    samples of its shot sets; token fields None when `lm` has no tokenizer."""
+    sets = meta["lm_eval_tasks"]
+    absent = [name for name in sets.values() if not samples.get(name)]
+    if absent:
+        raise RuntimeError(f"task {meta['task']}: lm-eval logged no samples for {absent}, so "
+                           "its prompt lengths cannot be counted")
+    count = counts_tokens(lm)
+    chars, per_set, choices, bos, truncated = [], {}, [], None, 0
+    for k, name in sets.items():
+        items = _items(samples[name])
+        args = [s["arguments"] for s in items]
+        generate = isinstance(args[0][0][1], dict)  # (context, gen_kwargs); else per candidate
+        if generate:
+            contexts = [a[0][0] for a in args]
+        else:  # _encode_pair moves the context's trailing whitespace to the continuation
+            contexts = [a[0][0].rstrip() for a in args]
+        chars += [len(c) for c in contexts]
+        if not count:
+            continue
+        if generate:
+            tokens, bos, cut = _generate_lengths(lm, [a[0][0] for a in args], args[0][0][1])
+            truncated += cut
+        else:
+            tokens = []
+            for a in args:
+                n, c, bos, cut = _loglik_lengths(lm, a)
+                tokens.append(n)
+                choices.append(c)
+                truncated += cut
+        per_set[k] = tokens
+    out = {"prompt_tokens": None, "prompt_tokens_per_set": None, "prompt_chars": _stats(chars),
+           "choice_tokens": None, "prompt_bos": None, "prompt_truncated": None}
+    if count:
+        out.update(prompt_tokens=_stats([n for v in per_set.values() for n in v]),
+                   prompt_tokens_per_set=({k: _stats(v) for k, v in per_set.items()}
+                                          if meta["shot_sets"] else None),
+                   choice_tokens=_stats(choices) if choices else None, prompt_bos=bos,
+                   prompt_truncated=truncated)
+    return out
+
+
+def task_entry(meta: dict, results: dict, n_samples: dict, samples: dict, lm=None) -> dict:
+    """Our entry of one task from lm-eval's results (and logged samples) of its shot sets; `lm`,
+    the evaluated lm-eval LM, counts the prompts' tokens."""
     task = meta["task"]
     sets = meta["lm_eval_tasks"]
     missing = [name for name in sets.values() if name not in results]
@@ -155,6 +276,7 @@ def task_entry(meta: dict, results: dict, n_samples: dict, samples: dict) -> dic
                  macro_f1=sum(f1s) / len(f1s) if f1s else None,
                  debris=debris if meta.get("protocol") == "generate" else None)
     entry["predictions"], entry["predictions_per_set"] = predictions(meta, samples)
+    entry.update(prompt_lengths(meta, samples, lm))
     entry.update({k: meta[k] for k in SAMPLE_KEYS})
     return entry
 
@@ -185,7 +307,8 @@ def evaluate(cfg: dict, model: str, langs: list[str], tasks_dir: str, out: str,
 
     Every item of each task folder's test file is run: evaluate.limit's sample is drawn when the
     folder is built (lrmerge.evaluate.limit). `lm`: an lm-eval LM object to evaluate instead of
-    loading `model` with lm-eval's "hf"."""
+    loading `model` with lm-eval's "hf" (loaded here, so that its tokenizer counts the prompts).
+    """
     import lm_eval
     import torch
     from lm_eval.tasks import TaskManager
@@ -212,9 +335,14 @@ def evaluate(cfg: dict, model: str, langs: list[str], tasks_dir: str, out: str,
     seed = int(cfg["seed"])
     t0 = time.time()
     try:
+        if lm is None:  # what simple_evaluate would load from "hf" and model_args
+            from lm_eval.api.registry import get_model
+
+            lm = get_model("hf").create_from_arg_obj(model_args,
+                                                     {"batch_size": ev["batch_size"]})
         with _no_env_report():
             results = lm_eval.simple_evaluate(
-                model=lm if lm is not None else "hf", model_args=model_args, tasks=names,
+                model=lm, model_args=model_args, tasks=names,
                 task_manager=tm, num_fewshot=None,
                 batch_size=ev["batch_size"], limit=None,
                 random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
@@ -225,7 +353,7 @@ def evaluate(cfg: dict, model: str, langs: list[str], tasks_dir: str, out: str,
                            f"tasks and sources: {sources}") from e
     n_samples = results.get("n-samples") or {}
     samples = results.get("samples") or {}
-    per_task = {t: task_entry(m, results["results"], n_samples, samples)
+    per_task = {t: task_entry(m, results["results"], n_samples, samples, lm)
                 for t, m in metas.items()}
     doc = {
         "model": str(model),
