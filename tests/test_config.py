@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lrmerge.config import ConfigError, load_config, plan_merges, plan_models, validate_config
+from lrmerge.config import (
+    ConfigError,
+    extends_vocabulary,
+    load_config,
+    plan_merges,
+    plan_models,
+    text_language,
+    validate_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = yaml.safe_load((REPO / "config" / "mini.yaml").read_text())
@@ -64,13 +72,14 @@ def test_schema_names_the_workflow_methods_of_the_table():
 
 
 def test_mini_plan_by_hand():
-    """The mini preset: 2 languages x 3 budgets; 6 merge entries of one weight pair each and one
-    two-language merge at the largest shared budget."""
+    """The mini preset: 2 languages x 3 budgets and a vocabulary variant of bo at 2 budgets; 6
+    merge entries of one weight pair each and one two-language merge at the largest shared
+    budget."""
     config = load_config(REPO / "config" / "mini.yaml")
     models = plan_models(config)
     merges = plan_merges(config)
-    assert len(merges) == 6 * 2 * 3 + 1
-    assert len(models) == 2 + 6 + 6 + len(merges)
+    assert len(merges) == 6 * (2 * 3 + 2) + 1
+    assert len(models) == 2 + 8 + 8 + len(merges)
     assert len({m.id for m in models}) == len(models)
     auto = next(m for m in merges if m.variant == "ties_auto")
     assert (auto.entry, auto.method, auto.id) == ("ties_auto", "ties_sv", "merge/ties_auto/bn/100000")
@@ -81,6 +90,59 @@ def test_mini_plan_by_hand():
     assert by_id["ct_sft/bo/200000"].eval_languages == ("bo", "en")
     assert by_id[multi.id].eval_languages == ("bn", "bo", "en")
     assert by_id["base"].eval_languages == ("bn", "bo", "en")
+    # the variant is evaluated on its base's tasks (its text language's folder)
+    assert by_id["ct/bo-v90/400000"].eval_languages == ("bo", "en")
+    assert by_id["merge/ties/bo-v90/100000"].eval_languages == ("bo", "en")
+
+
+def _variant(c, **entry):
+    c["languages"]["bo-v"] = {"based_on": "bo", "tokenizer": {"extend": 8}, **entry}
+
+
+def test_a_vocabulary_variant_takes_what_it_does_not_set_from_its_base(tmp_path):
+    path = tmp_path / "c.yaml"
+    cfg = yaml.safe_load((REPO / "config" / "mini.yaml").read_text())
+    _variant(cfg, budgets=[300000])
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    config = load_config(path)
+    v, bo = config["languages"]["bo-v"], config["languages"]["bo"]
+    assert (v["name"], v["tasks"], v["corpus"]) == (bo["name"], bo["tasks"], bo["corpus"])
+    assert v["budgets"] == [300000] and v["tokenizer"] == {"extend": 8, "min_frequency": 2,
+                                                           "sample_chars": 20000000}
+    assert text_language(config, "bo-v") == "bo" and text_language(config, "bo") == "bo"
+    assert extends_vocabulary(config, "bo-v") and not extends_vocabulary(config, "bo")
+    # the variant's entry is a copy: the base's lists are not shared
+    v["tasks"].append("x")
+    assert "x" not in bo["tasks"]
+
+
+@pytest.mark.parametrize(
+    "mutate, pattern",
+    [
+        (lambda c: _variant(c, based_on="xx"), r"languages\.bo-v\.based_on: 'xx' is not in"),
+        (lambda c: (_variant(c), c["languages"].update(w={"based_on": "bo-v"})),
+         r"languages\.w\.based_on: 'bo-v' is a variant itself"),
+        (lambda c: c["languages"].update(v2={"based_on": "bo"}),
+         r"languages\.v2\.tokenizer: a variant of 'bo' must set"),
+        (lambda c: _variant(c, tokenizer={"extend": 0}), r"languages\.bo-v\.tokenizer\.extend"),
+        (lambda c: c["languages"].update({"bo_v": {**c["languages"]["bo"]}}), r"bo_v"),
+        (lambda c: (_variant(c), c["merge"]["multi"].append(
+            {"name": "bo+bo-v", "languages": ["bo", "bo-v"], "method": "ties"})),
+         r"merge\.multi\[1\]\.languages: a language and its vocabulary variant"),
+        (lambda c: c["continual_pretrain"].update(embedding_warmup_steps=5,
+                                                   deepspeed={"stage": 2}),
+         r"continual_pretrain\.embedding_warmup_steps: not supported with"),
+        (lambda c: c["mini"].update(vocab_extension=["xx"]),
+         r"mini\.vocab_extension: 'xx' is not in languages"),
+    ],
+)
+def test_bad_vocabulary_variants_are_refused(tmp_path, mutate, pattern):
+    cfg = yaml.safe_load((REPO / "config" / "mini.yaml").read_text())
+    mutate(cfg)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(path)
 
 
 @pytest.mark.parametrize(
@@ -317,7 +379,8 @@ def test_first_budget_target_names_the_merge_at_the_smallest_budget(tmp_path):
         ("ties_auto", "bn", 400000): 100000, ("ties_auto", "bo", 100000): None,
         ("ties_auto", "bo", 200000): 100000, ("ties_auto", "bo", 400000): 100000,
         ("ties_auto", "bn+bo", 100000): None, ("ties_auto", "bn+bo", 200000): 100000,
-        ("ties_auto", "bn+bo", 400000): 100000}
+        ("ties_auto", "bn+bo", 400000): 100000, ("ties_auto", "bo-v90", 100000): None,
+        ("ties_auto", "bo-v90", 400000): 100000}
     ties = next(m for m in plan_merges(config) if m.variant == "ties")
     assert target_stats_budget(ties, config) is None
 
@@ -415,7 +478,10 @@ def test_every_rule_with_a_config_slice_has_one():
     config = load_config(REPO / "config" / "mini.yaml")
     for rule in RULE_KEYS:
         for lang in ("bn", "en", "bn+en"):
-            if rule in ("prepare_corpus", "build_tasks", "continual_pretrain") and "+" in lang:
+            if rule in ("prepare_corpus", "build_tasks", "continual_pretrain",
+                        "extend_tokenizer") and "+" in lang:
+                continue
+            if rule == "extend_tokenizer" and lang == "en":
                 continue
             if rule == "continual_pretrain" and lang == "en":
                 continue

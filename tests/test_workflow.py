@@ -3,6 +3,7 @@ variant of the mini preset end to end."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -15,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from lrmerge.config import expand_variants
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -52,7 +55,8 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 def expected_counts(config: dict, built_base: bool) -> dict[str, int]:
-    langs = config["languages"]
+    langs = expand_variants(copy.deepcopy(config))["languages"]
+    vocab_variants = [lg for lg, f in langs.items() if "based_on" in f]
     ct = sum(len(f["budgets"]) for f in langs.values())
     variants = sum(len(s.get("weights", [[1, 1]])) for s in config["merge"]["methods"].values())
     multi = 0
@@ -63,7 +67,7 @@ def expected_counts(config: dict, built_base: bool) -> dict[str, int]:
     merges = variants * ct + multi
     counts = {
         "prepare_corpus": len(langs) + 1,
-        "build_tasks": len(langs) + 1,
+        "build_tasks": len(langs) - len(vocab_variants) + 1,  # a variant uses its base's tasks
         "prepare_sft_data": 1,
         "continual_pretrain": ct,
         "finetune_sft": 1,
@@ -75,6 +79,9 @@ def expected_counts(config: dict, built_base: bool) -> dict[str, int]:
         "all": 1,
         "total": 0,
     }
+    extended = sum(1 for f in langs.values() if "tokenizer" in f)
+    if extended:
+        counts["extend_tokenizer"] = extended
     if built_base:
         counts["pretrain_base"] = 1
         counts["train_tokenizer"] = 1

@@ -9,6 +9,8 @@ from snakemake.utils import validate
 from lrmerge.config import (
     Layout,
     check_config,
+    expand_variants,
+    extends_vocabulary,
     job_resources,
     merge_args as merge_config_args,
     plan_merges,
@@ -55,6 +57,7 @@ def config_file():
 
 
 CONFIG = config_file()
+expand_variants(config, CONFIG)  # vocabulary variants filled from their base entries
 validate(config, schema=str(schema_path()))
 check_config(config, CONFIG)
 
@@ -116,6 +119,36 @@ def results_dir(wildcards, input):
 
 def tokenizer_input(wildcards=None):
     return [f"{TOKENIZER}/tokenizer.json"] if BASE_IS_BUILT else []
+
+
+def extended(lang):
+    """Whether a language (or "en") runs with its own extended tokenizer."""
+    return lang in LANGS and extends_vocabulary(config, lang)
+
+
+def corpus_tokenizer(wildcards):
+    """The tokenizer a corpus is tokenized with: its extended one, or the base's."""
+    corpus = wildcards.corpus
+    return L.language_tokenizer(corpus) if extended(corpus) else TOKENIZER
+
+
+def corpus_tokenizer_input(wildcards):
+    if extended(wildcards.corpus):
+        return [f"{L.language_tokenizer(wildcards.corpus)}/tokenizer.json"]
+    return tokenizer_input()
+
+
+def ct_tokenizer_input(wildcards):
+    if extended(wildcards.lang):
+        return [f"{L.language_tokenizer(wildcards.lang)}/tokenizer.json"]
+    return []
+
+
+def ct_tokenizer_arg(wildcards):
+    """--tokenizer for CT with an extended tokenizer (the model grows its vocabulary to it)."""
+    if extended(wildcards.lang):
+        return f"--tokenizer {L.language_tokenizer(wildcards.lang)}"
+    return ""
 
 
 def rule_threads(rule):

@@ -1,5 +1,6 @@
-# Data stage (lrmerge.data): the mini's tokenizer, every corpus tokenized once into token shards
-# with the training model's tokenizer, the SFT data likewise, and the evaluation sets.
+# Data stage (lrmerge.data): the mini's tokenizer, the extended tokenizers of the languages that
+# ask for one, every corpus tokenized once into token shards with the training model's tokenizer
+# (a language's extended one where it has one), and the SFT data likewise.
 
 
 rule train_tokenizer:
@@ -22,9 +23,33 @@ rule train_tokenizer:
         "lrmerge data tokenizer --config {params.config} --out {params.out} > {log} 2>&1"
 
 
-rule prepare_corpus:
+rule extend_tokenizer:
     input:
         tokenizer_input,
+    output:
+        f"{L.language_tokenizer('{lang}')}/tokenizer.json",
+    log:
+        L.log("extend_tokenizer", "{lang}"),
+    benchmark:
+        L.benchmark("extend_tokenizer", "{lang}")
+    conda:
+        "../../envs/data.yaml"
+    threads: rule_threads("extend_tokenizer")
+    resources:
+        **rule_resources("extend_tokenizer"),
+    params:
+        config=CONFIG,
+        cfg=config_slice("extend_tokenizer"),
+        base=TOKENIZER,
+        out=output_dir,
+    shell:
+        "lrmerge data extend-tokenizer --config {params.config} --lang {wildcards.lang}"
+        " --base {params.base} --out {params.out} > {log} 2>&1"
+
+
+rule prepare_corpus:
+    input:
+        corpus_tokenizer_input,
     output:
         report(
             L.manifest("{corpus}"),
@@ -44,7 +69,7 @@ rule prepare_corpus:
     params:
         config=CONFIG,
         cfg=config_slice("prepare_corpus"),
-        tokenizer=TOKENIZER,
+        tokenizer=corpus_tokenizer,
         out=output_dir,
     shell:
         "lrmerge data corpus --config {params.config} --lang {wildcards.corpus}"

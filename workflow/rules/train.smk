@@ -43,6 +43,7 @@ rule continual_pretrain:
         init=ct_init_input,
         data=L.manifest("{lang}"),
         english=L.manifest("en"),
+        tokenizer=ct_tokenizer_input,
     output:
         report(
             L.summary(ct_id("{lang}", "{tokens}")),
@@ -67,11 +68,12 @@ rule continual_pretrain:
         init=ct_init_dir,
         data=data_dir,
         english=english_dir,
+        tokenizer=ct_tokenizer_arg,
         out=output_dir,
     shell:
         "{params.launch} ct --config {params.config} --threads {threads} --lang {wildcards.lang}"
         " --tokens {wildcards.tokens} --init {params.init} --data {params.data}"
-        " --english {params.english} --out {params.out} > {log} 2>&1"
+        " --english {params.english} {params.tokenizer} --out {params.out} > {log} 2>&1"
 
 
 rule finetune_sft:

@@ -8,7 +8,7 @@ enumeration (`plan_models`), so the workflow, the CLI commands and the report ag
 
 from .checks import SOURCE_FAMILIES, SOURCE_REQUIRED, ConfigError, check_config
 from .layout import Layout
-from .load import load_config, load_schema, schema_path, validate_config
+from .load import expand_variants, load_config, load_schema, schema_path, validate_config
 from .slices import job_resources, load_rule_config, prune, rule_config, rule_keys
 from .study import (
     FAMILIES,
@@ -17,6 +17,7 @@ from .study import (
     all_tasks,
     corpus_key,
     engine_method,
+    extends_vocabulary,
     language_entry,
     merge_args,
     merge_variants,
@@ -25,12 +26,16 @@ from .study import (
     target_stats_budget,
     task_families,
     tasks_of,
+    text_language,
+    text_languages,
 )
 
 __all__ = [
     "FAMILIES", "SOURCE_FAMILIES", "SOURCE_REQUIRED", "ConfigError", "Layout", "MergeJob",
-    "StudyModel", "all_tasks", "check_config", "corpus_key", "engine_method", "job_resources",
+    "StudyModel", "all_tasks", "check_config", "corpus_key", "engine_method", "expand_variants",
+    "extends_vocabulary", "job_resources",
     "language_entry", "load_config", "load_rule_config", "load_schema", "merge_args",
     "merge_variants", "plan_merges", "plan_models", "prune", "rule_config", "rule_keys",
-    "schema_path", "target_stats_budget", "task_families", "tasks_of", "validate_config",
+    "schema_path", "target_stats_budget", "task_families", "tasks_of", "text_language", "text_languages",
+    "validate_config",
 ]

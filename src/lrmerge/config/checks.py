@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from lrmerge.merge.table import METHOD_TABLE, WORKFLOW_METHODS
 
-from .study import FAMILIES, chosen_budgets, common_budgets, engine_method
+from .study import FAMILIES, chosen_budgets, common_budgets, engine_method, text_language
 
 
 class ConfigError(ValueError):
@@ -32,6 +32,15 @@ def check_config(config: dict, source: str = "config") -> None:
     """The checks a JSON schema cannot express. Expects a schema-valid config."""
     for lang, facts in config["languages"].items():
         _check_budgets(facts["budgets"], source, f"languages.{lang}.budgets")
+    ct = config["continual_pretrain"]
+    if ct.get("embedding_warmup_steps") and ct.get("deepspeed"):
+        _fail(source, "continual_pretrain.embedding_warmup_steps", "not supported with "
+              "continual_pretrain.deepspeed (ZeRO builds its partitions from the parameters that "
+              "train at start); set it to 0 or use plain torch")
+    extension = config.get("mini", {}).get("vocab_extension")
+    for lang in extension if isinstance(extension, list) else ():
+        if lang not in config["languages"]:
+            _fail(source, "mini.vocab_extension", f"{lang!r} is not in languages")
     _check_tasks(config, source)
     for name, spec in config["merge"]["methods"].items():
         _check_merge_entry(name, spec, source)
@@ -121,6 +130,10 @@ def _check_multi(config: dict, multi: dict, source: str, key: str) -> None:
             _fail(source, f"{key}.languages", f"{lang!r} is not in languages")
     if len(set(langs)) != len(langs):
         _fail(source, f"{key}.languages", "a language is listed twice")
+    texts = [text_language(config, lg) for lg in langs]
+    if len(set(texts)) != len(texts):
+        _fail(source, f"{key}.languages", "a language and its vocabulary variant share their "
+              "text and tasks; merge one of them")
     methods = config["merge"]["methods"]
     if entry not in methods:
         _fail(source, f"{key}.method", f"{entry!r} is not in merge.methods")

@@ -80,6 +80,10 @@ class Layout:
     def tokenizer(self) -> str:
         return self.path("data", "tokenizer")
 
+    def language_tokenizer(self, lang: str) -> str:
+        """A language's extended tokenizer folder (`tokenizer: {extend: K}`)."""
+        return self.path("data", "tokenizers", lang)
+
     def tokens(self, corpus: str) -> str:
         """A token folder: a language's corpus, en, or sft."""
         return self.path("data", "tokens", corpus)

@@ -52,10 +52,37 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+def expand_variants(config: dict, source: str = "config") -> dict:
+    """Fill each vocabulary variant (a language entry with `based_on`) in place with the keys it
+    does not set from the entry it is based on (copies), before validation; return the config.
+    Refuses a `based_on` that names no language, or a variant."""
+    langs = config.get("languages") if isinstance(config, dict) else None
+    if not isinstance(langs, dict):
+        return config
+    for lang, entry in langs.items():
+        if not isinstance(entry, dict) or "based_on" not in entry:
+            continue
+        key, base = f"languages.{lang}.based_on", entry["based_on"]
+        if base not in langs:
+            raise ConfigError(f"{source}: {key}: {base!r} is not in languages "
+                              f"(configured: {', '.join(langs)})")
+        if not isinstance(langs[base], dict) or "based_on" in langs[base]:
+            raise ConfigError(f"{source}: {key}: {base!r} is a variant itself; name the "
+                              "language it is based on")
+        if "tokenizer" not in entry:
+            raise ConfigError(f"{source}: languages.{lang}.tokenizer: a variant of {base!r} "
+                              "must set its own tokenizer (e.g. tokenizer: {extend: 16000})")
+        for name, value in langs[base].items():
+            entry.setdefault(name, copy.deepcopy(value))
+    return config
+
+
 def validate_config(config: dict, source: str = "config") -> dict:
-    """Validate `config` in place against the schema (defaults filled) and check it; return it."""
+    """Validate `config` in place against the schema (defaults filled) and check it; return it.
+    Vocabulary variants are filled from the entries they are based on first."""
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: a config must be a mapping, got {type(config).__name__}")
+    expand_variants(config, source)
     errors = sorted(_validator(load_schema()).iter_errors(config),
                     key=lambda e: list(e.absolute_path))
     if errors:

@@ -24,7 +24,15 @@ def job_resources(config: dict, rule: str) -> dict:
 
 def _train_tokenizer(config: dict, lang: str | None) -> list[str]:
     return ["seed", "mini.tokenizer_docs", "mini.tokenizer_vocab", "mini.vocab_extension",
-            "languages.*.corpus"]
+            "languages.*.corpus", "languages.*.based_on"]
+
+
+def _extend_tokenizer(config: dict, lang: str) -> list[str]:
+    keys = ["seed", f"languages.{lang}.tokenizer", f"languages.{lang}.corpus",
+            f"languages.{lang}.based_on"]
+    if language_entry(config, lang)["corpus"]["kind"] == "generated":
+        keys.append("mini.code_switch")
+    return keys
 
 
 def _prepare_corpus(config: dict, lang: str) -> list[str]:
@@ -34,8 +42,8 @@ def _prepare_corpus(config: dict, lang: str) -> list[str]:
         keys += ["languages.*.budgets", "base_model"]
         if config["base_model"] is None:
             keys += ["pretrain.steps", "pretrain.batch_size", "pretrain.seq_len"]
-    else:
-        keys += [f"languages.{lang}.budgets"]
+    else:  # a vocabulary variant reads its base's text (generated: the same documents)
+        keys += [f"languages.{lang}.budgets", f"languages.{lang}.based_on"]
     if language_entry(config, lang)["corpus"]["kind"] == "generated":
         keys += ["seed"] + (["mini.code_switch"] if lang != "en" else [])
     return keys
@@ -84,6 +92,7 @@ def _plot(config: dict, lang: str | None) -> list[str]:
 # rule -> (config, lang) -> the dotted config paths its command reads (`*`: every key there)
 RULE_KEYS = {
     "train_tokenizer": _train_tokenizer,
+    "extend_tokenizer": _extend_tokenizer,
     "prepare_corpus": _prepare_corpus,
     "prepare_sft_data": _prepare_sft_data,
     "pretrain_base": lambda config, lang: ["seed", "pretrain", "mini.model"],

@@ -50,7 +50,7 @@ class StudyModel:
     variant: str  # the merge variant (average_w1-2); the kind for the others
     language: str  # CT language or merge group ("" for base and sft)
     tokens: int | None
-    eval_languages: tuple[str, ...]
+    eval_languages: tuple[str, ...]  # whose tasks it is evaluated on (text languages, then en)
 
 
 def engine_method(name: str, spec: dict) -> str:
@@ -124,19 +124,36 @@ def plan_merges(config: dict) -> list[MergeJob]:
     return _single_merges(config) + _multi_merges(config)
 
 
+def text_language(config: dict, lang: str) -> str:
+    """The language whose text and tasks an entry uses: a vocabulary variant's `based_on`, else
+    the language itself."""
+    return language_entry(config, lang).get("based_on") or lang
+
+
+def extends_vocabulary(config: dict, lang: str) -> bool:
+    """Whether a language runs with its own extended tokenizer (`tokenizer: {extend: K}`)."""
+    return lang != "en" and "tokenizer" in language_entry(config, lang)
+
+
+def text_languages(config: dict, langs) -> tuple[str, ...]:
+    """The task languages of `langs`: each one's text language, once, in order."""
+    return tuple(dict.fromkeys(text_language(config, lg) for lg in langs))
+
+
 def plan_models(config: dict) -> list[StudyModel]:
-    """Every model of the study, in a stable order (base, sft, ct, ct_sft, merges)."""
-    every = (*config["languages"], "en")
+    """Every model of the study, in a stable order (base, sft, ct, ct_sft, merges). A model is
+    evaluated on the tasks of its languages' text languages (a variant's are its base's)."""
+    every = (*text_languages(config, config["languages"]), "en")
     models = [StudyModel(layout.BASE_ID, "base", "base", "base", "", None, every),
               StudyModel(layout.SFT_ID, "sft", "sft", "sft", "", None, every)]
     for kind, model_id in (("ct", layout.ct_id), ("ct_sft", layout.ct_sft_id)):
         for lang, facts in config["languages"].items():
             for tokens in facts["budgets"]:
                 models.append(StudyModel(model_id(lang, tokens), kind, kind, kind, lang, tokens,
-                                         (lang, "en")))
+                                         (text_language(config, lang), "en")))
     for m in plan_merges(config):
         models.append(StudyModel(m.id, "merge", m.entry, m.variant, m.group, m.tokens,
-                                 m.languages + ("en",)))
+                                 text_languages(config, m.languages) + ("en",)))
     return models
 
 

@@ -23,6 +23,15 @@ def cmd_tokenizer(args) -> int:
 
 
 @fsutil.cli_errors("data")
+def cmd_extend_tokenizer(args) -> int:
+    from lrmerge.data.vocab import extend_language
+
+    extend_language(_load(args.config, "extend_tokenizer", args.lang), args.lang, args.base,
+                    args.out)
+    return 0
+
+
+@fsutil.cli_errors("data")
 def cmd_corpus(args) -> int:
     from lrmerge.data.tokenize import prepare_corpus
 
@@ -56,6 +65,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--config", required=True)
     t.add_argument("--out", required=True, help="tokenizer folder")
     t.set_defaults(func=cmd_tokenizer)
+    e = sub.add_parser("extend-tokenizer", help="a language's tokenizer extended by the K new "
+                       "tokens its corpus uses most (languages.LANG.tokenizer.extend)")
+    e.add_argument("--config", required=True)
+    e.add_argument("--lang", required=True, help="language code (a key of languages)")
+    e.add_argument("--base", required=True, help="the base model's tokenizer folder")
+    e.add_argument("--out", required=True, help="the extended tokenizer folder")
+    e.set_defaults(func=cmd_extend_tokenizer)
     c = sub.add_parser("corpus", help="a language's corpus (en: English) as token shards")
     c.add_argument("--config", required=True)
     c.add_argument("--lang", required=True, help="language code; en = the English corpus")

@@ -294,19 +294,23 @@ def lexicon(cfg: dict, lang: str) -> Lexicon:
     """The generated word map of a language (English: identity)."""
     if lang == "en":
         return Lexicon("en", None, cfg["seed"])
-    corpus = language_entry(cfg, lang).get("corpus") or {}
-    script = corpus.get("script") or DEFAULT_SCRIPTS.get(lang)
+    entry = language_entry(cfg, lang)
+    text = entry.get("based_on") or lang  # a vocabulary variant writes its base's words
+    script = (entry.get("corpus") or {}).get("script") or DEFAULT_SCRIPTS.get(text)
     if not script:
         raise ValueError(f"config key languages.{lang}.corpus.script is required for a "
                          f"generated language (one of {', '.join(sorted(SCRIPTS))})")
-    return Lexicon(lang, script, cfg["seed"])
+    return Lexicon(text, script, cfg["seed"])
 
 
 def extension_words(cfg: dict) -> list[str]:
-    """Words of every generated target language, for the tokenizer's vocabulary extension."""
+    """Words of the generated target languages `mini.vocab_extension` names (true: all but the
+    vocabulary variants), for the tokenizer's vocabulary extension."""
+    chosen = cfg["mini"]["vocab_extension"]
     words: list[str] = []
     for lang, entry in (cfg.get("languages") or {}).items():
-        if (entry.get("corpus") or {}).get("kind") == "generated":
+        wanted = lang in chosen if isinstance(chosen, list) else "based_on" not in entry
+        if wanted and (entry.get("corpus") or {}).get("kind") == "generated":
             words.extend(lexicon(cfg, lang).words())
     return list(dict.fromkeys(words))
 
@@ -314,9 +318,9 @@ def extension_words(cfg: dict) -> list[str]:
 def documents(cfg: dict, lang: str, purpose: str = "ct") -> Iterator[str]:
     """An endless, seeded stream of documents of a generated language (English: lang "en")."""
     lex = lexicon(cfg, lang)
-    seed = cfg["seed"]
-    g = Grammar(random.Random(f"corpus:{seed}:{lang}:{purpose}"))
-    cs_rng = random.Random(f"codeswitch:{seed}:{lang}:{purpose}")
+    seed, text = cfg["seed"], lex.lang  # a vocabulary variant reads its base's documents
+    g = Grammar(random.Random(f"corpus:{seed}:{text}:{purpose}"))
+    cs_rng = random.Random(f"codeswitch:{seed}:{text}:{purpose}")
     cs = cfg["mini"]["code_switch"] if lang != "en" else 0.0
     while True:
         yield lex.render(g.corpus_doc(), cs_rng, cs)

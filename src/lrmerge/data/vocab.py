@@ -333,7 +333,7 @@ def _count_tokens(tok, texts: list[str]) -> int:
 
 
 def extend_tokenizer(base_dir, texts: Iterable[str], k: int, out_dir, *, seed: int = 0,
-                     min_frequency: int = 2) -> dict:
+                     min_frequency: int = 2, base_identity: dict | None = None) -> dict:
     """Write at out_dir the base tokenizer (folder base_dir) extended by exactly k tokens learned
     from `texts` (the language's documents): base ids unchanged, new ids base_vocab_size ..
     base_vocab_size + k - 1, their merges after the base merges; `vocab_extension.json` beside
@@ -341,7 +341,8 @@ def extend_tokenizer(base_dir, texts: Iterable[str], k: int, out_dir, *, seed: i
     `seed` is recorded; the learning is deterministic (ties broken by token text), so the same
     inputs give a byte-identical folder. Refuses k < 1, a corpus that yields fewer than k tokens
     seen min_frequency times (saying how many), and a base that is no BPE tokenizer.json of
-    either family."""
+    either family. `base_identity` (lrmerge.data.tokenize.tokenizer_identity of the base) is
+    recorded as `base_tokenizer`: token folders made with the base read as valid ids here."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise VocabError(f"vocabulary extension of {base_dir}: k must be a whole number >= 1, "
@@ -361,7 +362,7 @@ def extend_tokenizer(base_dir, texts: Iterable[str], k: int, out_dir, *, seed: i
     ext_tok = _tokenizer(extended)
     record = {
         "base": str(base_dir), "base_vocab_size": first_id, "added": k, "family": family,
-        "seed": seed, "min_frequency": min_frequency,
+        "seed": seed, "min_frequency": min_frequency, "base_tokenizer": base_identity,
         "corpus": {"documents": len(docs), "characters": sum(map(len, docs)),
                    "bytes": sum(len(d.encode()) for d in docs),
                    "tokens_base": _count_tokens(tok, docs),
@@ -414,3 +415,42 @@ def chars_per_token(tokenizer_dir, texts: Iterable[str]) -> dict:
         fallback = sum(1 for e in encodings for t in e.tokens if BYTE_TOKEN.fullmatch(t))
         out["byte_fallback_share"] = fallback / tokens if tokens else None
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# A language of the study (the workflow's extend_tokenizer rule)
+# --------------------------------------------------------------------------------------------
+def extend_language(cfg: dict, lang: str, base_dir, out_dir, log=print) -> dict:
+    """`languages.{lang}.tokenizer: {extend: K}`: the base tokenizer extended by K tokens learned
+    from the first `sample_chars` characters of the language's corpus (whole documents; all of
+    it when it is shorter, which the record says). Returns the record."""
+    from lrmerge.config import corpus_key, language_entry
+    from lrmerge.data.sources import corpus_documents
+    from lrmerge.data.tokenize import load_tokenizer, tokenizer_identity
+
+    if not Path(base_dir).is_dir():  # a hub id: its files in the local cache
+        from huggingface_hub import snapshot_download
+
+        base_dir = snapshot_download(str(base_dir), allow_patterns=["*.json", "*.model"])
+    identity = tokenizer_identity(load_tokenizer(str(base_dir)))
+
+    spec = language_entry(cfg, lang)["tokenizer"]
+    want = spec["sample_chars"]
+    docs, chars = [], 0
+    for doc in corpus_documents(cfg, lang):
+        if chars >= want:
+            break
+        docs.append(doc)
+        chars += len(doc)
+    try:
+        record = extend_tokenizer(base_dir, docs, spec["extend"], out_dir, seed=cfg["seed"],
+                                  min_frequency=spec["min_frequency"], base_identity=identity)
+    except VocabError as exc:
+        raise VocabError(f"languages.{lang}.tokenizer.extend: {exc} (text: {corpus_key(lang)}, "
+                         f"{chars} of tokenizer.sample_chars={want} characters)") from None
+    c = record["corpus"]
+    short = "" if chars >= want else f" (the whole corpus: short of sample_chars={want})"
+    log(f"{lang}: {record['added']} new tokens ({record['family']}) from {c['documents']} "
+        f"documents, {c['characters']} characters{short}; characters per token "
+        f"{c['characters'] / c['tokens_base']:.3f} -> {c['characters'] / c['tokens_extended']:.3f}")
+    return record

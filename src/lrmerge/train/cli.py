@@ -50,7 +50,7 @@ def cmd_ct(args) -> int:
 
     train(stage="ct", cfg=_load_cfg(args.config, "continual_pretrain", args.lang), out=args.out, data=args.data,
           english=args.english, init=args.init, tokens=args.tokens, lang=args.lang,
-          threads=args.threads)
+          tokenizer_dir=args.tokenizer, threads=args.threads)
     return 0
 
 
@@ -84,6 +84,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--init", required=True, help="base model, or the previous budget's folder")
     b.add_argument("--data", required=True, help="the language's token folder")
     b.add_argument("--english", default=None, help="English token folder (english_ratio)")
+    b.add_argument("--tokenizer", default=None, help="an extended tokenizer folder (lrmerge data "
+                   "extend-tokenizer): the model's vocabulary grows to it (default: --init's)")
     b.set_defaults(func=_run(cmd_ct))
     c = sub.add_parser("sft", help="supervised fine-tuning on the SFT token folder")
     common(c)

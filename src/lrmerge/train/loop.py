@@ -290,7 +290,14 @@ def _open_data(path: str, tokenizer, model, what: str) -> TokenShards:
 
     shards = TokenShards(path)
     mine = tokenizer_identity(tokenizer)["xxh3_128"]
-    if shards.tokenizer_hash != mine:
+    ext = read_extension(tokenizer.name_or_path) if Path(tokenizer.name_or_path).is_dir() else None
+    base = ((ext or {}).get("base_tokenizer") or {}).get("xxh3_128")
+    if shards.tokenizer_hash == base:
+        # an extended tokenizer keeps the base's ids: English replay and SFT data made with
+        # the base are the same text (only not segmented with the new tokens)
+        log_line(f"{what} {path}: tokenized by the base of {tokenizer.name_or_path}'s "
+                 "extended vocabulary (same ids)")
+    elif shards.tokenizer_hash != mine:
         raise ValueError(f"{what} {path} was tokenized by {shards.manifest['tokenizer']['name']} "
                          f"(hash {shards.tokenizer_hash}), not by this model's tokenizer "
                          f"({mine}); prepare the data with the training model's tokenizer")
