@@ -73,15 +73,20 @@ def test_english_is_sized_for_every_reader(tmp_path, tok_dir):
 
 def test_shards_split_at_document_edges_and_switch_to_uint32(tmp_path):
     w = ShardWriter(tmp_path / "t", vocab_size=70000, shard_tokens=10)
-    w.add(np.array([1, 2, 3, 66000, 5, 6, 7, 8, 9]), np.array([3, 4, 2]))
-    w.add(np.array([10] * 5), np.array([5]))  # does not fit beside the first three
-    w.add(np.array([11] * 12), np.array([12]))  # longer than a shard: a shard of its own
+    # with each document's characters and UTF-8 bytes
+    w.add(np.array([1, 2, 3, 66000, 5, 6, 7, 8, 9]), np.array([3, 4, 2]),
+          text=np.array([[2, 6], [3, 3], [1, 4]]))
+    w.add(np.array([10] * 5), np.array([5]), text=np.array([[4, 12]]))  # does not fit beside
+    w.add(np.array([11] * 12), np.array([12]), text=np.array([[11, 11]]))  # a shard of its own
     m = w.finish({"tokenizer": {"xxh3_128": "x"}})
     assert m["dtype"] == "uint32" and m["tokens"] == 26 and m["documents"] == 5
     assert [s["tokens"] for s in m["shards"]] == [9, 5, 12]
+    assert [(s["characters"], s["bytes"]) for s in m["shards"]] == [(6, 13), (4, 12), (11, 11)]
+    assert (m["characters"], m["bytes"], m["characters_per_token"]) == (21, 36, round(21 / 26, 6))
     s = TokenShards(tmp_path / "t")
     assert s.slice(2, 16).tolist() == [3, 66000, 5, 6, 7, 8, 9] + [10] * 5 + [11, 11]
     assert s.doc_ends.tolist() == [3, 7, 9, 14, 26]
+    assert s.text.tolist() == [[2, 6], [5, 9], [6, 13], [10, 25], [21, 36]]
 
 
 def test_a_corpus_too_small_fails_with_language_and_counts(tmp_path, tok_dir):
@@ -286,6 +291,9 @@ def test_corpus_and_sft_are_framed_as_configured(tmp_path, data, head, sep):
                                            for d in docs]
     assert m["separator"]["id"] == sep and m["bos"]["added"] == bool(head)
     assert m["pad"]["id"] == sep
+    # the marks are tokens without text: characters are the documents' own
+    assert m["characters"] == m["bytes"] == sum(map(len, docs))
+    assert m["characters_per_token"] == round(sum(map(len, docs)) / m["tokens"], 6)
     flan = _jsonl(tmp_path / "flan.jsonl", [{"inputs": "how many ball ?", "targets": "3"}] * 80)
     sft_cfg = tiny_config(sft__data={"kind": "jsonl", "path": flan}, data=data)
     sm = tokenize.prepare_sft(sft_cfg, tok_dir, tmp_path / "sft", log=quiet)

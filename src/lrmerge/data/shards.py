@@ -6,12 +6,25 @@ A token folder holds
                            when the vocabulary is below 65,536, else uint32
     documents.bin          uint64 end offset of each document in that stream
     prompts.bin            SFT only: uint32 prompt length of each example (the loss mask)
-    manifest.json          written last: tokens, dtype, documents, tokenizer, source, shards
-                           (file, tokens, xxh3-128) and what the data stage decided (need, passes)
+    document_text.bin      uint64 pairs: characters and UTF-8 bytes of the text up to the end of
+                           each document (cumulative, as documents.bin is for tokens)
+    manifest.json          written last: tokens, dtype, documents, characters, bytes,
+                           characters_per_token, tokenizer, source, shards (file, tokens,
+                           characters, bytes, xxh3-128) and what the data stage decided (need,
+                           passes)
 
 and is read back with `np.memmap`, so every process of a job maps the same pages and reads only the
 blocks it trains on. The writer fills a temporary sibling folder and renames it at the end: an
 interrupted job leaves no manifest, and so nothing that looks complete.
+
+**Text counts.** `characters` are Unicode code points and `bytes` UTF-8 bytes of each document's
+text exactly as it was given to the tokenizer (before its normalizer; SFT: the prompt, then
+`sft.join` + the response). The marks around a document (BOS, separator) are tokens and have no
+text, so `characters_per_token` = characters / tokens counts them in the tokens. The data stage
+never cuts a document (it stops after the one that completes its goal), so every count is exact;
+documents never straddle shards, so the per-shard counts are exact too. A folder written before
+text was counted has none of these fields and no document_text.bin: `TokenShards.text` is None
+there, and training records its text as null (`lrmerge.train.summary`).
 """
 
 from __future__ import annotations
@@ -31,6 +44,9 @@ from lrmerge import fsutil
 MANIFEST = "manifest.json"
 DOCUMENTS = "documents.bin"
 PROMPTS = "prompts.bin"
+TEXT = "document_text.bin"
+TEXT_COUNTED = ("Unicode code points and UTF-8 bytes of each document's text as given to the "
+                "tokenizer (SFT: prompt, join and response); BOS and separator tokens have none")
 FORMAT = 1
 
 
@@ -63,6 +79,11 @@ class ShardWriter:
         self._in_shard = 0
         self._docs = open(self.tmp / DOCUMENTS, "wb")
         self._prompts = open(self.tmp / PROMPTS, "wb") if with_prompts else None
+        # text counts: kept only if every batch brings them (`add(..., text=...)`)
+        self._text = open(self.tmp / TEXT, "wb")
+        self._text_ok = True
+        self.text_total = np.zeros(2, dtype=np.int64)  # characters, bytes
+        self._shard_text: list[np.ndarray] = []
 
     def _open_shard(self):
         name = f"tokens-{len(self.shards):05d}.bin"
@@ -70,6 +91,7 @@ class ShardWriter:
         self._hash = xxhash.xxh3_128()
         self._in_shard = 0
         self.shards.append({"file": name, "tokens": 0})
+        self._shard_text.append(np.zeros(2, dtype=np.int64))
 
     def _close_shard(self):
         if self._fh is not None:
@@ -77,11 +99,17 @@ class ShardWriter:
             self.shards[-1].update(tokens=self._in_shard, xxh3_128=self._hash.hexdigest())
             self._fh = None
 
-    def add(self, ids: np.ndarray, lengths: np.ndarray, prompts: np.ndarray | None = None):
-        """Append a batch: `ids` the documents' tokens back to back, `lengths` one per document.
-        Documents never straddle shards."""
+    def add(self, ids: np.ndarray, lengths: np.ndarray, prompts: np.ndarray | None = None,
+            text: np.ndarray | None = None):
+        """Append a batch: `ids` the documents' tokens back to back, `lengths` one per document,
+        `text` (documents x 2) the characters and UTF-8 bytes of each document's text (without
+        it the folder gets no text counts). Documents never straddle shards."""
         ids = np.ascontiguousarray(ids, dtype=self.dtype)
         ends = np.cumsum(lengths, dtype=np.uint64)
+        if text is None:
+            self._text_ok = False
+        elif self._text_ok:
+            text = np.asarray(text, dtype=np.int64).reshape(len(lengths), 2)
         start = 0
         while start < len(lengths):
             if self._fh is None or self._in_shard >= self.shard_tokens:
@@ -101,8 +129,13 @@ class ShardWriter:
             self._fh.write(chunk)
             self._hash.update(chunk)
             self._in_shard += hi - base
+            if self._text_ok:
+                self._shard_text[-1] += text[start:stop].sum(axis=0)
             start = stop
         (ends + np.uint64(self.tokens)).astype(np.uint64).tofile(self._docs)
+        if self._text_ok:
+            (np.cumsum(text, axis=0) + self.text_total).astype(np.uint64).tofile(self._text)
+            self.text_total += text.sum(axis=0)
         if self._prompts is not None:
             np.asarray(prompts, dtype=np.uint32).tofile(self._prompts)
         self.tokens += int(ends[-1]) if len(ends) else 0
@@ -112,11 +145,23 @@ class ShardWriter:
         """Close the files, write the manifest last and move the folder into place."""
         self._close_shard()
         self._docs.close()
+        self._text.close()
         if self._prompts is not None:
             self._prompts.close()
         doc = {"format": FORMAT, "tokens": self.tokens, "dtype": self.dtype.name,
-               "documents": self.documents, **manifest, "shards": self.shards,
-               "documents_file": DOCUMENTS}
+               "documents": self.documents}
+        if self._text_ok:
+            chars, nbytes = (int(x) for x in self.text_total)
+            doc.update(characters=chars, bytes=nbytes,
+                       characters_per_token=round(chars / self.tokens, 6) if self.tokens else None,
+                       text_counted=TEXT_COUNTED)
+            for shard, counts in zip(self.shards, self._shard_text, strict=True):
+                shard["characters"], shard["bytes"] = (int(x) for x in counts)
+        else:
+            (self.tmp / TEXT).unlink()
+        doc.update({**manifest, "shards": self.shards, "documents_file": DOCUMENTS})
+        if self._text_ok:
+            doc["text_file"] = TEXT
         if self._prompts is not None:
             doc["prompts_file"] = PROMPTS
         fsutil.write_json(self.tmp / MANIFEST, doc)
@@ -124,7 +169,7 @@ class ShardWriter:
         return doc
 
     def abort(self):
-        for fh in (self._fh, self._docs, self._prompts):
+        for fh in (self._fh, self._docs, self._prompts, self._text):
             if fh is not None:
                 fh.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -161,6 +206,65 @@ class TokenShards:
                                   mode="r")
         self.prompts = (np.memmap(self.folder / self.manifest["prompts_file"], dtype=np.uint32,
                                   mode="r") if self.manifest.get("prompts_file") else None)
+        self.text = self._open_text()
+        # the marks around each document's text: BOS (if added) before, the separator after
+        self._head = 1 if (self.manifest.get("bos") or {}).get("added") is True else 0
+        self._tail = 1
+
+    def _open_text(self) -> np.ndarray | None:
+        """(documents x 2) uint64: characters and UTF-8 bytes up to each document's end. None
+        for a folder written before the data stage counted text (no text_file in its manifest):
+        then nothing is known of its text, and nothing is made up."""
+        name = self.manifest.get("text_file")
+        if not name:
+            return None
+        f, n = self.folder / name, int(self.manifest["documents"])
+        if not f.is_file() or f.stat().st_size != n * 16:
+            raise ValueError(f"{f}: missing or not {n} documents' text counts as "
+                             f"{self.folder / MANIFEST} says")
+        if n == 0:
+            return np.zeros((0, 2), dtype=np.uint64)
+        return np.memmap(f, dtype=np.uint64, mode="r", shape=(n, 2))
+
+    def text_before(self, positions) -> np.ndarray | None:
+        """Characters and UTF-8 bytes of the text of tokens [0, t) of the stream, for each t of
+        `positions` (int64, len(positions) x 2; None without text counts). Exact at document
+        edges; inside a document (a run that stops, or a block that starts, in the middle of
+        one) its text is prorated over its text tokens (BOS and separator have none), rounded
+        down: floor(characters x text tokens before t / text tokens of the document)."""
+        if self.text is None:
+            return None
+        t = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if t.size and (t.min() < 0 or t.max() > self.tokens):
+            raise IndexError(f"{self.folder}: token positions outside 0..{self.tokens}")
+        out = np.zeros((t.size, 2), dtype=np.int64)
+        if not len(self.text):
+            return out
+        # binary searches and row lookups in the memory maps: nothing is read whole
+        n_docs = len(self.doc_ends)
+        d = np.searchsorted(self.doc_ends, t.astype(np.uint64), side="right").astype(np.int64)
+
+        def ends(i):  # token end of documents i (-1: 0)
+            return np.where(i >= 0, self.doc_ends[np.maximum(i, 0)].astype(np.int64), 0)
+
+        def upto(i):  # text up to the end of documents i (-1: none)
+            return np.where((i >= 0)[:, None],
+                            self.text[np.maximum(i, 0)].astype(np.int64), 0)
+
+        out[:] = upto(d - 1)  # documents wholly before t
+        part = d < n_docs  # t inside document d (or at its start)
+        dp = d[part]
+        start = ends(dp - 1)
+        length = ends(dp) - start
+        head = np.full(len(dp), self._head, dtype=np.int64)
+        n_text = length - self._head - self._tail
+        odd = n_text <= 0  # a document of marks only (never from the data stage): spread whole
+        n_text = np.where(odd, length, n_text)
+        head[odd] = 0
+        k = np.clip(t[part] - start - head, 0, n_text)
+        doc_text = upto(dp) - upto(dp - 1)
+        out[part] += doc_text * k[:, None] // np.maximum(n_text, 1)[:, None]
+        return out
 
     @property
     def tokenizer_hash(self) -> str:

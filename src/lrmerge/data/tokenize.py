@@ -5,7 +5,10 @@ threads as the rule has, and the data stage stops at the first document that com
 largest budget needs, counted in the real tokens of the model's own tokenizer. Each document is
 framed as the config's `data` section says (`document_marks`): a BOS before it or not, one
 separator token after it; the choice is recorded in the manifest. Memory stays at a few batches,
-whatever the corpus size: tokens go straight to the shard files.
+whatever the corpus size: tokens go straight to the shard files. Beside the tokens, the manifest
+counts the text they encode: characters (code points) and UTF-8 bytes of each document as given
+to the tokenizer, per shard and in total (`lrmerge.data.shards`), so that a budget in tokens can
+be read as an amount of text whatever the tokenizer.
 """
 
 from __future__ import annotations
@@ -131,18 +134,33 @@ def _frame(ids: list[list[int]], marks: Marks) -> None:
         x.extend(marks.tail)
 
 
-def _encode(tok, marks: Marks, dtype, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """One batch -> (ids back to back, each document framed by the marks; framed lengths)."""
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def text_counts(texts: Iterable[str]) -> np.ndarray:
+    """(len(texts) x 2) int64: each text's characters (Unicode code points) and UTF-8 bytes."""
+    texts = list(texts)
+    out = np.empty((len(texts), 2), dtype=np.int64)
+    out[:, 0] = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    out[:, 1] = np.fromiter(map(_utf8_len, texts), dtype=np.int64, count=len(texts))
+    return out
+
+
+def _encode(tok, marks: Marks, dtype, texts: list[str]):
+    """One batch -> (ids back to back, each document framed by the marks; framed lengths;
+    characters and UTF-8 bytes of each document's text)."""
     # The template's specials are left out: the marks put exactly what the config says.
     ids = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
     _frame(ids, marks)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
-    return flat, lengths
+    return flat, lengths, text_counts(texts)
 
 
 def _encode_sft(tok, marks: Marks, dtype, batch: list[tuple[str, str]]):
-    """(prompt, join + response) pairs -> ids, lengths and prompt lengths (BOS included)."""
+    """(prompt, join + response) pairs -> ids, lengths, prompt lengths (BOS included), and
+    the characters and UTF-8 bytes of each example's text (prompt, join and response)."""
     prompts = [marks.head + e.ids for e in tok.encode_batch_fast([p for p, _ in batch],
                                                                   add_special_tokens=False)]
     answers = [e.ids for e in tok.encode_batch_fast([a for _, a in batch],
@@ -150,7 +168,9 @@ def _encode_sft(tok, marks: Marks, dtype, batch: list[tuple[str, str]]):
     seqs = [p + a + marks.tail for p, a in zip(prompts, answers, strict=True)]
     lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
     flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=dtype, count=int(lengths.sum()))
-    return flat, lengths, np.fromiter(map(len, prompts), dtype=np.uint32, count=len(prompts))
+    text = text_counts(p for p, _ in batch) + text_counts(a for _, a in batch)
+    return (flat, lengths, np.fromiter(map(len, prompts), dtype=np.uint32, count=len(prompts)),
+            text)
 
 
 def encoded_batches(tok, marks: Marks, items: Iterable, workers: int, fn: Callable = _encode,
@@ -194,13 +214,14 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
     read = 0
     try:
         max_docs = spec.get("max_docs")
-        for flat, lengths, _ in encoded_batches(tok, marks, docs, workers):
+        for flat, lengths, text, _ in encoded_batches(tok, marks, docs, workers):
             k = len(lengths) if not max_docs else min(len(lengths), int(max_docs) - read)
             ends = np.cumsum(lengths[:k])
             done = writer.tokens + int(ends[-1]) >= goal
-            if done:  # the document that completes the goal is the last one read
+            if done:  # the document that completes the goal is the last one read, kept whole
                 k = int(np.searchsorted(ends, goal - writer.tokens, side="left")) + 1
-            writer.add(flat[:int(ends[k - 1])], lengths[:k])
+            # whole documents only (never cut), so their text counts are exact
+            writer.add(flat[:int(ends[k - 1])], lengths[:k], text=text[:k])
             read += k
             if done or (max_docs and read >= int(max_docs)):
                 break
@@ -225,8 +246,9 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
     except BaseException:
         writer.abort()
         raise
-    log(f"{lang}: {manifest['tokens']} tokens in {manifest['documents']} documents "
-        f"({len(manifest['shards'])} shards, need {need}; {marks.describe()}) in "
+    log(f"{lang}: {manifest['tokens']} tokens in {manifest['documents']} documents, "
+        f"{manifest['characters']} characters ({manifest['characters_per_token']} a token; "
+        f"{len(manifest['shards'])} shards, need {need}; {marks.describe()}) in "
         f"{manifest['seconds']} s")
     return manifest
 
@@ -247,8 +269,8 @@ def prepare_sft(cfg: dict, tokenizer: str, out: str | os.PathLike, workers: int 
     lengths_all = []
     try:
         batches = encoded_batches(tok, marks, pairs, workers, _encode_sft)
-        for flat, lengths, prompts, _ in batches:
-            writer.add(flat, lengths, prompts)
+        for flat, lengths, prompts, text, _ in batches:
+            writer.add(flat, lengths, prompts, text)
             lengths_all.append(lengths)
         if writer.documents == 0:
             raise ValueError("sft.data: the source gave no examples")

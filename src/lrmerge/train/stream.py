@@ -35,9 +35,13 @@ class _Repeating:
                 f"{self.name}: the run needs {self.what} {j + 1} but the data holds {self.n}; "
                 "prepare more data or allow repeating it (allow_repeat)")
         epoch, k = divmod(j, self.n)
+        return int(self.order(epoch)[k])
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The items in the order pass `epoch` (>= 1) reads them."""
         if epoch not in self._perm:
             self._perm = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
-        return int(self._perm[epoch][k])
+        return self._perm[epoch]
 
     def usage(self, read: int) -> dict:
         """How much of the data the first `read` items of the run take (over all processes)."""
@@ -85,6 +89,31 @@ class Blocks:
 
     def usage(self, read: int) -> dict:
         return {"folder": str(self.shards.folder), **self.rep.usage(read)}
+
+    def text(self, read: int, extra: int = 0) -> np.ndarray | None:
+        """Characters and UTF-8 bytes (int64 pair) of the text in the first `read` blocks this
+        source gives plus the first `extra` tokens of the next; None when the token folder has
+        no text counts (prepared before they were recorded). Exact at document edges; a
+        document cut by a block edge or by the end is prorated over its text tokens
+        (`TokenShards.text_before`). Repeated passes read the blocks in their seeded order."""
+        if self.shards.text is None:
+            return None
+        L, n = self.seq_len, self.rep.n
+        if not 0 <= extra <= L:
+            raise ValueError(f"{self.name}: {extra} tokens of a block of {L}")
+        total = np.zeros(2, dtype=np.int64)
+        if n == 0:
+            return total
+        passes, k = divmod(read, n)
+        if passes == 0:  # the first pass reads the blocks in order: one stretch of the stream
+            return self.shards.text_before([k * L + extra])[0]
+        total += passes * self.shards.text_before([n * L])[0]
+        blocks = self.rep.order(passes)[:k + (1 if extra else 0)].astype(np.int64) * L
+        stops = blocks + L
+        if extra:
+            stops[-1] = blocks[-1] + extra
+        edges = self.shards.text_before(np.concatenate([blocks, stops]))
+        return total + (edges[len(blocks):] - edges[:len(blocks)]).sum(axis=0)
 
 
 class Packed:
@@ -143,6 +172,21 @@ class Mix:
         if self.english is not None and self.counts(i + 1)[1] > e_before:
             return self.english.sample(e_before)
         return self.target.sample(t_before)
+
+    def target_text(self, tokens: int) -> dict:
+        """What the first `tokens` tokens of the run (all its budgets so far; a budget that is
+        not a whole number of blocks reads the start of its last block) took from the target
+        folder: its tokens and the characters and UTF-8 bytes of their text (None: the folder
+        has no text counts). Blocks sources only (CT, pre-training)."""
+        L = self.target.seq_len
+        full, extra = divmod(int(tokens), L)
+        t, _ = self.counts(full)
+        if extra and self.english is not None and self.counts(full + 1)[1] > self.counts(full)[1]:
+            extra = 0  # the block cut by the end is English
+        text = self.target.text(t, extra)
+        return {"tokens": t * L + extra,
+                "characters": None if text is None else int(text[0]),
+                "bytes": None if text is None else int(text[1])}
 
     def usage(self, n_samples: int) -> dict:
         """Data taken by the first n_samples samples of the run (all its budgets so far)."""

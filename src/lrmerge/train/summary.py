@@ -5,6 +5,20 @@
 
 The summary is the one record later stages read (the next CT budget, the plan's calibration, the
 report): where the run started, how far it went, the schedule, the data it took, throughput.
+
+The text a CT run saw (cumulative over the chain, like `tokens_seen`), so that runs with
+different tokenizers can be compared by text rather than tokens:
+
+    target_tokens_seen   tokens of tokens_seen taken from the target-language folder
+    target_characters    characters (Unicode code points) of those tokens' text: the documents
+    target_bytes         as given to the tokenizer; BOS and separator tokens have none, and the
+                         text of a repeated corpus counts once per pass. Exact for whole
+                         documents; a document the run (or, past the first pass, a block edge)
+                         cuts counts floor(its characters x its text tokens read / its text
+                         tokens). null when the token folder was prepared before the data stage
+                         counted text (its manifest has no `characters`): nothing is guessed.
+
+Other stages record them as null.
 """
 
 from __future__ import annotations
@@ -59,12 +73,22 @@ def disk_gb(folder: Path) -> float:
     return round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e9, 6)
 
 
+def target_text(job: Job, data: Data, p: Progress) -> dict:
+    """{tokens, characters, bytes} the run (all its budgets) took from the target folder (CT;
+    other stages: all None). See the module's docstring for what is counted."""
+    if job.stage != "ct":
+        return {"tokens": None, "characters": None, "bytes": None}
+    return data.stream.target_text(p.seen)
+
+
 def train_summary(job: Job, data: Data, sched: Schedule, backend_kind: str, speed: Throughput,
                   p: Progress, state_kept: bool) -> dict:
     """The summary of a finished job (train_summary.json), from the job, its data, schedule and
     progress; `disk_gb` is the output folder as saved, before the summary itself."""
     tc, chain = job.tc, p.chain
     tps = p.tokens_per_s(p.loop_s)
+    peak_mem = peak_mem_gb(job.device)  # before the text count below touches the maps' pages
+    text = target_text(job, data, p)
     return {
         "stage": job.stage,
         "lang": job.lang,
@@ -77,6 +101,9 @@ def train_summary(job: Job, data: Data, sched: Schedule, backend_kind: str, spee
         "steps": p.step,
         "steps_this_run": p.step - p.start_step,
         "target_tokens_this_job": p.targets,
+        "target_tokens_seen": text["tokens"],
+        "target_characters": text["characters"],
+        "target_bytes": text["bytes"],
         "tokens_per_step": sched.tokens_per_step,
         "seq_len": data.seq_len,
         "english_ratio": data.english_ratio,
@@ -98,7 +125,7 @@ def train_summary(job: Job, data: Data, sched: Schedule, backend_kind: str, spee
         "flops_per_token": speed.flops_per_token,
         "peak_tflops": speed.peak / 1e12 if speed.peak else None,
         "mfu": round(speed.mfu(tps, job.world_size), 6) if speed.peak else None,
-        "peak_mem_gb": peak_mem_gb(job.device),
+        "peak_mem_gb": peak_mem,
         "peak_mem_kind": "device" if job.device.type == "cuda" else "host (max RSS)",
         "config": tc,
         "disk_gb": disk_gb(job.out),
