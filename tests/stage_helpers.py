@@ -18,6 +18,8 @@ def tiny_config(**overrides) -> dict:
         cfg = yaml.safe_load(fh)
     cfg["languages"]["bn"]["budgets"] = [3000, 5000, 9000]
     cfg["languages"]["bo"]["budgets"] = [3000, 5000, 9000]
+    cfg["languages"]["bo-v90"].update(budgets=[3000, 9000])
+    cfg["languages"]["bo-v90"]["tokenizer"]["sample_chars"] = 50000
     cfg["mini"].update(tokenizer_docs=300, sft_examples=80, eval_examples=12, fewshot_examples=4,
                        tokenizer_vocab=400,
                        model={"hidden_size": 32, "intermediate_size": 64,

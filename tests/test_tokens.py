@@ -66,7 +66,7 @@ def test_english_is_sized_for_every_reader(tmp_path, tok_dir):
     cfg = tiny_config()
     need, readers = budget.english_need(cfg)
     assert readers == {"continual_pretrain.bn": 56 * 32, "continual_pretrain.bo": 56 * 32,
-                       "pretrain": 6 * 4 * 32}
+                       "continual_pretrain.bo-v90": 56 * 32, "pretrain": 6 * 4 * 32}
     m = tokenize.prepare_corpus(cfg, "en", str(tok_dir), tmp_path / "en", workers=2, log=quiet)
     assert m["need"] == need == 56 * 32 and m["tokens"] >= need
 

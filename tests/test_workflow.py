@@ -266,6 +266,8 @@ def tiny(cfg: dict) -> None:
     first, second = list(cfg["languages"])[:2]
     cfg["languages"][first]["budgets"] = [20000, 40000]
     cfg["languages"][second]["budgets"] = [40000]
+    cfg["languages"]["bo-v90"].update(budgets=[40000])  # the vocabulary variant of bo
+    cfg["languages"]["bo-v90"]["tokenizer"]["sample_chars"] = 100000
     cfg["mini"].update(tokenizer_docs=600, sft_examples=200, eval_examples=12, fewshot_examples=4)
     cfg["mini"]["model"] = {
         "hidden_size": 64,
@@ -366,12 +368,30 @@ def test_tiny_preset_end_to_end(tmp_path):
                                        "0": {"ct": 1.0, "sft": 0.0}, "1": {"ct": 0.0, "sft": 1.0},
                                        "norm": {"ct": 1.0, "sft": 0.0},
                                        "lm_head": {"ct": 1.0, "sft": 0.0}}
+    # the vocabulary variant: its tokenizer learned from bo's text, CT grown to it, merges over
+    # the union of vocabularies (its 90 rows from CT-X), bo's tasks read with its own tokenizer
+    ext = json.loads((run / "data" / "tokenizers" / "bo-v90" / "vocab_extension.json")
+                     .read_text())
+    c = ext["corpus"]
+    assert ext["added"] == 90 and c["characters"] / c["tokens_extended"] > 3 * (
+        c["characters"] / c["tokens_base"])
+    ct = json.loads((models / "ct" / "bo-v90" / "40000" / "train_summary.json").read_text())
+    assert ct["vocab_extension"]["added"] == 90
+    assert ct["vocab_extension"]["initialised"] == "mean_of_pieces"
+    vocab = json.loads((models / "merge" / "ties" / "bo-v90" / "40000" / "merge_stats.json")
+                       .read_text())["vocabulary"]
+    assert (vocab["new_rows"], vocab["new_rows_from"]) == (90, {"ct": 90})
+    tokens_bo = json.loads((run / "data" / "tokens" / "bo" / "manifest.json").read_text())
+    tokens_v = json.loads((run / "data" / "tokens" / "bo-v90" / "manifest.json").read_text())
+    assert tokens_v["characters_per_token"] > 3 * tokens_bo["characters_per_token"]
+    scored = json.loads((run / "eval" / "ct" / "bo-v90" / "40000.json").read_text())["tasks"]
+    assert set(scored) >= set(cfg["languages"]["bo"]["tasks"])
     cells = pd.read_csv(run / "tables" / "discarded_map.csv")
     assert set(cells["layer"]) == {0, 1} and set(cells["variant"]) == {"ties", "ties_sv",
                                                                        "ties_auto"}
     discarded = pd.read_csv(run / "tables" / "discarded.csv")
     sft = discarded[(discarded["input"] == "sft") & (discarded["method"] == "ties")]
-    assert set(sft["language"]) == {"bn", "bo", "bn+bo"}
+    assert set(sft["language"]) == {"bn", "bo", "bo-v90", "bn+bo"}
     assert (sft["discarded_fraction"] > 0).all() and (sft["discarded_fraction"] < 1).all()
     # ties_sv reserves some of SFT-flan's entries that ties discards
     sv = discarded[(discarded["input"] == "sft") & (discarded["method"] == "ties_sv")]
