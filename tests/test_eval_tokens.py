@@ -217,10 +217,17 @@ def test_counts_follow_the_special_tokens_the_tokenizer_adds(models, tmp_path):
 def test_the_extended_vocabulary_shows_as_fewer_prompt_tokens(models, tmp_path):
     """The same Telugu prompts cost fewer tokens under the extended tokenizer than under its base
     (Telugu read as UTF-8 bytes there); the characters are the same."""
+    from lm_eval.api.registry import get_model
+
     cfg = build(tmp_path, "loglik", telugu_only=True)
+    # one LM passed in: counted too, and its method is its class's again afterwards
+    lm = get_model("hf").create_from_arg_obj({"pretrained": str(models["base"]),
+                                              "device": "cpu"}, {"batch_size": 8})
     entries = {name: run.evaluate(cfg, str(models[name]), ["bn"], str(tmp_path / "tasks"),
-                                  str(tmp_path / f"{name}.json"), threads=1)["tasks"][TELUGU_TASK]
+                                  str(tmp_path / f"{name}.json"), threads=1,
+                                  lm=lm if name == "base" else None)["tasks"][TELUGU_TASK]
                for name in ("base", "extended")}
+    assert "_loglikelihood_tokens" not in vars(lm)
     base, ext = entries["base"], entries["extended"]
     assert ext["prompt_chars"] == base["prompt_chars"]
     assert ext["prompt_tokens"]["total"] < 0.75 * base["prompt_tokens"]["total"]
@@ -256,7 +263,8 @@ def test_samples_logged_once_per_filter_are_counted_once():
     gen = {"until": [], "max_gen_toks": 5}
     samples = [{"doc_id": i, "filter": f, "arguments": [("x" * (i + 1), gen)]}
                for f in ("strict-match", "flexible-extract") for i in range(3)]
-    out = run.prompt_lengths(meta, {"mgsm_direct_bn": samples}, fx.ScriptedLM())
+    assert run.TokenCounter.of(fx.ScriptedLM()) is None
+    out = run.prompt_lengths(meta, {"mgsm_direct_bn": samples}, None)
     assert out["prompt_chars"] == {"mean": 2.0, "median": 2, "max": 3, "total": 6}
     assert all(out[k] is None for k in ("prompt_tokens", "prompt_tokens_per_set",
                                         "choice_tokens", "prompt_bos", "prompt_truncated"))

@@ -20,14 +20,15 @@ that always answers one label is visible; the sample fields say which items eval
 (lrmerge.evaluate.limit), copied from tasks.json.
 
 The prompt fields say what the prompts cost under the model's own tokenizer (issue 17: an extended
-vocabulary reads a language in fewer tokens). They are counted from lm-eval's logged samples, the
-exact context strings it fed the model (few-shot examples included), with the evaluated LM's own
-encoding functions (no second tokenizer or model load), one prompt per item and shot set:
-prompt_tokens over all sets' items, prompt_tokens_per_set per set; prompt_chars the characters of
-the same strings, so total chars / total tokens is the prompts' characters per token. Generation
-counts the context as lm-eval's tok_batch_encode encodes it; log-likelihood counts the context as
-lm-eval's _encode_pair splits it (trailing whitespace moved to the continuation), and
-choice_tokens sums each item's continuation tokens over its candidates (None under generation).
+vocabulary reads a language in fewer tokens), one prompt per item and shot set of lm-eval's logged
+samples, the exact context strings it fed the model (few-shot examples included), encoded by the
+evaluated LM itself (no second tokenizer or model load; TokenCounter): prompt_tokens over all
+sets' items, prompt_tokens_per_set per set; prompt_chars the characters of the same strings, so
+total chars / total tokens is the prompts' characters per token. Generation counts the context as
+generate_until's tok_batch_encode encodes it; log-likelihood counts the token ids lm-eval's
+_encode_pair made of each request (recorded during the run): the context less its trailing
+whitespace (moved to the continuation), and choice_tokens sums each item's continuation tokens
+over its candidates (None under generation).
 Counts include whatever special tokens the tokenizer adds: prompt_bos says whether the encoded
 prompts begin with BOS (Llama-2's tokenizer adds one). prompt_truncated counts the prompts lm-eval
 cut on the left to fit the model's window (context plus max_gen_toks, or context plus candidate);
@@ -152,80 +153,107 @@ def _items(samples: list[dict]) -> list[dict]:
     return out
 
 
-def counts_tokens(lm) -> bool:
-    """Whether `lm` has lm-eval's HF encoding functions (HFLM does; a scripted LM does not)."""
-    return lm is not None and all(hasattr(lm, a) for a in ("tok_batch_encode", "_encode_pair",
-                                                            "tokenizer", "max_length"))
+class TokenCounter:
+    """The evaluated LM's own encodings of the prompts it was fed (lm-eval's HFLM: a scripted LM
+    without a tokenizer has none; see `of`).
+
+    Log-likelihood requests are recorded while lm-eval runs them: `recording()` wraps the LM's
+    `_loglikelihood_tokens`, which receives every (context, continuation) request with the token
+    ids lm-eval's loglikelihood made of it (`_encode_pair`), so nothing is tokenized twice (a
+    second encoding of every context per candidate cost as much as a tiny model's evaluation).
+    Generation contexts are encoded after the run with `tok_batch_encode`, as generate_until
+    encodes them: once per item, batched, a small fraction of the generation's cost."""
+
+    def __init__(self, lm):
+        self.lm = lm
+        self.pairs: dict[tuple, tuple[int, int, bool]] = {}
+
+    @classmethod
+    def of(cls, lm) -> TokenCounter | None:
+        needed = ("tok_batch_encode", "_loglikelihood_tokens", "tokenizer", "max_length")
+        return cls(lm) if lm is not None and all(hasattr(lm, a) for a in needed) else None
+
+    @contextlib.contextmanager
+    def recording(self):
+        lm, original = self.lm, self.lm._loglikelihood_tokens
+        bos_id = lm.tokenizer.bos_token_id
+
+        def recorded(requests, *args, **kwargs):
+            for key, ctx, cont in requests:  # ((context, continuation), context ids, cont. ids)
+                self.pairs[key] = (len(ctx), len(cont), bool(ctx) and ctx[0] == bos_id)
+            return original(requests, *args, **kwargs)
+
+        lm._loglikelihood_tokens = recorded
+        try:
+            yield self
+        finally:
+            del lm._loglikelihood_tokens  # the class's method again
+
+    def generate(self, contexts: list[str], gen_kwargs: dict) -> tuple[list[int], bool, int]:
+        """(tokens per context, does the first begin with BOS, how many exceed the window):
+        left-padded batches, a row's tokens its last n; generate_until cuts a context on the
+        left to max_length - max_gen_toks."""
+        lm, lengths, bos = self.lm, [], None
+        for i in range(0, len(contexts), COUNT_CHUNK):
+            ids, mask = lm.tok_batch_encode(contexts[i:i + COUNT_CHUNK])
+            n = mask.sum(1).tolist()
+            if bos is None:
+                bos = n[0] > 0 and int(ids[0, ids.shape[1] - n[0]]) == lm.tokenizer.bos_token_id
+            lengths += n
+        max_gen = next((gen_kwargs[k] for k in MAX_GEN_KEYS if k in gen_kwargs),
+                       lm.max_gen_toks)
+        causal = getattr(lm, "backend", "causal") == "causal"
+        window = lm.max_length - (int(max_gen) if causal else 0)
+        return lengths, bool(bos), sum(n > window for n in lengths)
+
+    def loglik(self, task: str, pairs: list) -> tuple[int, int, bool, bool]:
+        """(context tokens, continuation tokens over the candidates, begins with BOS, cut to the
+        window) of one item's (context, continuation) requests, as recorded."""
+        ctx_n, cont_n, bos, cut = 0, 0, False, False
+        for pair in pairs:
+            key = tuple(pair)
+            if key not in self.pairs:
+                raise RuntimeError(f"task {task}: lm-eval's loglikelihood request "
+                                   f"{key[0][-60:]!r} + {key[1]!r} was not seen by the "
+                                   "token counter")
+            ctx_n, n, bos = self.pairs[key]
+            cont_n += n
+            cut = cut or ctx_n + n > self.lm.max_length + 1
+        return ctx_n, cont_n, bos, cut
 
 
-def _generate_lengths(lm, contexts: list[str], gen_kwargs: dict) -> tuple[list[int], bool, int]:
-    """(tokens per context, does the first begin with BOS, how many exceed the window) as
-    HFLM.generate_until encodes them: tok_batch_encode, left padding, cut on the left to
-    max_length - max_gen_toks."""
-    lengths, bos = [], None
-    for i in range(0, len(contexts), COUNT_CHUNK):
-        ids, mask = lm.tok_batch_encode(contexts[i:i + COUNT_CHUNK])
-        n = mask.sum(1).tolist()
-        if bos is None:  # left padding: a row's tokens are its last n
-            bos = n[0] > 0 and int(ids[0, ids.shape[1] - n[0]]) == lm.tokenizer.bos_token_id
-        lengths += n
-    max_gen = next((gen_kwargs[k] for k in MAX_GEN_KEYS if k in gen_kwargs), lm.max_gen_toks)
-    window = lm.max_length - (int(max_gen) if getattr(lm, "backend", "causal") == "causal" else 0)
-    return lengths, bool(bos), sum(n > window for n in lengths)
-
-
-def _loglik_lengths(lm, pairs: list) -> tuple[int, int, bool, bool]:
-    """(context tokens, continuation tokens over the candidates, begins with BOS, cut to the
-    window) of one item's (context, continuation) requests, as lm-eval's loglikelihood encodes
-    them: _encode_pair, or for an empty context the one prefix token it puts there."""
-    ctx_n, cont_n, bos, cut = 0, 0, False, False
-    for context, continuation in pairs:
-        if context:
-            ctx, cont = lm._encode_pair(context, continuation)
-        else:
-            ctx = [lm.prefix_token_id]
-            cont = lm.tok_encode(continuation, add_special_tokens=False)
-        ctx_n, bos = len(ctx), bool(ctx) and ctx[0] == lm.tokenizer.bos_token_id
-        cont_n += len(cont)
-        cut = cut or len(ctx) + len(cont) > lm.max_length + 1
-    return ctx_n, cont_n, bos, cut
-
-
-def prompt_lengths(meta: dict, samples: dict, lm=None) -> dict:
+def prompt_lengths(meta: dict, samples: dict, counter: TokenCounter | None = None) -> dict:
     """The prompt fields of one task's entry (see the module docstring) from lm-eval's logged
-    samples of its shot sets; token fields None when `lm` has no tokenizer."""
+    samples of its shot sets; the token fields None without a counter."""
     sets = meta["lm_eval_tasks"]
     absent = [name for name in sets.values() if not samples.get(name)]
     if absent:
         raise RuntimeError(f"task {meta['task']}: lm-eval logged no samples for {absent}, so "
                            "its prompt lengths cannot be counted")
-    count = counts_tokens(lm)
     chars, per_set, choices, bos, truncated = [], {}, [], None, 0
     for k, name in sets.items():
-        items = _items(samples[name])
-        args = [s["arguments"] for s in items]
+        args = [s["arguments"] for s in _items(samples[name])]
         generate = isinstance(args[0][0][1], dict)  # (context, gen_kwargs); else per candidate
         if generate:
-            contexts = [a[0][0] for a in args]
+            chars += [len(a[0][0]) for a in args]
         else:  # _encode_pair moves the context's trailing whitespace to the continuation
-            contexts = [a[0][0].rstrip() for a in args]
-        chars += [len(c) for c in contexts]
-        if not count:
+            chars += [len(a[0][0].rstrip()) for a in args]
+        if counter is None:
             continue
         if generate:
-            tokens, bos, cut = _generate_lengths(lm, [a[0][0] for a in args], args[0][0][1])
+            tokens, bos, cut = counter.generate([a[0][0] for a in args], args[0][0][1])
             truncated += cut
         else:
             tokens = []
             for a in args:
-                n, c, bos, cut = _loglik_lengths(lm, a)
+                n, c, bos, cut = counter.loglik(meta["task"], a)
                 tokens.append(n)
                 choices.append(c)
                 truncated += cut
         per_set[k] = tokens
     out = {"prompt_tokens": None, "prompt_tokens_per_set": None, "prompt_chars": _stats(chars),
            "choice_tokens": None, "prompt_bos": None, "prompt_truncated": None}
-    if count:
+    if counter is not None:
         out.update(prompt_tokens=_stats([n for v in per_set.values() for n in v]),
                    prompt_tokens_per_set=({k: _stats(v) for k, v in per_set.items()}
                                           if meta["shot_sets"] else None),
@@ -234,9 +262,10 @@ def prompt_lengths(meta: dict, samples: dict, lm=None) -> dict:
     return out
 
 
-def task_entry(meta: dict, results: dict, n_samples: dict, samples: dict, lm=None) -> dict:
-    """Our entry of one task from lm-eval's results (and logged samples) of its shot sets; `lm`,
-    the evaluated lm-eval LM, counts the prompts' tokens."""
+def task_entry(meta: dict, results: dict, n_samples: dict, samples: dict,
+               counter: TokenCounter | None = None) -> dict:
+    """Our entry of one task from lm-eval's results (and logged samples) of its shot sets;
+    `counter` counts the prompts' tokens."""
     task = meta["task"]
     sets = meta["lm_eval_tasks"]
     missing = [name for name in sets.values() if name not in results]
@@ -276,7 +305,7 @@ def task_entry(meta: dict, results: dict, n_samples: dict, samples: dict, lm=Non
                  macro_f1=sum(f1s) / len(f1s) if f1s else None,
                  debris=debris if meta.get("protocol") == "generate" else None)
     entry["predictions"], entry["predictions_per_set"] = predictions(meta, samples)
-    entry.update(prompt_lengths(meta, samples, lm))
+    entry.update(prompt_lengths(meta, samples, counter))
     entry.update({k: meta[k] for k in SAMPLE_KEYS})
     return entry
 
@@ -340,7 +369,8 @@ def evaluate(cfg: dict, model: str, langs: list[str], tasks_dir: str, out: str,
 
             lm = get_model("hf").create_from_arg_obj(model_args,
                                                      {"batch_size": ev["batch_size"]})
-        with _no_env_report():
+        counter = TokenCounter.of(lm)
+        with _no_env_report(), counter.recording() if counter else contextlib.nullcontext():
             results = lm_eval.simple_evaluate(
                 model=lm, model_args=model_args, tasks=names,
                 task_manager=tm, num_fewshot=None,
@@ -353,7 +383,7 @@ def evaluate(cfg: dict, model: str, langs: list[str], tasks_dir: str, out: str,
                            f"tasks and sources: {sources}") from e
     n_samples = results.get("n-samples") or {}
     samples = results.get("samples") or {}
-    per_task = {t: task_entry(m, results["results"], n_samples, samples, lm)
+    per_task = {t: task_entry(m, results["results"], n_samples, samples, counter)
                 for t, m in metas.items()}
     doc = {
         "model": str(model),
