@@ -20,10 +20,10 @@ def cmd_plan(args) -> int:
                          "results/{run} and the config it ran with")
     cfg = load_config(args.config)
     if args.calibrate is None:
-        doc = plan(cfg)
+        doc = plan(cfg, results=args.results)
         print(json.dumps(doc, indent=2) if args.format == "json" else format_table(doc))
     else:
-        doc = calibrated_plan(cfg, args.calibrate, args.pilot_config)
+        doc = calibrated_plan(cfg, args.calibrate, args.pilot_config, results=args.results)
         print(json.dumps(doc, indent=2) if args.format == "json" else format_calibrated(doc))
     return 0
 
@@ -38,5 +38,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "MFU, evaluation, merge and tokenizing rates, and print both plans")
     p.add_argument("--pilot-config", metavar="F",
                    help="the config file the pilot ran with (with --calibrate)")
+    p.add_argument("--results", metavar="DIR",
+                   help="the sweep's results/{run} where extended vocabularies' characters per "
+                        "token were measured (token manifests, vocab_extension.json); default "
+                        "results/{run_name} here")
     p.set_defaults(func=cmd_plan)
     return p

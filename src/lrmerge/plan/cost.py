@@ -7,14 +7,24 @@ A small model of each rule's jobs from the config alone (no SLURM, no model down
 - evaluation: prompt tokens x 2 x parameters at the same MFU, plus generated tokens at
   `plan.decode_tokens_per_s`; items from the task table (published sizes where unread);
 - merges: bytes read and written at `plan.merge_gb_per_s`;
-- tokenizing: tokens at `plan.tokenize_tokens_per_s` per job (CPU);
-- disk: what stays (token shards at 2 bytes a token, checkpoints at `save_dtype`, merged models in
-  bf16) and, as `transient_gb`, the optimizer state (fp32 master weights and two AdamW moments:
-  12 bytes a parameter) held between budgets, one per language with `keep_optimizer: next`.
+- tokenizing: tokens at `plan.tokenize_tokens_per_s` per job (CPU); a language's extended tokenizer
+  (`tokenizer: {extend: K}`): its `sample_chars` at `plan.extend_chars_per_s` (one CPU process);
+- an extended vocabulary: the language's CT model, CT-SFT model and merges have K more rows in
+  the output layer (6 x K x hidden more FLOPs per trained token, tied or not: the head's matmul
+  runs over every row) and in the input embedding (more parameters, no FLOPs: a lookup); a
+  merge's output the union of its models' vocabularies (at most the sum of their K);
+- disk: what stays (token shards at 2 bytes a token, 4 above 65,536 tokens; checkpoints at
+  `save_dtype`, merged models in bf16) and, as `transient_gb`, the optimizer state (fp32 master
+  weights and two AdamW moments: 12 bytes a parameter) held between budgets, one per language
+  with `keep_optimizer: next`.
 GPU-hours count every GPU of a job; a job's wall time is its GPU-hours over its GPUs.
 
 `--calibrate DIR --pilot-config F` replaces these assumptions, rule by rule, with what a pilot run
 measured (lrmerge.plan.pilot) and prints both plans side by side.
+
+Each extended language also gets the characters of target text its budgets buy and the CT
+tokens and GPU-hours it needs to read the same characters as its base-tokenizer counterpart
+(lrmerge.plan.vocab).
 """
 
 from __future__ import annotations
@@ -22,13 +32,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lrmerge.config import job_resources
+from lrmerge.config import extends_vocabulary, job_resources, language_entry
+
+from .vocab import format_vocabulary, same_characters
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 OPTIMIZER_BYTES = 12  # fp32 master weights + AdamW's two moments, per parameter
 TRAINING_RULES = ("pretrain_base", "continual_pretrain", "finetune_sft", "ct_then_sft")
 # The `plan` keys each rule's cost rests on where no pilot measured it.
 ASSUMED_KEYS = {**{rule: ("mfu",) for rule in TRAINING_RULES},
+                "extend_tokenizer": ("extend_chars_per_s",),
                 "prepare_corpus": ("tokenize_tokens_per_s",),
                 "prepare_sft_data": ("tokenize_tokens_per_s",),
                 "merge": ("merge_gb_per_s",),
@@ -52,21 +65,36 @@ def model_sizes(cfg: dict) -> tuple[dict, str]:
                      "num_hidden_layers, num_attention_heads, vocab_size)")
 
 
-def _params(sizes: dict) -> tuple[int, int]:
-    """(matmul parameters, all parameters) of a Llama of these sizes."""
+def extension_rows(cfg: dict, lang: str) -> int:
+    """The K new tokens of a language's extended tokenizer (0: the base model's)."""
+    return language_entry(cfg, lang)["tokenizer"]["extend"] if extends_vocabulary(cfg, lang) else 0
+
+
+def _params(sizes: dict, rows: int = 0) -> tuple[int, int]:
+    """(matmul parameters, all parameters) of a Llama of these sizes, its vocabulary grown by
+    `rows` tokens: the output layer's K rows are matmul parameters (tied or not), the input
+    embedding's a lookup, a matrix of its own unless tied."""
     from lrmerge.train.model import llama_matmul_params
 
+    if rows:
+        sizes = {**sizes, "vocab_size": sizes["vocab_size"] + rows}
     mm = llama_matmul_params(sizes)
     tied = sizes.get("tie_word_embeddings", False)
     emb = sizes["vocab_size"] * sizes["hidden_size"]
     return mm, mm + (0 if tied else emb)
 
 
-def train_flops(sizes: dict, seq_len: int) -> float:
+def train_flops(sizes: dict, seq_len: int, rows: int = 0) -> float:
+    """FLOPs of one trained token, as the train stage counts them (lrmerge.train.model)."""
     from lrmerge.train.model import attention_flops
 
-    return 6.0 * _params(sizes)[0] + attention_flops(sizes["num_hidden_layers"],
-                                                     sizes["hidden_size"], seq_len)
+    return 6.0 * _params(sizes, rows)[0] + attention_flops(sizes["num_hidden_layers"],
+                                                           sizes["hidden_size"], seq_len)
+
+
+def token_bytes(vocab_size: int) -> int:
+    """Bytes a token takes in the shards (lrmerge.data.shards.token_dtype)."""
+    return 2 if vocab_size <= 65536 else 4
 
 
 class _Costs:
@@ -101,18 +129,21 @@ class _Costs:
             r[k] = r.get(k, 0) + v
 
 
-def plan(cfg: dict, measured: dict[str, dict] | None = None) -> dict:
+def plan(cfg: dict, measured: dict[str, dict] | None = None,
+         results: str | Path | None = None) -> dict:
     """The sweep's cost per rule. `measured`: rule -> the figure a pilot measured for it, which
     replaces the rule's assumption: {"mfu"} (training), {"tokens_per_s"} (tokenizing),
-    {"bytes_per_s"} (merge), {"seconds_per_item"} (evaluate, already scaled to the sweep)."""
+    {"bytes_per_s"} (merge), {"seconds_per_item"} (evaluate, already scaled to the sweep).
+    `results`: the sweep's results/{run} (default: under the working directory), where the
+    same-characters figures of extended vocabularies look for measured characters per token."""
     p = cfg["plan"]
     sizes, source = model_sizes(cfg)
     mm, n_params = _params(sizes)
     costs = _Costs(cfg, measured or {})
-    _data_costs(costs)
-    ct_fpt, sft_fpt = _training_costs(costs, sizes, n_params)
-    _merge_costs(costs, n_params)
-    _evaluation_costs(costs, mm)
+    _data_costs(costs, sizes)
+    ct_fpt, sft_fpt = _training_costs(costs, sizes)
+    _merge_costs(costs, sizes)
+    _evaluation_costs(costs, sizes)
     rules = costs.rules
     total = {"gpu_hours": sum(r["gpu_hours"] for r in rules.values()),
              "disk_gb": sum(r["disk_gb"] for r in rules.values()),
@@ -120,7 +151,11 @@ def plan(cfg: dict, measured: dict[str, dict] | None = None) -> dict:
     model = {"source": source, "params": n_params, "matmul_params": mm,
              "ct_flops_per_token": ct_fpt, "sft_flops_per_token": sft_fpt,
              "gpu": p["gpu"], "peak_tflops": p["peak_tflops"], "mfu": p["mfu"]}
-    return {"model": model, "rules": rules, "total": total}
+    doc = {"model": model, "rules": rules, "total": total}
+    vocabulary = same_characters(cfg, sizes, costs.achieved("continual_pretrain"), results)
+    if vocabulary:
+        doc["vocabulary"] = vocabulary
+    return doc
 
 
 def _sft_tokens(cfg: dict) -> int:
@@ -128,23 +163,35 @@ def _sft_tokens(cfg: dict) -> int:
     return sft["steps"] * sft["batch_size"] * sft["seq_len"]
 
 
-def _data_costs(costs: _Costs) -> None:
-    """Each corpus tokenized once, 2 bytes a token (the Llama vocabulary is below 65,536)."""
+def _data_costs(costs: _Costs, sizes: dict) -> None:
+    """Each extended tokenizer learned once (its sample of the corpus read at
+    plan.extend_chars_per_s; the folder's few MB not counted), each corpus tokenized once with
+    its language's tokenizer (2 bytes a token up to 65,536 tokens, else 4)."""
     from lrmerge.data.budget import corpus_tokens_needed
 
     cfg, p = costs.cfg, costs.p
+    for lang in cfg["languages"]:
+        if extends_vocabulary(cfg, lang):
+            chars = language_entry(cfg, lang)["tokenizer"]["sample_chars"]
+            costs.add("extend_tokenizer", 1, cpu_seconds=chars / p["extend_chars_per_s"],
+                      characters=chars)
     for corpus in [*cfg["languages"], "en"]:
         n = corpus_tokens_needed(cfg, corpus)[0] * cfg["continual_pretrain"]["data_margin"]
+        rows = extension_rows(cfg, corpus) if corpus != "en" else 0
         rate = costs.rate("prepare_corpus", "tokens_per_s", p["tokenize_tokens_per_s"])
-        costs.add("prepare_corpus", 1, cpu_seconds=n / rate, disk_bytes=2 * n, tokens=int(n))
+        costs.add("prepare_corpus", 1, cpu_seconds=n / rate,
+                  disk_bytes=token_bytes(sizes["vocab_size"] + rows) * n, tokens=int(n))
     n = _sft_tokens(cfg)
     rate = costs.rate("prepare_sft_data", "tokens_per_s", p["tokenize_tokens_per_s"])
-    costs.add("prepare_sft_data", 1, cpu_seconds=n / rate, disk_bytes=2 * n, tokens=n)
+    costs.add("prepare_sft_data", 1, cpu_seconds=n / rate,
+              disk_bytes=token_bytes(sizes["vocab_size"]) * n, tokens=n)
 
 
-def _training_costs(costs: _Costs, sizes: dict, n_params: int) -> tuple[float, float]:
-    """The training rules' jobs; returns (CT, SFT) FLOPs per token."""
+def _training_costs(costs: _Costs, sizes: dict) -> tuple[float, float]:
+    """The training rules' jobs; returns the base model's (CT, SFT) FLOPs per token. A language
+    with an extended tokenizer trains (CT, then CT-SFT) a model with its K more rows."""
     cfg = costs.cfg
+    n_params = _params(sizes)[1]
     if cfg["base_model"] is None:  # the mini pre-trains its own base
         pt = cfg["pretrain"]
         pt_tokens = pt["steps"] * pt["batch_size"] * pt["seq_len"]
@@ -152,29 +199,36 @@ def _training_costs(costs: _Costs, sizes: dict, n_params: int) -> tuple[float, f
                   gpu_seconds=pt_tokens * train_flops(sizes, pt["seq_len"])
                   / costs.achieved("pretrain_base"))
     ct, sft = cfg["continual_pretrain"], cfg["sft"]
-    ct_fpt, sft_fpt = train_flops(sizes, ct["seq_len"]), train_flops(sizes, sft["seq_len"])
-    optim = n_params * OPTIMIZER_BYTES
     keep_all = ct["keep_optimizer"] == "all"
-    n_ct = 0
-    for facts in cfg["languages"].values():
+    sft_tokens = _sft_tokens(cfg)
+    transient = 0
+    ct_models = []
+    for lang, facts in cfg["languages"].items():
+        rows = extension_rows(cfg, lang)
+        ct_fpt, params = train_flops(sizes, ct["seq_len"], rows), _params(sizes, rows)[1]
         budgets = facts["budgets"]
         for i, tokens in enumerate(budgets):
             step = tokens - (budgets[i - 1] if i else 0)  # each budget continues the previous one
             # keep_optimizer: all keeps every non-final budget's state; next deletes it once
             # the following budget has read it (one state per language at a time)
-            state = optim if keep_all and i < len(budgets) - 1 else 0
+            state = params * OPTIMIZER_BYTES if keep_all and i < len(budgets) - 1 else 0
             costs.add("continual_pretrain", 1, tokens=step,
                       gpu_seconds=step * ct_fpt / costs.achieved("continual_pretrain"),
-                      disk_bytes=n_params * BYTES[ct["save_dtype"]] + state)
-            n_ct += 1
-    multi = [f for f in cfg["languages"].values() if len(f["budgets"]) > 1]
-    costs.rules["continual_pretrain"]["transient_gb"] = (0.0 if keep_all
-                                                         else len(multi) * optim / 1e9)
-    sft_tokens, sft_bytes = _sft_tokens(cfg), n_params * BYTES[sft["save_dtype"]]
-    for rule, jobs in (("finetune_sft", 1), ("ct_then_sft", n_ct)):
-        costs.add(rule, jobs, gpu_seconds=jobs * sft_tokens * sft_fpt / costs.achieved(rule),
-                  disk_bytes=jobs * sft_bytes, tokens=jobs * sft_tokens)
-    return ct_fpt, sft_fpt
+                      disk_bytes=params * BYTES[ct["save_dtype"]] + state)
+            ct_models.append((rows, params))
+        if len(budgets) > 1 and not keep_all:
+            transient += params * OPTIMIZER_BYTES
+    costs.rules["continual_pretrain"]["transient_gb"] = transient / 1e9
+    costs.add("finetune_sft", 1, tokens=sft_tokens,
+              gpu_seconds=sft_tokens * train_flops(sizes, sft["seq_len"])
+              / costs.achieved("finetune_sft"),
+              disk_bytes=n_params * BYTES[sft["save_dtype"]])
+    for rows, params in ct_models:  # SFT on each CT model
+        costs.add("ct_then_sft", 1, tokens=sft_tokens,
+                  gpu_seconds=sft_tokens * train_flops(sizes, sft["seq_len"], rows)
+                  / costs.achieved("ct_then_sft"),
+                  disk_bytes=params * BYTES[sft["save_dtype"]])
+    return train_flops(sizes, ct["seq_len"]), train_flops(sizes, sft["seq_len"])
 
 
 def merge_inputs(m) -> int:
@@ -183,24 +237,42 @@ def merge_inputs(m) -> int:
     return len(m.languages) + 1 + (1 if m.row.reads_base else 0)
 
 
-def _merge_costs(costs: _Costs, n_params: int) -> None:
-    """Each merge reads its inputs and writes the result (streamed, bf16)."""
+def merge_rows(cfg: dict, languages) -> int:
+    """The new vocabulary rows of a merge of these languages' CT models: the union of their
+    extensions, at most the sum of their K (the plan counts the sum)."""
+    return sum(extension_rows(cfg, lang) for lang in languages)
+
+
+def _merge_costs(costs: _Costs, sizes: dict) -> None:
+    """Each merge reads its inputs and writes the result (streamed, bf16): each CT model at its
+    own vocabulary, SFT-flan and the base at the base's, the result at the union's."""
     from lrmerge.config import plan_merges
 
-    out_bytes = n_params * 2
+    cfg = costs.cfg
+    base_bytes = _params(sizes)[1] * 2
     rate = costs.rate("merge", "bytes_per_s", costs.p["merge_gb_per_s"] * 1e9)
-    for m in plan_merges(costs.cfg):
-        moved = (merge_inputs(m) + 1) * out_bytes
+    for m in plan_merges(cfg):
+        out_bytes = _params(sizes, merge_rows(cfg, m.languages))[1] * 2
+        ct_bytes = sum(_params(sizes, extension_rows(cfg, lg))[1] * 2 for lg in m.languages)
+        others = merge_inputs(m) - len(m.languages)  # SFT-flan, and the base where read
+        moved = ct_bytes + others * base_bytes + out_bytes
         costs.add("merge", 1, cpu_seconds=moved / rate, disk_bytes=out_bytes)
 
 
-def _evaluation_costs(costs: _Costs, mm: int) -> None:
-    """Every model on the tasks of its languages, each shot set."""
-    from lrmerge.config import plan_models
+def _evaluation_costs(costs: _Costs, sizes: dict) -> None:
+    """Every model on the tasks of its languages, each shot set; a model of an extended
+    vocabulary at its own matmul parameters (`plan.eval_prompt_tokens` stays as assumed)."""
+    from lrmerge.config import plan_merges, plan_models
 
-    p = costs.p
-    items = _eval_items(costs.cfg)
-    for model in plan_models(costs.cfg):
+    p, cfg = costs.p, costs.cfg
+    items = _eval_items(cfg)
+    merged = {m.id: m.languages for m in plan_merges(cfg)}
+    for model in plan_models(cfg):
+        if model.kind in ("ct", "ct_sft"):
+            rows = extension_rows(cfg, model.language)
+        else:
+            rows = merge_rows(cfg, merged.get(model.id, ()))
+        mm = _params(sizes, rows)[0]
         n_items = sum(items.get(lang, (0, 0))[0] for lang in model.eval_languages)
         gen = sum(items.get(lang, (0, 0))[1] for lang in model.eval_languages)
         if "evaluate" in costs.measured:
@@ -248,6 +320,7 @@ def format_table(doc: dict) -> str:
     transient = doc["rules"].get("continual_pretrain", {}).get("transient_gb", 0.0)
     if transient:
         lines.append(f"optimizer state between CT budgets: up to {transient:,.0f} GB more")
+    lines += format_vocabulary(doc.get("vocabulary", []))
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from lrmerge import fsutil
 from lrmerge.config.layout import BASE_ID, RELATIVE, SFT_ID, ct_id, ct_sft_id, merge_id
 
 from .cost import ASSUMED_KEYS, _duration, _params, model_sizes, plan
+from .vocab import format_vocabulary
 
 # The model folders each training rule fills, under results/{run}/ (globs).
 TRAIN_MODELS = {"pretrain_base": BASE_ID, "continual_pretrain": ct_id("*", "*"),
@@ -390,16 +391,18 @@ def _scaled_eval(per_item: float, used: int, cfg: dict, pilot_cfg: dict, pilot_m
 # The calibrated plan
 
 
-def calibrated_plan(cfg: dict, run_dir: str | Path, pilot_config: str | Path) -> dict:
+def calibrated_plan(cfg: dict, run_dir: str | Path, pilot_config: str | Path,
+                    results: str | Path | None = None) -> dict:
     """The plan with what the pilot run in `run_dir` (results/{run} of `pilot_config`) measured,
     beside the plan on assumptions alone (`assumed`); `calibration.figures` says, per rule, what
-    its cost rests on: a figure measured from N files there, or the config keys assumed."""
+    its cost rests on: a figure measured from N files there, or the config keys assumed.
+    `results`: the sweep's own results/{run} (lrmerge.plan.plan)."""
     from lrmerge.config import load_config
 
-    assumed = plan(cfg)
+    assumed = plan(cfg, results=results)
     cal = calibrate(cfg, run_dir, load_config(pilot_config), str(pilot_config),
                     list(assumed["rules"]))
-    doc = plan(cfg, cal.measured())
+    doc = plan(cfg, cal.measured(), results)
     doc["assumed"] = {"rules": assumed["rules"], "total": assumed["total"]}
     figures = {}
     for rule in doc["rules"]:
@@ -453,6 +456,7 @@ def format_calibrated(doc: dict) -> str:
     lines += [f"  note: {n}" for n in cal["notes"]]
     if cal["figures"]["evaluate"]["origin"] == "measured":
         lines.append(f"  evaluate scaling: {cal['eval_scaling']}")
+    lines += format_vocabulary(doc.get("vocabulary", []))
     return "\n".join(lines)
 
 
