@@ -22,13 +22,13 @@ that always answers one label is visible; the sample fields say which items eval
 The prompt fields say what the prompts cost under the model's own tokenizer (issue 17: an extended
 vocabulary reads a language in fewer tokens), one prompt per item and shot set of lm-eval's logged
 samples, the exact context strings it fed the model (few-shot examples included), encoded by the
-evaluated LM itself (no second tokenizer or model load; TokenCounter): prompt_tokens over all
-sets' items, prompt_tokens_per_set per set; prompt_chars the characters of the same strings, so
-total chars / total tokens is the prompts' characters per token. Generation counts the context as
-generate_until's tok_batch_encode encodes it; log-likelihood counts the token ids lm-eval's
-_encode_pair made of each request (recorded during the run): the context less its trailing
-whitespace (moved to the continuation), and choice_tokens sums each item's continuation tokens
-over its candidates (None under generation).
+evaluated LM itself and recorded while it runs (TokenCounter: no second tokenizer or model load,
+no second encoding): prompt_tokens over all sets' items, prompt_tokens_per_set per set;
+prompt_chars the characters of the same strings, so total chars / total tokens is the prompts'
+characters per token. Generation counts the context as generate_until's tok_batch_encode encoded
+it; log-likelihood counts the token ids lm-eval's _encode_pair made of each request: the context
+less its trailing whitespace (moved to the continuation), and choice_tokens sums each item's
+continuation tokens over its candidates (None under generation).
 Counts include whatever special tokens the tokenizer adds: prompt_bos says whether the encoded
 prompts begin with BOS (Llama-2's tokenizer adds one). prompt_truncated counts the prompts lm-eval
 cut on the left to fit the model's window (context plus max_gen_toks, or context plus candidate);
@@ -60,10 +60,6 @@ METRIC_ORDER = ("acc", "exact_match", "f1", "acc_norm")
 UNPARSED = "<unparsed>"
 # What tasks.json records of each task's evaluate.limit sample; the eval file copies it.
 SAMPLE_KEYS = ("limit", "limit_seed", "n_items_full", "sample_hash", "sample_indices")
-# Contexts tokenized at once when counting prompt lengths (bounds the padded batch).
-COUNT_CHUNK = 256
-# lm-eval's names for the generation cap, first present wins (lm_eval.models.utils).
-MAX_GEN_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
 
 
 def read_manifests(cfg: dict, langs: list[str], tasks_dir: str | Path) -> dict[str, dict]:
@@ -154,69 +150,78 @@ def _items(samples: list[dict]) -> list[dict]:
 
 
 class TokenCounter:
-    """The evaluated LM's own encodings of the prompts it was fed (lm-eval's HFLM: a scripted LM
-    without a tokenizer has none; see `of`).
+    """The evaluated LM's own encodings of the prompts it was fed, recorded while lm-eval runs, so
+    that nothing is tokenized a second time (lm-eval's HFLM; a scripted LM without a tokenizer
+    has none: `of` is None). `recording()` wraps two methods of the LM:
+    - `_loglikelihood_tokens` receives every (context, continuation) request with the token ids
+      lm-eval's loglikelihood made of it (`_encode_pair`);
+    - `tok_batch_encode` is how generate_until encodes its contexts (left padding, cut on the
+      left to max_length - max_gen_toks): a row's attention mask counts its tokens. A context
+      that filled that window is encoded once more, uncut, to know its length.
+    (Encoding every prompt again after the run cost a tenth to a quarter of the CPU of a tiny
+    model's evaluation: 0.13 s of 1.4 s generating, 0.5 s of 2 s under loglik.)"""
 
-    Log-likelihood requests are recorded while lm-eval runs them: `recording()` wraps the LM's
-    `_loglikelihood_tokens`, which receives every (context, continuation) request with the token
-    ids lm-eval's loglikelihood made of it (`_encode_pair`), so nothing is tokenized twice (a
-    second encoding of every context per candidate cost as much as a tiny model's evaluation).
-    Generation contexts are encoded after the run with `tok_batch_encode`, as generate_until
-    encodes them: once per item, batched, a small fraction of the generation's cost."""
+    WRAPPED = ("_loglikelihood_tokens", "tok_batch_encode")
 
     def __init__(self, lm):
         self.lm = lm
-        self.pairs: dict[tuple, tuple[int, int, bool]] = {}
+        self.pairs: dict[tuple, tuple[int, int, bool]] = {}  # (ctx, cont) -> ctx n, cont n, BOS
+        self.contexts: dict[str, tuple[int, bool, int | None]] = {}  # ctx -> n, BOS, window
 
     @classmethod
     def of(cls, lm) -> TokenCounter | None:
-        needed = ("tok_batch_encode", "_loglikelihood_tokens", "tokenizer", "max_length")
+        needed = (*cls.WRAPPED, "tokenizer", "max_length")
         return cls(lm) if lm is not None and all(hasattr(lm, a) for a in needed) else None
 
     @contextlib.contextmanager
     def recording(self):
-        lm, original = self.lm, self.lm._loglikelihood_tokens
+        lm = self.lm
+        own = {name: vars(lm)[name] for name in self.WRAPPED if name in vars(lm)}
+        pairs_tokens, batch_encode = lm._loglikelihood_tokens, lm.tok_batch_encode
         bos_id = lm.tokenizer.bos_token_id
 
-        def recorded(requests, *args, **kwargs):
+        def pairs_recorded(requests, *args, **kwargs):
             for key, ctx, cont in requests:  # ((context, continuation), context ids, cont. ids)
                 self.pairs[key] = (len(ctx), len(cont), bool(ctx) and ctx[0] == bos_id)
-            return original(requests, *args, **kwargs)
+            return pairs_tokens(requests, *args, **kwargs)
 
-        lm._loglikelihood_tokens = recorded
+        def contexts_recorded(strings, *args, **kwargs):
+            ids, mask = batch_encode(strings, *args, **kwargs)
+            window = kwargs.get("left_truncate_len", args[1] if len(args) > 1 else None)
+            for row, (text, n) in enumerate(zip(strings, mask.sum(1).tolist(), strict=True)):
+                first = int(ids[row, ids.shape[1] - n]) if n else None  # left padding
+                self.contexts[text] = (n, first is not None and first == bos_id, window)
+            return ids, mask
+
+        lm._loglikelihood_tokens, lm.tok_batch_encode = pairs_recorded, contexts_recorded
         try:
             yield self
         finally:
-            del lm._loglikelihood_tokens  # the class's method again
+            for name in self.WRAPPED:  # the LM's own methods again
+                if name in own:
+                    setattr(lm, name, own[name])
+                else:
+                    delattr(lm, name)
 
-    def generate(self, contexts: list[str], gen_kwargs: dict) -> tuple[list[int], bool, int]:
-        """(tokens per context, does the first begin with BOS, how many exceed the window):
-        left-padded batches, a row's tokens its last n; generate_until cuts a context on the
-        left to max_length - max_gen_toks."""
-        lm, lengths, bos = self.lm, [], None
-        for i in range(0, len(contexts), COUNT_CHUNK):
-            ids, mask = lm.tok_batch_encode(contexts[i:i + COUNT_CHUNK])
-            n = mask.sum(1).tolist()
-            if bos is None:
-                bos = n[0] > 0 and int(ids[0, ids.shape[1] - n[0]]) == lm.tokenizer.bos_token_id
-            lengths += n
-        max_gen = next((gen_kwargs[k] for k in MAX_GEN_KEYS if k in gen_kwargs),
-                       lm.max_gen_toks)
-        causal = getattr(lm, "backend", "causal") == "causal"
-        window = lm.max_length - (int(max_gen) if causal else 0)
-        return lengths, bool(bos), sum(n > window for n in lengths)
+    def _seen(self, record: dict, key, task: str):
+        if key not in record:
+            raise RuntimeError(f"task {task}: lm-eval's request {key!r:.120} was not seen by the "
+                               "token counter (has lm-eval's HFLM changed?)")
+        return record[key]
+
+    def generate(self, task: str, context: str) -> tuple[int, bool, bool]:
+        """(tokens, begins with BOS, cut to the window) of one generation context."""
+        n, bos, window = self._seen(self.contexts, context, task)
+        if window and n >= window:  # filled the window: its length before the cut
+            n = int(self.lm.tok_batch_encode([context])[1].sum())
+        return n, bos, bool(window) and n > window
 
     def loglik(self, task: str, pairs: list) -> tuple[int, int, bool, bool]:
         """(context tokens, continuation tokens over the candidates, begins with BOS, cut to the
-        window) of one item's (context, continuation) requests, as recorded."""
+        window) of one item's (context, continuation) requests."""
         ctx_n, cont_n, bos, cut = 0, 0, False, False
         for pair in pairs:
-            key = tuple(pair)
-            if key not in self.pairs:
-                raise RuntimeError(f"task {task}: lm-eval's loglikelihood request "
-                                   f"{key[0][-60:]!r} + {key[1]!r} was not seen by the "
-                                   "token counter")
-            ctx_n, n, bos = self.pairs[key]
+            ctx_n, n, bos = self._seen(self.pairs, tuple(pair), task)
             cont_n += n
             cut = cut or ctx_n + n > self.lm.max_length + 1
         return ctx_n, cont_n, bos, cut
@@ -240,16 +245,15 @@ def prompt_lengths(meta: dict, samples: dict, counter: TokenCounter | None = Non
             chars += [len(a[0][0].rstrip()) for a in args]
         if counter is None:
             continue
-        if generate:
-            tokens, bos, cut = counter.generate([a[0][0] for a in args], args[0][0][1])
-            truncated += cut
-        else:
-            tokens = []
-            for a in args:
+        tokens = []
+        for a in args:
+            if generate:
+                n, bos, cut = counter.generate(meta["task"], a[0][0])
+            else:
                 n, c, bos, cut = counter.loglik(meta["task"], a)
-                tokens.append(n)
                 choices.append(c)
-                truncated += cut
+            tokens.append(n)
+            truncated += cut
         per_set[k] = tokens
     out = {"prompt_tokens": None, "prompt_tokens_per_set": None, "prompt_chars": _stats(chars),
            "choice_tokens": None, "prompt_bos": None, "prompt_truncated": None}
