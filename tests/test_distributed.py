@@ -155,3 +155,156 @@ def test_two_processes_stopped_midway_resume_to_the_same_weights(setup, tmp_path
         _run([sys.executable, "-m", "lrmerge.train",
               *_args(config, paths, root, tmp_path / "next", 9000, init=out)])
         assert _summary(tmp_path / "next")["resumed_from"] == str(out)
+
+
+# --------------------------------------------------------------------------------------------
+# CT from the base with an extended tokenizer (issue 17), in two processes
+# --------------------------------------------------------------------------------------------
+K = 12
+EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def _vocab_config(**overrides) -> dict:
+    """The mini tokenizer without its own Bengali words, so that K new tokens can be learned."""
+    return tiny_config(mini__vocab_extension=False, **overrides)
+
+
+@pytest.fixture(scope="module")
+def vocab_data(tmp_path_factory):
+    """The mini tokenizer extended by K tokens learned from the Bengali corpus, the Bengali and
+    English token folders made with it, and an untied ("base") and a tied ("tied") tiny base
+    pre-trained on English with the base tokenizer (tests/test_vocab_init.py's fixtures)."""
+    import itertools
+
+    from stage_helpers import quiet
+
+    from lrmerge.data import synthetic, tokenize, vocab
+
+    root = tmp_path_factory.mktemp("dist_vocab")
+    cfg = _vocab_config()
+    paths = prepare_data(cfg, root, langs=("en",), sft=False)
+    paths["ext"] = root / "extended"
+    docs = list(itertools.islice(synthetic.documents(cfg, "bn", "ct"), 200))
+    vocab.extend_tokenizer(paths["tokenizer"], docs, K, paths["ext"])
+    for lang in ("bn", "en"):
+        paths[f"{lang}_ext"] = root / "tokens" / f"{lang}_ext"
+        tokenize.prepare_corpus(cfg, lang, str(paths["ext"]), paths[f"{lang}_ext"], log=quiet)
+    tied = _vocab_config()
+    tied["mini"]["model"]["tie_word_embeddings"] = True
+    for name, c in (("base", cfg), ("tied", tied)):
+        paths[name] = root / name
+        pretrain_base(c, paths, paths[name])
+    return paths
+
+
+def _ext_args(config, paths, base, out, tokens):
+    return ["ct", "--config", str(config), "--lang", "bn", "--tokens", str(tokens), "--init",
+            str(paths[base]), "--tokenizer", str(paths["ext"]), "--data", str(paths["bn_ext"]),
+            "--english", str(paths["en_ext"]), "--out", str(out), "--threads", "1"]
+
+
+def _extended_base(paths, base):
+    """The base's state dict with the new rows, as CT starts from it."""
+    from lrmerge.train.model import extend_embeddings, load_model, read_extension
+
+    model = load_model(str(paths[base]), "sdpa")
+    extend_embeddings(model, read_extension(paths["ext"]))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_grown(folder, paths, tied: bool):
+    """The saved folder holds the grown vocabulary: its tokenizer, its config, its rows (tied:
+    one tensor under the base's name), and the extension record beside them."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    ext = json.loads((paths["ext"] / "vocab_extension.json").read_text())
+    n = ext["base_vocab_size"]
+    w = _weights(folder)
+    assert w[EMBED].shape[0] == n + K and (HEAD in w) == (not tied)
+    assert len(AutoTokenizer.from_pretrained(folder)) == n + K
+    assert AutoConfig.from_pretrained(folder).vocab_size == n + K
+    assert json.loads((folder / "vocab_extension.json").read_text()) == ext
+    return n
+
+
+@pytest.mark.parametrize("base", ["base", "tied"])
+def test_two_processes_grow_the_vocabulary_and_warm_up_the_embeddings_as_one_does(
+        vocab_data, base, tmp_path):
+    """Plain torch over gloo, embedding_warmup_steps 3 of 24 steps: the vocabulary record, the
+    loss curve and the final weights of two processes are the one process's; a two-process run
+    that ends inside its warm-up moved only the input embeddings and the output layer."""
+    paths, tied = vocab_data, base == "tied"
+    config = write_config(tmp_path / "c.yaml",
+                          _vocab_config(continual_pretrain__embedding_warmup_steps=3))
+    _run(_torchrun(1) + _ext_args(config, paths, base, tmp_path / "one", 3000))
+    r = _run(_torchrun(2) + _ext_args(config, paths, base, tmp_path / "two", 3000))
+    log = r.stdout + r.stderr
+    assert "step 0: training only the embeddings and the output layer until step 3" in log, log
+    assert "step 3: embedding warm-up over, training all parameters" in log, log
+    one, two = _summary(tmp_path / "one"), _summary(tmp_path / "two")
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert one["backend"] == two["backend"] == "torch"
+    for s in (one, two):
+        rec = s["vocab_extension"]
+        assert rec["added"] == K and rec["initialised"] == "mean_of_pieces"
+        assert rec["tied"] == tied and rec["vocab_size"] == rec["base_vocab_size"] + K
+        assert rec["embedding_warmup_steps"] == s["embedding_warmup_steps"] == 3
+    assert two["steps"] == one["steps"] > 3
+    a = [h["loss"] for h in one["loss_history"]]
+    b = [h["loss"] for h in two["loss_history"]]
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5  # float noise
+    wa, wb = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert wa.keys() == wb.keys()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    n = _assert_grown(tmp_path / "two", paths, tied)
+
+    # the whole run inside the warm-up (5 steps of 10): only the embedding rows move
+    config = write_config(tmp_path / "w.yaml",
+                          _vocab_config(continual_pretrain__embedding_warmup_steps=10))
+    _run(_torchrun(2) + _ext_args(config, paths, base, tmp_path / "warm", 640))
+    assert _summary(tmp_path / "warm")["steps"] == 5
+    start, warm = _extended_base(paths, base), _weights(tmp_path / "warm")
+    assert warm.keys() <= start.keys()
+    moved = {k for k in warm if not torch.equal(warm[k], start[k])}
+    assert moved == ({EMBED} if tied else {EMBED, HEAD})
+    for k in moved:  # the new rows (and the base rows) moved
+        assert all(not torch.equal(warm[k][i], start[k][i]) for i in range(n, n + K))
+    assert all(not torch.equal(wb[k], start[k]) for k in wb if "layers.0." in k)  # vs all steps
+
+
+def test_deepspeed_two_processes_train_a_grown_vocabulary(vocab_data, tmp_path):
+    """DeepSpeed ZeRO-2, two processes, the tied base: the model grows before the engine is
+    built; it trains (the loss falls) and saves the grown vocabulary with the tokenizer."""
+    import deepspeed  # noqa: F401  (make test-dist installs it)
+
+    paths = vocab_data
+    config = write_config(tmp_path / "c.yaml", _vocab_config(
+        continual_pretrain__deepspeed=BACKENDS["deepspeed"]))
+    _run(_torchrun(2) + _ext_args(config, paths, "tied", tmp_path / "ds", 3000))
+    s = _summary(tmp_path / "ds")
+    assert s["backend"] == "deepspeed" and s["world_size"] == 2
+    rec = s["vocab_extension"]
+    assert rec["added"] == K and rec["initialised"] == "mean_of_pieces" and rec["tied"] is True
+    assert rec["embedding_warmup_steps"] == s["embedding_warmup_steps"] == 0
+    losses = [h["loss"] for h in s["loss_history"]]
+    assert len(losses) == s["steps"] and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
+    n = _assert_grown(tmp_path / "ds", paths, tied=True)
+    start, trained = _extended_base(paths, "tied"), _weights(tmp_path / "ds")
+    assert all(not torch.equal(trained[k], start[k]) for k in trained)
+    assert not torch.equal(trained[EMBED][n:], start[EMBED][n:])
+
+
+def test_deepspeed_with_an_embedding_warmup_is_refused(vocab_data, tmp_path):
+    """Refused before any process trains: by the config check, which names the key (the loop
+    refuses it too for a config that was not checked: tests/test_vocab_init.py)."""
+    paths = vocab_data
+    cfg = _vocab_config(continual_pretrain__embedding_warmup_steps=2)
+    cfg["continual_pretrain"]["deepspeed"] = BACKENDS["deepspeed"]  # tiny_config checks it
+    config = write_config(tmp_path / "c.yaml", cfg)
+    r = subprocess.run([sys.executable, "-m", "lrmerge.train",
+                        *_ext_args(config, paths, "base", tmp_path / "x", 3000)],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert (f"lrmerge train: error: {config}: continual_pretrain.embedding_warmup_steps: not "
+            "supported with continual_pretrain.deepspeed") in r.stderr, r.stderr
+    assert not (tmp_path / "x" / "model.safetensors").exists()
