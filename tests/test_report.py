@@ -10,7 +10,15 @@ import pytest
 import yaml
 
 from lrmerge.cli import main
-from lrmerge.config import Layout, load_config, plan_merges, plan_models, tasks_of
+from lrmerge.config import (
+    Layout,
+    extends_vocabulary,
+    load_config,
+    plan_merges,
+    plan_models,
+    tasks_of,
+)
+from lrmerge.config.layout import ct_id
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ["embed", "q_proj", "down_proj", "norm"]
@@ -81,7 +89,54 @@ def write_study(cfg: dict, tmp_path: Path):
         path = Path(results.summary(m.id))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(stats))
+    write_text_records(config, results)
     return config_path, config, run, expected
+
+
+def chars_per_token(config: dict, lang: str) -> float:
+    """The fixture's characters per token of a language's token folder: a vocabulary variant
+    reads more characters per token than its base."""
+    i = list(config["languages"]).index(lang)
+    return round(0.5 + 0.25 * i + (1.0 if extends_vocabulary(config, lang) else 0.0), 6)
+
+
+def write_text_records(config: dict, results: Layout) -> None:
+    """What the report reads of the text behind the tokens: a token manifest per language (as
+    lrmerge data corpus writes it), a train summary per CT model (target_characters, ...) and a
+    vocab_extension.json per extended tokenizer."""
+    for lang in config["languages"]:
+        cpt = chars_per_token(config, lang)
+        tokens = 50000 + 1000 * len(lang)
+        characters = round(tokens * cpt)
+        path = Path(results.manifest(lang))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "format": 1, "tokens": tokens, "dtype": "uint16", "documents": 40,
+            "characters": characters, "bytes": 3 * characters,
+            "characters_per_token": round(characters / tokens, 6),
+            "tokenizer": {"name": lang, "vocab_size": 1000 + (90 if extends_vocabulary(
+                config, lang) else 0), "xxh3_128": "0" * 32},
+            "shards": [{"file": "tokens-00000.bin", "tokens": tokens,
+                        "characters": characters, "bytes": 3 * characters}]}))
+        for n in config["languages"][lang]["budgets"]:
+            target = int(n * 0.8)
+            chars = int(target * cpt) + 7  # not the estimate: training counts exactly
+            path = Path(results.summary(ct_id(lang, n)))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({
+                "stage": "ct", "lang": lang, "tokens_seen": n, "seq_len": 64,
+                "target_tokens_seen": target, "target_characters": chars,
+                "target_bytes": 3 * chars,
+                "data": {"target": {"blocks": 10**6, "blocks_read": -(-target // 64)}}}))
+        if extends_vocabulary(config, lang):
+            k = config["languages"][lang]["tokenizer"]["extend"]
+            path = Path(results.language_tokenizer(lang)) / "vocab_extension.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({
+                "base_vocab_size": 1000, "added": k, "family": "byte_level",
+                "corpus": {"documents": 12, "characters": 40000, "bytes": 120000,
+                           "tokens_base": 86000, "tokens_extended": 24000}}))
+            (path.parent / "tokenizer.json").write_text("{}")
 
 
 @pytest.fixture

@@ -256,17 +256,44 @@ def all_merge_stats():
     return [L.summary(model_id) for model_id in MERGES]
 
 
+def report_manifests():
+    """Every language's token manifest: its text counts (tables/vocabulary.csv, and the
+    characters estimate of a CT summary from before text was counted)."""
+    return [L.manifest(lang) for lang in LANGS]
+
+
+def report_ct_summaries():
+    """Every CT model's summary: the target-language text it saw (the scores' characters)."""
+    return [
+        L.summary(ct_id(lang, tokens))
+        for lang in LANGS
+        for tokens in config["languages"][lang]["budgets"]
+    ]
+
+
+def report_tokenizers():
+    """The extended tokenizers (extend_tokenizer's output); the report reads the
+    vocab_extension.json written beside each tokenizer.json."""
+    return [
+        f"{L.language_tokenizer(lang)}/tokenizer.json"
+        for lang in LANGS
+        if extended(lang)
+    ]
+
+
+def figure_caption(name, family):
+    """(caption file under workflow/report/, `figure` label) of a report figure."""
+    if family:
+        return "saturation_family", "saturation"
+    return name, name
+
+
 def report_figures():
     """The report's figures (lrmerge.report.figure_names); the PNGs flagged for `snakemake
     --report`, each with its caption. The PDFs are the same figures, for papers."""
     flagged = []
     for name, family in figure_names(config):
-        if name.startswith("discarded"):
-            caption, figure = name, name
-        else:
-            caption, figure = (
-                "saturation_family" if family else "saturation"
-            ), "saturation"
+        caption, figure = figure_caption(name, family)
         for fmt in FIGURE_FORMATS:
             path = L.figure(name, fmt)
             if fmt != "png":

@@ -1,4 +1,5 @@
-# Report stage: tables from the cached evaluations and merge statistics, figures from the tables
+# Report stage: tables from the cached evaluations and merge statistics (and, for the text behind
+# the tokens, the token manifests, CT summaries and extended tokenizers), figures from the tables
 # (lrmerge.report). `snakemake -R plot` redraws the figures without touching anything upstream.
 
 
@@ -6,6 +7,9 @@ rule aggregate:
     input:
         evals=all_evals(),
         stats=all_merge_stats(),
+        manifests=report_manifests(),
+        ct_summaries=report_ct_summaries(),
+        tokenizers=report_tokenizers(),
     output:
         scores=report(
             L.table("scores"),
@@ -28,6 +32,13 @@ rule aggregate:
             subcategory="Tables",
             labels={"table": "discarded_map"},
         ),
+        vocabulary=report(
+            L.table("vocabulary"),
+            caption="../report/vocabulary.rst",
+            category="Report",
+            subcategory="Tables",
+            labels={"table": "vocabulary"},
+        ),
     log:
         L.log("aggregate"),
     benchmark:
@@ -41,7 +52,8 @@ rule aggregate:
     shell:
         "lrmerge report aggregate --config {params.config} --results {params.results}"
         " --scores {output.scores}"
-        " --discarded {output.discarded} --discarded-map {output.discarded_map} > {log} 2>&1"
+        " --discarded {output.discarded} --discarded-map {output.discarded_map}"
+        " --vocabulary {output.vocabulary} > {log} 2>&1"
 
 
 rule plot:

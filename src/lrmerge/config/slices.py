@@ -85,7 +85,8 @@ def _evaluate(config: dict, lang: str) -> list[str]:
 
 
 def _plot(config: dict, lang: str | None) -> list[str]:
-    return ["languages.*.name", "languages.*.tasks", "english.tasks",
+    # based_on: a vocabulary variant shares its text language's panels
+    return ["languages.*.name", "languages.*.tasks", "languages.*.based_on", "english.tasks",
             *(f"evaluate.sources.{t}.family" for t in all_tasks(config))]
 
 
@@ -103,7 +104,10 @@ RULE_KEYS = {
     "ct_then_sft": lambda config, lang: ["seed", "sft"],
     "build_tasks": _build_tasks,
     "evaluate": _evaluate,
+    # based_on: a variant's models are scored on its text language's tasks; tokenizer: which
+    # languages have an extended one (the vocabulary table)
     "aggregate": lambda config, lang: ["languages.*.budgets", "languages.*.tasks",
+                                       "languages.*.based_on", "languages.*.tokenizer",
                                        "english.tasks", "merge", "evaluate.collapse_share"],
     "plot": _plot,
 }

@@ -1,8 +1,9 @@
 """The report stage: tables from cached evaluations and merge statistics, figures from the tables.
 
-`lrmerge report aggregate` reads the eval file of every model of the config and the merge stats of
-every sign-electing merge under the run's results folder and writes the three tables
-(`tables`); a missing input fails it. `lrmerge report plot` reads only those tables (`figures`), so
+`lrmerge report aggregate` reads the eval file of every model of the config, the merge stats of
+every sign-electing merge, every language's token manifest and CT summaries and the extended
+tokenizers' records under the run's results folder and writes the four tables (`tables`); a
+missing input fails it. `lrmerge report plot` reads only those tables (`figures`), so
 figures can be redrawn without re-running anything upstream. `lrmerge report partial` builds both
 from whatever inputs exist (a sweep with failed jobs), in a folder of its own, listing what is
 missing.
@@ -53,7 +54,7 @@ def partial(config_path, results_dir=None, out_dir=None) -> dict:
     paths = {name: Path(out.table(name)) for name in TABLES}
     missing: list[dict] = []
     tables = aggregate(config_path, results.root, paths["scores"], paths["discarded"],
-                       paths["discarded_map"], missing)
+                       paths["discarded_map"], missing, paths["vocabulary"])
     _write_csv(Path(out.missing()), missing, MISSING_COLUMNS)
     figures = plot(config_path, paths["scores"], paths["discarded"], paths["discarded_map"],
                    Path(out.figures()))
@@ -70,10 +71,12 @@ def _warn_collapsed(tables: dict) -> None:
 
 def _cmd_aggregate(args) -> int:
     tables = aggregate(args.config, args.results, args.scores, args.discarded,
-                       args.discarded_map)
+                       args.discarded_map, vocabulary_path=args.vocabulary)
+    vocabulary = args.vocabulary or Path(args.scores).with_name("vocabulary.csv")
     print(f"wrote {args.scores} ({len(tables['scores'])} rows), {args.discarded} "
-          f"({len(tables['discarded'])} rows) and {args.discarded_map} "
-          f"({len(tables['discarded_map'])} rows)")
+          f"({len(tables['discarded'])} rows), {args.discarded_map} "
+          f"({len(tables['discarded_map'])} rows) and {vocabulary} "
+          f"({len(tables['vocabulary'])} rows)")
     _warn_collapsed(tables)
     return 0
 
@@ -114,16 +117,21 @@ def add_parser(subparsers) -> None:
                            metavar="{aggregate,plot,partial}")
     a = sub.add_parser(
         "aggregate",
-        help="write tables/scores.csv, tables/discarded.csv and tables/discarded_map.csv",
+        help="write tables/scores.csv, tables/discarded.csv, tables/discarded_map.csv and "
+        "tables/vocabulary.csv",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a.add_argument("--config", required=True, help="workflow config file")
     a.add_argument("--results", required=True,
-                   help="the run's results folder, results/{run} (its eval/ and models/)")
+                   help="the run's results folder, results/{run} (its eval/, models/ and "
+                   "data/)")
     a.add_argument("--scores", required=True, help="scores table to write (csv)")
     a.add_argument("--discarded", required=True, help="discarded-parameters table to write (csv)")
     a.add_argument("--discarded-map", required=True,
                    help="discarded fractions per layer and module, table to write (csv)")
+    a.add_argument("--vocabulary", default=None,
+                   help="characters per token per language, base vs extended vocabulary, table "
+                   "to write (csv; default: vocabulary.csv beside --scores)")
     a.set_defaults(func=_guard(_cmd_aggregate))
     pl = sub.add_parser("plot", help="draw figures/saturation*, figures/discarded* (png, pdf)")
     pl.add_argument("--config", required=True, help="workflow config file")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..config import load_rule_config, task_families
+from ..config import load_rule_config, task_families, text_language, text_languages
 from ..config.layout import FIGURE_FORMATS, figure_file
 from ..fsutil import atomic_open
 from ..merge.table import METHOD_TABLE
-from .tables import ReportError, _module_key
+from .tables import ESTIMATED, ReportError, _module_key
 
 # The figure whose layer map and per-module losses are shown: the first merge of this engine
 # method (plain TIES: its losses are those of sign election alone, no slack reserved).
@@ -19,9 +19,11 @@ MAP_METHOD = "ties"
 
 def figure_names(config: dict) -> list[tuple[str, str]]:
     """(name, task family or "") of every figure `plot` draws: saturation (families averaged),
-    saturation of each task family in the config, discarded parameters, and where they are lost
-    (layer map, per module)."""
+    saturation of each task family in the config, saturation against characters of target text
+    seen (a language and its vocabulary variants on one axis), discarded parameters, and where
+    they are lost (layer map, per module)."""
     return [("saturation", ""), *((f"saturation_{f}", f) for f in task_families(config)),
+            ("saturation_characters", ""),
             ("discarded", ""), ("discarded_map", ""), ("discarded_modules", "")]
 
 
@@ -148,12 +150,14 @@ def _saturation_figure(config: dict, means, langs: list[str], title: str, ylabel
             curve = curve.sort_values("tokens")
             style = _style(variant, method, extra)
             label = variant if group == lang else f"{variant} ({group})"
+            # dashed: a multi-language merge; dash-dot: a vocabulary variant of the language
+            dash = "--" if group not in config["languages"] else "-."
             ax.errorbar(
                 curve["tokens"],
                 curve["score"],
                 yerr=curve["stderr"].fillna(0.0),
                 label=label,
-                linestyle="-" if group == lang else "--",
+                linestyle="-" if group == lang else dash,
                 capsize=2,
                 markersize=4,
                 lw=1.2,
@@ -177,10 +181,11 @@ def _saturation_figure(config: dict, means, langs: list[str], title: str, ylabel
 
 
 def plot_saturation(config: dict, scores, out_dir: Path) -> list[Path]:
-    """Score vs CT tokens, families averaged; then one figure per family (its languages only)."""
+    """Score vs CT tokens, families averaged; then one figure per family (its languages only).
+    A panel per text language: a vocabulary variant's curves are drawn in its base's panel."""
     import matplotlib.pyplot as plt
 
-    langs = list(config["languages"])
+    langs = list(text_languages(config, config["languages"]))
     paths = []
     fig = _saturation_figure(config, overall_means(scores), langs,
                              "Score vs continual pre-training tokens (task families averaged)",
@@ -196,6 +201,108 @@ def plot_saturation(config: dict, scores, out_dir: Path) -> list[Path]:
                                  "accuracy")
         paths += _save(fig, out_dir, f"saturation_{family}")
         plt.close(fig)
+    return paths
+
+
+def _count_label(n: float, _pos=None) -> str:
+    return _tokens_label(n) if n == n else ""
+
+
+def character_means(scores):
+    """overall_means with the characters of target text each curve point's CT model saw (and
+    where that number comes from): the rows of the text languages' tasks with characters only."""
+    import pandas as pd
+
+    keys = ["variant", "method", "language", "tokens", "task_language"]
+    known = scores[scores["tokens"].notna() & scores["characters"].notna()]
+    if not len(known):
+        return pd.DataFrame(columns=[*keys, "score", "stderr", "characters",
+                                     "characters_source"])
+    chars = known.groupby(keys, dropna=False)[["characters", "characters_source"]].first()
+    return overall_means(known).merge(chars.reset_index(), on=keys, how="inner")
+
+
+def plot_characters(config: dict, scores, out_dir: Path) -> list[Path]:
+    """Score (families averaged) vs characters of target text seen in CT: a panel per text
+    language, holding the language and its vocabulary variants (a line style each) on one axis,
+    so runs with different tokenizers compare by the text they read; a colour per method as in
+    the saturation figure, base and SFT-flan as reference lines. Hollow markers: characters
+    estimated from tokens x the manifest's characters per token (characters_source)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    langs = list(config["languages"])
+    panels = list(text_languages(config, langs))
+    entries = {t: [lg for lg in langs if text_language(config, lg) == t] for t in panels}
+    if "characters" not in scores:  # a scores table from before the column
+        scores = scores.assign(characters=float("nan"), characters_source=None)
+    means = character_means(scores)
+    refs = overall_means(scores[scores["variant"].isin(["base", "sft"])])
+    ncols = min(len(panels), 4)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.5 * nrows), squeeze=False,
+                             sharey=True)
+    extra: dict = {}
+    dashes = ("-", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))
+    estimated = False
+    for ax, text in zip(axes.flat, panels, strict=False):
+        for variant, dash in (("base", ":"), ("sft", "--")):
+            ref = refs[(refs["variant"] == variant) & (refs["task_language"] == text)]
+            if len(ref):
+                y, se = float(ref["score"].iloc[0]), float(ref["stderr"].iloc[0])
+                ax.axhline(y, color="black", linestyle=dash, lw=1, label=variant)
+                if se == se:
+                    ax.axhspan(y - se, y + se, color="black", alpha=0.06, lw=0)
+        own = means[means["task_language"] == text]
+        for (variant, method, group), curve in own.groupby(["variant", "method", "language"],
+                                                           sort=False):
+            curve = curve.sort_values("characters")
+            style = _style(variant, method, extra)
+            if group in entries[text]:  # a colour per method, a line style per language entry
+                line, label = dashes[entries[text].index(group) % len(dashes)], variant
+            else:  # a multi-language merge: its CT model of this text language
+                line, label = "--", f"{variant} ({group})"
+            ax.errorbar(curve["characters"], curve["score"], yerr=curve["stderr"].fillna(0.0),
+                        label=label, linestyle=line, capsize=2, markersize=4, lw=1.2, **style)
+            guess = curve[curve["characters_source"] == ESTIMATED]
+            if len(guess):
+                estimated = True
+                ax.plot(guess["characters"], guess["score"], linestyle="none",
+                        marker=style["marker"], markersize=6, markerfacecolor="white",
+                        markeredgecolor=style["color"], zorder=5)
+        if len(entries[text]) > 1:  # the line style of each language entry, in the legend
+            for i, lang in enumerate(entries[text]):
+                ax.plot([], [], color="black", lw=1.2, linestyle=dashes[i % len(dashes)],
+                        label=f"{lang}: {config['languages'][lang]['name']}")
+        if len(own):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(_count_label))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        else:
+            ax.text(0.5, 0.5, "no characters recorded", ha="center", va="center",
+                    transform=ax.transAxes, fontsize="small")
+        ax.set_xlabel("target-language characters seen in CT")
+        names = ", ".join(entries[text][1:])
+        title = f"{config['languages'][text]['name']} ({text})"
+        ax.set_title(f"{title}\nwith {names}" if names else title, fontsize="medium")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean accuracy over families")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles: dict = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5))
+    title = "Score vs characters of target-language text seen (task families averaged)"
+    if estimated:
+        title += "\nhollow markers: characters estimated as target tokens x characters per token"
+    fig.suptitle(title)
+    fig.tight_layout()
+    paths = _save(fig, out_dir, "saturation_characters")
+    plt.close(fig)
     return paths
 
 
@@ -350,6 +457,7 @@ def plot(config_path, scores_path, discarded_path, discarded_map_path, out_dir) 
          "discarded", "discarded_fraction"],
     )
     out_dir = Path(out_dir)
-    return (plot_saturation(config, scores, out_dir) + plot_discarded(config, discarded, out_dir)
+    return (plot_saturation(config, scores, out_dir) + plot_characters(config, scores, out_dir)
+            + plot_discarded(config, discarded, out_dir)
             + plot_discarded_map(config, cells, out_dir)
             + plot_discarded_modules(config, discarded, out_dir))

@@ -1,7 +1,10 @@
 """The report's tables: the eval file of every model of the config and the merge stats of every
 sign-electing merge become `tables/scores.csv`, `tables/discarded.csv` (per merge input, with
-per-module fractions) and `tables/discarded_map.csv` (per input, layer and module); a missing input
-fails, unless the caller collects what is missing (`lrmerge report partial`).
+per-module fractions) and `tables/discarded_map.csv` (per input, layer and module); each
+language's token manifest and extended tokenizer's `vocab_extension.json` become
+`tables/vocabulary.csv` (characters per token, base vs extended vocabulary), and the CT summaries
+give the scores their `characters` of target text seen. A missing input fails, unless the caller
+collects what is missing (`lrmerge report partial`).
 """
 
 from __future__ import annotations
@@ -9,7 +12,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..config import Layout, load_rule_config, plan_merges, plan_models, tasks_of
+from ..config import (
+    Layout,
+    extends_vocabulary,
+    language_entry,
+    load_rule_config,
+    plan_merges,
+    plan_models,
+    tasks_of,
+    text_language,
+    text_languages,
+)
+from ..config.layout import ct_id
+from ..data.vocab import RECORD as VOCAB_RECORD
 from ..fsutil import atomic_open, read_json
 
 SCORE_COLUMNS = [
@@ -30,6 +45,34 @@ SCORE_COLUMNS = [
     "top_label",
     "top_label_share",
     "collapsed",
+    # the target-language text seen by the CT model behind the row (empty for base and sft)
+    "characters",
+    "characters_source",
+]
+# characters_source: where a score row's `characters` come from
+FROM_SUMMARY = "summary"  # the CT summary's target_characters (counted by training)
+ESTIMATED = "manifest_estimate"  # target tokens x the token manifest's characters_per_token
+VOCAB_COLUMNS = [
+    "language",
+    "text_language",
+    "tokenizer",  # base, or extended +K
+    "added",
+    "vocab_size",
+    # the language's token folder, from its manifest (tokenized with its own tokenizer)
+    "documents",
+    "characters",
+    "bytes",
+    "tokens",
+    "characters_per_token",
+    "characters_per_token_vs_text_language",
+    # extended tokenizers: the text sample they were learned from (vocab_extension.json)
+    "sample_documents",
+    "sample_characters",
+    "sample_bytes",
+    "sample_tokens_base",
+    "sample_tokens_extended",
+    "sample_characters_per_token_base",
+    "sample_characters_per_token_extended",
 ]
 MISSING_COLUMNS = ["kind", "model", "path", "reason"]
 DISCARD_COLUMNS = [
@@ -149,11 +192,31 @@ def top_label(predictions: dict | None, collapse_share: float) -> tuple:
     return label, share, share > collapse_share
 
 
-def score_rows(config: dict, results: Layout, missing: list[dict] | None = None) -> list[dict]:
+def ct_behind(config: dict, model, lang: str, merges: dict) -> str | None:
+    """The id of the CT model behind `model`'s scores on `lang`'s tasks: its own CT model (CT,
+    CT-then-SFT, a single-language merge; on English tasks too), for a multi-language merge the
+    one of its CT models whose text language is `lang` (none on English tasks, or where several
+    share it); None for base and sft."""
+    if model.kind in ("ct", "ct_sft"):
+        return ct_id(model.language, model.tokens)
+    if model.kind != "merge":
+        return None
+    langs = merges[model.id].languages
+    if len(langs) == 1:
+        return ct_id(langs[0], model.tokens)
+    own = [lg for lg in langs if text_language(config, lg) == lang]
+    return ct_id(own[0], model.tokens) if len(own) == 1 else None
+
+
+def score_rows(config: dict, results: Layout, missing: list[dict] | None = None,
+               text: dict | None = None) -> list[dict]:
     """One row per model and task. A missing eval file or task fails, unless `missing` is a list:
-    then it is noted there and left out (lrmerge report partial)."""
+    then it is noted there and left out (lrmerge report partial). `text`: CT model id ->
+    (characters, characters_source) (`ct_text`), the rows' `characters` (empty without)."""
     rows = []
     collapse_share = float(config["evaluate"]["collapse_share"])
+    text = text or {}
+    merges = {m.id: m for m in plan_merges(config)}
     for model in plan_models(config):
         path = Path(results.eval(model.id))
         try:
@@ -189,10 +252,121 @@ def score_rows(config: dict, results: Layout, missing: list[dict] | None = None)
                     "top_label_share": share,
                     "collapsed": collapsed,
                 }
+                chars, source = text.get(ct_behind(config, model, lang, merges), (None, None))
+                row.update(characters=chars, characters_source=source)
                 for k, v in (e.get("per_set") or {}).items():
                     row[f"score.set{k}"] = v
                 rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The text behind the tokens: token manifests, extended tokenizers, CT summaries
+
+
+def read_manifests(config: dict, results: Layout,
+                   missing: list[dict] | None = None) -> dict[str, dict | None]:
+    """language -> its token folder's manifest (None where missing, in partial mode)."""
+    out: dict[str, dict | None] = {}
+    for lang in config["languages"]:
+        path = Path(results.manifest(lang))
+        try:
+            out[lang] = _read_json(path)
+        except ReportError as exc:
+            _missing_or_raise(missing, "manifest", lang, path, exc)
+            out[lang] = None
+    return out
+
+
+def target_tokens(summary: dict) -> int | None:
+    """Target-language tokens a CT chain took: the summary's `target_tokens_seen`, else (a
+    summary written before it) the target blocks it read x seq_len; None if neither is there."""
+    if summary.get("target_tokens_seen") is not None:
+        return int(summary["target_tokens_seen"])
+    read = ((summary.get("data") or {}).get("target") or {}).get("blocks_read")
+    if read is None or not summary.get("seq_len"):
+        return None
+    return int(read) * int(summary["seq_len"])
+
+
+def text_seen(summary: dict, manifest: dict | None) -> tuple[int | None, str | None]:
+    """(characters of target text a CT chain saw, characters_source): the summary's
+    `target_characters` (`summary`); where it is null or absent (a token folder or summary
+    from before text was counted) target tokens x the manifest's `characters_per_token`
+    (`manifest_estimate`); (None, None) when neither is known. Never silently estimated."""
+    if summary.get("target_characters") is not None:
+        return int(summary["target_characters"]), FROM_SUMMARY
+    cpt = (manifest or {}).get("characters_per_token")
+    tokens = target_tokens(summary)
+    if cpt is None or tokens is None:
+        return None, None
+    return round(tokens * float(cpt)), ESTIMATED
+
+
+def ct_text(config: dict, results: Layout, manifests: dict,
+            missing: list[dict] | None = None) -> dict[str, tuple[int | None, str | None]]:
+    """CT model id -> (characters, characters_source) of every CT model of the config (`text_seen`
+    from its train_summary.json). A missing summary fails, unless `missing` is a list."""
+    out = {}
+    for lang, facts in config["languages"].items():
+        for tokens in facts["budgets"]:
+            model = ct_id(lang, tokens)
+            path = Path(results.summary(model))
+            try:
+                out[model] = text_seen(_read_json(path), manifests.get(lang))
+            except ReportError as exc:
+                _missing_or_raise(missing, "train_summary", model, path, exc)
+                out[model] = (None, None)
+    return out
+
+
+def _ratio(num, den) -> float | None:
+    return float(num) / float(den) if num is not None and den else None
+
+
+def vocabulary_rows(config: dict, results: Layout, manifests: dict,
+                    missing: list[dict] | None = None) -> list[dict]:
+    """One row per language entry, grouped by text language (a language, then its vocabulary
+    variants): its tokenizer, its token folder's counts from the manifest, characters per token
+    against its text language's entry, and for an extended tokenizer the base-vs-extended
+    counts on the sample it was learned from (vocab_extension.json beside its tokenizer.json).
+    A missing record fails, unless `missing` is a list (as in score_rows)."""
+    langs = list(config["languages"])
+    order = [lg for t in text_languages(config, langs) for lg in langs
+             if text_language(config, lg) == t]
+    rows: dict[str, dict] = {}
+    for lang in order:
+        m = manifests.get(lang) or {}
+        row = {
+            "language": lang,
+            "text_language": text_language(config, lang),
+            "tokenizer": "base",
+            "vocab_size": (m.get("tokenizer") or {}).get("vocab_size"),
+            **{k: m.get(k) for k in ("documents", "characters", "bytes", "tokens",
+                                     "characters_per_token")},
+        }
+        if extends_vocabulary(config, lang):
+            row["tokenizer"] = f"extended +{language_entry(config, lang)['tokenizer']['extend']}"
+            path = Path(results.language_tokenizer(lang)) / VOCAB_RECORD
+            try:
+                record = _read_json(path)
+            except ReportError as exc:
+                _missing_or_raise(missing, "vocab_extension", lang, path, exc)
+                record = {}
+            sample = record.get("corpus") or {}
+            row["added"] = record.get("added")
+            for key in ("documents", "characters", "bytes", "tokens_base", "tokens_extended"):
+                row[f"sample_{key}"] = sample.get(key)
+            row["sample_characters_per_token_base"] = _ratio(sample.get("characters"),
+                                                             sample.get("tokens_base"))
+            row["sample_characters_per_token_extended"] = _ratio(sample.get("characters"),
+                                                                 sample.get("tokens_extended"))
+        rows[lang] = row
+    for row in rows.values():
+        ref = rows.get(row["text_language"], {})
+        row["characters_per_token_vs_text_language"] = _ratio(row["characters_per_token"],
+                                                              ref.get("characters_per_token"))
+    return list(rows.values())
 
 
 def _module_key(module: str):
@@ -288,16 +462,22 @@ def discarded_map_rows(merges: list[tuple]) -> list[dict]:
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+def _write_csv(path: Path, rows: list[dict], columns: list[str],
+               float_format: str | None = "%.6g") -> None:
+    """Rows as a csv with `columns` first; floats to 6 significant digits, or (None) exactly."""
     import pandas as pd
 
     extra = [c for row in rows for c in row if c not in columns]
     columns = columns + list(dict.fromkeys(extra))
     frame = pd.DataFrame(rows, columns=columns)
-    if "tokens" in frame:
-        frame["tokens"] = frame["tokens"].astype("Int64")  # integers, empty for base and sft
+    # integers, empty where unknown (tokens of base and sft, text of an old manifest, ...)
+    for column in ("tokens", "characters", "bytes", "documents", "added", "vocab_size",
+                   *(c for c in frame.columns if c.startswith("sample_")
+                     and "_per_" not in c)):
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
     with atomic_open(path, "w") as fh:
-        frame.to_csv(fh, index=False, float_format="%.6g")
+        frame.to_csv(fh, index=False, float_format=float_format)
 
 
 def collapsed_rows(scores: list[dict]) -> list[dict]:
@@ -305,19 +485,28 @@ def collapsed_rows(scores: list[dict]) -> list[dict]:
 
 
 def aggregate(config_path, results_dir, scores_path, discarded_path, discarded_map_path,
-              missing: list[dict] | None = None) -> dict:
-    """Write the three tables from the run in `results_dir` (results/{run}); return them as
-    rows. `missing`: see score_rows."""
+              missing: list[dict] | None = None, vocabulary_path=None) -> dict:
+    """Write the four tables from the run in `results_dir` (results/{run}); return them as
+    rows. `missing`: see score_rows. `vocabulary_path`: default vocabulary.csv beside
+    scores_path."""
     config = load_rule_config(config_path, "aggregate")
     results = Layout(str(results_dir))
-    scores = score_rows(config, results, missing)
+    manifests = read_manifests(config, results, missing)
+    text = ct_text(config, results, manifests, missing)
+    scores = score_rows(config, results, missing, text)
+    vocabulary = vocabulary_rows(config, results, manifests, missing)
     merges = merge_stats(config, results, missing)
     discards = discarded_rows(merges)
     cells = discarded_map_rows(merges)
+    if vocabulary_path is None:
+        vocabulary_path = Path(scores_path).with_name("vocabulary.csv")
     _write_csv(Path(scores_path), scores, SCORE_COLUMNS)
     _write_csv(Path(discarded_path), discards, DISCARD_COLUMNS)
     _write_csv(Path(discarded_map_path), cells, MAP_COLUMNS)
+    # the manifests' own numbers, not rounded again
+    _write_csv(Path(vocabulary_path), vocabulary, VOCAB_COLUMNS, float_format=None)
     return {"scores": scores, "discarded": discards, "discarded_map": cells,
+            "vocabulary": vocabulary,
             "collapse_share": float(config["evaluate"]["collapse_share"])}
 
 
