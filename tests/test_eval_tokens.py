@@ -264,6 +264,11 @@ def test_samples_logged_once_per_filter_are_counted_once():
     samples = [{"doc_id": i, "filter": f, "arguments": [("x" * (i + 1), gen)]}
                for f in ("strict-match", "flexible-extract") for i in range(3)]
     assert run.TokenCounter.of(fx.ScriptedLM()) is None
+
+    class Renamed:  # a tokenizer, but not the methods the counter wraps
+        tokenizer, max_length = object(), 512
+    with pytest.raises(RuntimeError, match="Renamed has no _loglikelihood_tokens, tok_batch_enc"):
+        run.TokenCounter.of(Renamed())
     out = run.prompt_lengths(meta, {"mgsm_direct_bn": samples}, None)
     assert out["prompt_chars"] == {"mean": 2.0, "median": 2, "max": 3, "total": 6}
     assert all(out[k] is None for k in ("prompt_tokens", "prompt_tokens_per_set",

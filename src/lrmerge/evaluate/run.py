@@ -170,8 +170,15 @@ class TokenCounter:
 
     @classmethod
     def of(cls, lm) -> TokenCounter | None:
-        needed = (*cls.WRAPPED, "tokenizer", "max_length")
-        return cls(lm) if lm is not None and all(hasattr(lm, a) for a in needed) else None
+        """A counter for `lm`; None for an LM without a tokenizer. An LM with a tokenizer but
+        not the methods recorded (another backend, or an lm-eval that renamed them) fails."""
+        if getattr(lm, "tokenizer", None) is None:
+            return None
+        missing = [a for a in (*cls.WRAPPED, "max_length") if not hasattr(lm, a)]
+        if missing:
+            raise RuntimeError(f"{type(lm).__name__} has no {', '.join(missing)}: its prompts' "
+                               "tokens cannot be recorded (lrmerge.evaluate.run.TokenCounter)")
+        return cls(lm)
 
     @contextlib.contextmanager
     def recording(self):
