@@ -38,8 +38,12 @@ MERGEKIT_PARAMS = {"weight", "density", "lambda", "normalize", "int8_mask", "res
 MERGEKIT_RESCALES = ("dare_ties", "dare_linear")
 MERGEKIT_UNSUPPORTED = {
     "slices": "slices (layer ranges) are not supported; merge whole models",
-    "tokenizer_source": "tokenizer merging is not supported; the base's tokenizer is copied",
-    "tokenizer": "tokenizer merging is not supported; the base's tokenizer is copied",
+    "tokenizer_source": "drop the key: models whose vocabularies differ are aligned by token "
+                        "text and the output carries the extended (or union) tokenizer "
+                        "(docs/merge-engine.md, merges across vocabularies)",
+    "tokenizer": "drop the key: models whose vocabularies differ are aligned by token text and "
+                 "the output carries the extended (or union) tokenizer (docs/merge-engine.md, "
+                 "merges across vocabularies)",
     "chat_template": "chat templates are not supported; the base's tokenizer files are copied",
     "modules": "module-wise configs are not supported",
 }
