@@ -2,8 +2,11 @@
 plain torch (torch.distributed over gloo) and DeepSpeed ZeRO-2 on its CPU accelerator (gloo;
 DeepSpeed compiles a small C++ extension on first use, ~90 s). Each must give the losses of one
 process with the same global batch, and a two-process run stopped mid-way must resume to the
-weights of an uninterrupted one; and a single process stopped by SIGUSR1 likewise. `make
-test-dist` (not part of `make test`: these start many processes)."""
+weights of an uninterrupted one; and a single process stopped by SIGUSR1 likewise. CT from the
+base with an extended tokenizer (issue 17), untied and tied: two plain processes with the
+embedding warm-up follow one, and a run inside the warm-up moves only the embeddings; DeepSpeed
+grows the vocabulary as plain torch does, and refuses the warm-up. `make test-dist` (not part of
+`make test`: these start many processes)."""
 
 from __future__ import annotations
 
@@ -272,26 +275,39 @@ def test_two_processes_grow_the_vocabulary_and_warm_up_the_embeddings_as_one_doe
     assert all(not torch.equal(wb[k], start[k]) for k in wb if "layers.0." in k)  # vs all steps
 
 
-def test_deepspeed_two_processes_train_a_grown_vocabulary(vocab_data, tmp_path):
-    """DeepSpeed ZeRO-2, two processes, the tied base: the model grows before the engine is
-    built; it trains (the loss falls) and saves the grown vocabulary with the tokenizer."""
+@pytest.mark.parametrize("base", ["base", "tied"])
+def test_deepspeed_two_processes_train_a_grown_vocabulary(vocab_data, base, tmp_path):
+    """DeepSpeed ZeRO-2, two processes, no warm-up: the model grows before the engine is built;
+    it trains (the loss falls, every tensor moves, the new rows too) and saves the grown
+    vocabulary with the tokenizer."""
     import deepspeed  # noqa: F401  (make test-dist installs it)
 
-    paths = vocab_data
+    paths, tied = vocab_data, base == "tied"
     config = write_config(tmp_path / "c.yaml", _vocab_config(
         continual_pretrain__deepspeed=BACKENDS["deepspeed"]))
-    _run(_torchrun(2) + _ext_args(config, paths, "tied", tmp_path / "ds", 3000))
+    _run(_torchrun(2) + _ext_args(config, paths, base, tmp_path / "ds", 3000))
     s = _summary(tmp_path / "ds")
     assert s["backend"] == "deepspeed" and s["world_size"] == 2
     rec = s["vocab_extension"]
-    assert rec["added"] == K and rec["initialised"] == "mean_of_pieces" and rec["tied"] is True
+    assert rec["added"] == K and rec["initialised"] == "mean_of_pieces" and rec["tied"] == tied
     assert rec["embedding_warmup_steps"] == s["embedding_warmup_steps"] == 0
     losses = [h["loss"] for h in s["loss_history"]]
     assert len(losses) == s["steps"] and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
-    n = _assert_grown(tmp_path / "ds", paths, tied=True)
-    start, trained = _extended_base(paths, "tied"), _weights(tmp_path / "ds")
+    n = _assert_grown(tmp_path / "ds", paths, tied)
+    start, trained = _extended_base(paths, base), _weights(tmp_path / "ds")
+    assert trained.keys() <= start.keys()
     assert all(not torch.equal(trained[k], start[k]) for k in trained)
-    assert not torch.equal(trained[EMBED][n:], start[EMBED][n:])
+    for k in {EMBED, HEAD} & trained.keys():
+        assert all(not torch.equal(trained[k][i], start[k][i]) for i in range(n, n + K))
+    # and it is the plain one-process run of the same config
+    config = write_config(tmp_path / "p.yaml", _vocab_config())
+    _run(_torchrun(1) + _ext_args(config, paths, base, tmp_path / "plain", 3000))
+    one = _summary(tmp_path / "plain")
+    assert one["backend"] == "torch" and one["vocab_extension"] == rec
+    assert max(abs(x - h["loss"]) for x, h in zip(losses, one["loss_history"], strict=True)) < 1e-5
+    ref = _weights(tmp_path / "plain")
+    assert ref.keys() == trained.keys()
+    assert all(torch.allclose(trained[k], ref[k], atol=1e-5) for k in ref)
 
 
 def test_deepspeed_with_an_embedding_warmup_is_refused(vocab_data, tmp_path):
