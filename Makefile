@@ -30,7 +30,7 @@ test-fast: venv
 
 ## process-level training tests: two processes with plain torch over gloo and with DeepSpeed
 ## ZeRO-2 on its CPU accelerator, stop signals and resume (installs deepspeed; its first run
-## compiles a C++ extension, ~90 s; ~4 min)
+## compiles a C++ extension, ~90 s; ~6 min)
 test-dist: venv
 	$(BIN)/pip install -q "deepspeed==0.19.8"
 	$(BIN)/pytest -q -m dist
@@ -55,16 +55,16 @@ test-real: venv
 	$(BIN)/pip install -q "gguf==0.19.0" "accelerate==1.16.0"
 	$(BIN)/pytest -q -m real --durations=15
 
-## the mini preset end to end on CPU
 # Your `slurm` Snakemake profile from profiles/slurm (SLURM_ACCOUNT / SLURM_PARTITION fill it);
 # an existing one is left alone.
 slurm-profile:
 	python3 profiles/install_slurm_profile.py profiles/slurm/config.yaml
 
+## the mini preset end to end on CPU
 demo: venv
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/mini
-	@echo "figures: $(abspath results/mini/figures)/saturation.png and discarded.png (pdf beside them)"
-	@echo "tables:  $(abspath results/mini/tables)/scores.csv and discarded.csv"
+	@echo "figures: $(abspath results/mini/figures)/saturation.png, saturation_characters.png and discarded.png (pdf beside them)"
+	@echo "tables:  $(abspath results/mini/tables)/scores.csv, vocabulary.csv and discarded.csv"
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

@@ -123,8 +123,8 @@ class Job:
     @property
     def embedding_warmup_steps(self) -> int:
         """The first steps (counted over the whole CT chain) train only the input embeddings
-        and the output layer. Read with a default of 0 until the config schema has the key: it
-        must gain `embedding_warmup_steps` (integer >= 0, default 0) in continual_pretrain."""
+        and the output layer (continual_pretrain.embedding_warmup_steps; 0 for a config dict
+        built without the schema's defaults)."""
         return int(self.tc.get("embedding_warmup_steps", 0))
 
 
