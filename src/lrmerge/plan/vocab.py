@@ -26,6 +26,8 @@ from pathlib import Path
 from lrmerge import fsutil
 from lrmerge.config import Layout, extends_vocabulary, language_entry, text_language
 
+from .flops import _duration, _params, extension_rows, train_flops
+
 UNKNOWN = "unknown until `extend_tokenizer` has run"
 
 
@@ -89,8 +91,6 @@ def same_characters(cfg: dict, sizes: dict, achieved: float,
     """One entry per extended language (see the module's docstring). `achieved`: CT FLOP/s per
     GPU; `results`: the sweep's results/{run} (default Layout.of(cfg), under the working
     directory)."""
-    from .cost import _params, extension_rows, train_flops
-
     layout = Layout(str(results)) if results is not None else Layout.of(cfg)
     seq = cfg["continual_pretrain"]["seq_len"]
     base_fpt = train_flops(sizes, seq)
@@ -177,8 +177,6 @@ def format_vocabulary(entries: list[dict]) -> list[str]:
 
 
 def _hours(hours: float) -> str:
-    from .cost import _duration
-
     return _duration(hours)
 
 
