@@ -608,8 +608,8 @@ def test_tiny_preset_on_a_slurm_cluster(tmp_path):
     # every job of every stage but the report ran as a SLURM job, and completed
     jobs = [j for j in _slurm_jobs() if j.get("JobName", "").startswith(prefix)]
     rule_of = [re.sub(r"^rule_|_wildcards_.*$", "", j.get("Comment", "")) for j in jobs]
-    assert set(rule_of) == {"train_tokenizer", "prepare_corpus", "prepare_sft_data",
-                            "build_tasks",
+    assert set(rule_of) == {"train_tokenizer", "extend_tokenizer", "prepare_corpus",
+                            "prepare_sft_data", "build_tasks",
                             "pretrain_base", "continual_pretrain", "finetune_sft", "ct_then_sft",
                             "merge", "evaluate"}, rule_of  # aggregate and plot: local rules
     assert all(j["JobState"] == "COMPLETED" for j in jobs)
