@@ -166,9 +166,16 @@ def _saturation_figure(config: dict, means, langs: list[str], title: str, ylabel
         _token_axis(ax, curves["tokens"])
         ax.set_title(f"{config['languages'][lang]['name']} ({lang})", fontsize="medium")
         ax.grid(alpha=0.3)
+    _finish_grid(fig, axes, len(langs), ylabel, title)
+    return fig
+
+
+def _finish_grid(fig, axes, panels: int, ylabel: str, title: str) -> None:
+    """A grid of panels: the y label on the first column, unused panels hidden, one legend of
+    every panel's labels beside the grid, the title."""
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
-    for ax in list(axes.flat)[len(langs) :]:
+    for ax in list(axes.flat)[panels:]:
         ax.set_visible(False)
     handles: dict = {}
     for ax in axes.flat:
@@ -177,7 +184,6 @@ def _saturation_figure(config: dict, means, langs: list[str], title: str, ylabel
     fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(title)
     fig.tight_layout()
-    return fig
 
 
 def plot_saturation(config: dict, scores, out_dir: Path) -> list[Path]:
@@ -287,20 +293,10 @@ def plot_characters(config: dict, scores, out_dir: Path) -> list[Path]:
         title = f"{config['languages'][text]['name']} ({text})"
         ax.set_title(f"{title}\nwith {names}" if names else title, fontsize="medium")
         ax.grid(alpha=0.3)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("mean accuracy over families")
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
-    handles: dict = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(lab, h)
-    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5))
     title = "Score vs characters of target-language text seen (task families averaged)"
     if estimated:
         title += "\nhollow markers: characters estimated as target tokens x characters per token"
-    fig.suptitle(title)
-    fig.tight_layout()
+    _finish_grid(fig, axes, len(panels), "mean accuracy over families", title)
     paths = _save(fig, out_dir, "saturation_characters")
     plt.close(fig)
     return paths
