@@ -50,7 +50,7 @@ def quiet(*args, **kwargs):
 
 def prepare_data(cfg: dict, root: Path, langs=("en", "bn"), sft: bool = True) -> dict:
     """The mini tokenizer and token folders of `langs` (and the SFT data) under root."""
-    from lrmerge.data import tokenize
+    from lrmerge.data import sft, tokenize
 
     paths = {"tokenizer": root / "tokenizer", "root": root}
     tokenize.train_tokenizer(cfg, paths["tokenizer"], log=quiet)
@@ -59,7 +59,7 @@ def prepare_data(cfg: dict, root: Path, langs=("en", "bn"), sft: bool = True) ->
         tokenize.prepare_corpus(cfg, lang, str(paths["tokenizer"]), paths[lang], log=quiet)
     if sft:
         paths["sft"] = root / "tokens" / "sft"
-        tokenize.prepare_sft(cfg, str(paths["tokenizer"]), paths["sft"], log=quiet)
+        sft.prepare_sft(cfg, str(paths["tokenizer"]), paths["sft"], log=quiet)
     return paths
 
 

@@ -18,7 +18,7 @@ from stage_helpers import prepare_data, pretrain_base, quiet, tiny_config
 
 from lrmerge import fsutil
 from lrmerge.cli import main as cli
-from lrmerge.data import tokenize
+from lrmerge.data import sft, tokenize
 from lrmerge.data.shards import TEXT, ShardWriter, TokenShards
 from lrmerge.train.loop import train
 from lrmerge.train.stream import Blocks
@@ -139,7 +139,7 @@ def test_sft_manifest_counts_prompt_join_and_response(tmp_path, world):
     rows = [{"inputs": f"{BENGALI[i % 4]} ? {i}", "targets": TIBETAN[i % 4]} for i in range(90)]
     fsutil.write_jsonl(tmp_path / "flan.jsonl", rows)
     cfg = tiny_config(sft__data={"kind": "jsonl", "path": str(tmp_path / "flan.jsonl")})
-    m = tokenize.prepare_sft(cfg, str(world["paths"]["tokenizer"]), tmp_path / "sft", log=quiet)
+    m = sft.prepare_sft(cfg, str(world["paths"]["tokenizer"]), tmp_path / "sft", log=quiet)
     texts = [r["inputs"] + cfg["sft"]["join"] + r["targets"] for r in rows]
     assert m["characters"] == sum(map(len, texts)) and m["bytes"] == sum(map(_utf8, texts))
 

@@ -18,7 +18,7 @@ from stage_helpers import quiet, tiny_config, write_config
 from lrmerge import fsutil
 from lrmerge.cli import main as cli
 from lrmerge.config import validate_config
-from lrmerge.data import tokenize
+from lrmerge.data import sft, tokenize
 from lrmerge.data.shards import TokenShards
 from lrmerge.train.stream import Packed, data_pad_id
 
@@ -164,7 +164,7 @@ def test_sft_examples_end_with_the_separator_and_pad_with_the_pad(tmp_path, toks
     assert flan == 40
     cfg = tiny_config(sft__data={"kind": "jsonl", "path": str(tmp_path / "flan.jsonl"),
                                  "allow_repeat": True}, sft__seq_len=2048, data=data)
-    m = tokenize.prepare_sft(cfg, toks[name], tmp_path / "sft", log=quiet)
+    m = sft.prepare_sft(cfg, toks[name], tmp_path / "sft", log=quiet)
     head = [bos] if bos is not None else []
     join = cfg["sft"]["join"]
     p_ids = _plain(toks[name], prompts)

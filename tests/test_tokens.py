@@ -13,7 +13,7 @@ from stage_helpers import quiet, tiny_config, write_config
 from lrmerge import fsutil
 from lrmerge.cli import main as cli
 from lrmerge.config import ConfigError
-from lrmerge.data import budget, tokenize
+from lrmerge.data import budget, sft, tokenize
 from lrmerge.data.shards import ShardWriter, TokenShards
 from lrmerge.data.sources import corpus_documents
 
@@ -152,7 +152,7 @@ def test_sft_examples_keep_their_prompt_length(tmp_path, tok_dir):
     flan = _jsonl(tmp_path / "flan.jsonl", [{"inputs": f"how many ball ? {i}", "targets": "3"}
                                             for i in range(40)])
     cfg = tiny_config(sft__data={"kind": "jsonl", "path": flan})
-    m = tokenize.prepare_sft(cfg, str(tok_dir), tmp_path / "sft", log=quiet)
+    m = sft.prepare_sft(cfg, str(tok_dir), tmp_path / "sft", log=quiet)
     tok = tokenize.load_tokenizer(str(tok_dir))
     s = TokenShards(tmp_path / "sft")
     p = tok("how many ball ? 0")["input_ids"]
@@ -163,7 +163,7 @@ def test_sft_examples_keep_their_prompt_length(tmp_path, tok_dir):
     assert m["sequences"] == len(budget.pack(lengths, cfg["sft"]["seq_len"])) - 1
     few = tiny_config(sft__data={"kind": "jsonl", "path": flan, "max_examples": 3})
     with pytest.raises(tokenize.DataShortError, match=r"3 examples pack into \d+ sequences of 32 tokens.*needs 16"):
-        tokenize.prepare_sft(few, str(tok_dir), tmp_path / "few", log=quiet)
+        sft.prepare_sft(few, str(tok_dir), tmp_path / "few", log=quiet)
 
 
 def test_packing_keeps_examples_whole():
@@ -296,7 +296,7 @@ def test_corpus_and_sft_are_framed_as_configured(tmp_path, data, head, sep):
     assert m["characters_per_token"] == round(sum(map(len, docs)) / m["tokens"], 6)
     flan = _jsonl(tmp_path / "flan.jsonl", [{"inputs": "how many ball ?", "targets": "3"}] * 80)
     sft_cfg = tiny_config(sft__data={"kind": "jsonl", "path": flan}, data=data)
-    sm = tokenize.prepare_sft(sft_cfg, tok_dir, tmp_path / "sft", log=quiet)
+    sm = sft.prepare_sft(sft_cfg, tok_dir, tmp_path / "sft", log=quiet)
     join = [words[w] for w in sft_cfg["sft"]["join"].split()]
     first = _documents(tmp_path / "sft")[0]
     assert first == head + [words["how"], words["many"], words["ball"], words["?"]] + join + [
@@ -312,7 +312,7 @@ def test_training_pads_with_the_manifests_pad_and_refuses_mixed_framings(tmp_pat
     flan = _jsonl(tmp_path / "flan.jsonl", [{"inputs": "how many ball ?", "targets": "3"}] * 80)
     for name, pad in [("eos", "separator"), ("eot", "<|endoftext|>")]:
         cfg = tiny_config(sft__data={"kind": "jsonl", "path": flan}, data={"pad": pad})
-        tokenize.prepare_sft(cfg, tok_dir, tmp_path / name, log=quiet)
+        sft.prepare_sft(cfg, tok_dir, tmp_path / name, log=quiet)
     eos, eot = TokenShards(tmp_path / "eos"), TokenShards(tmp_path / "eot")
     assert data_pad_id(eos) == 2 and data_pad_id(eot) == 3
     n = int(eot.doc_ends[0])  # one example: <s> how many ball ? 3 </s>

@@ -41,7 +41,7 @@ def cmd_corpus(args) -> int:
 
 @fsutil.cli_errors("data")
 def cmd_sft(args) -> int:
-    from lrmerge.data.tokenize import prepare_sft
+    from lrmerge.data.sft import prepare_sft
 
     prepare_sft(_load(args.config, "prepare_sft_data"), args.tokenizer, args.out, args.threads)
     return 0

@@ -1,14 +1,26 @@
 """The English instruction data ("SFT-flan"): the mini FLAN, generated, or a real FLAN
 collection from local jsonl files or the hub. Rows are {"prompt", "response"}; the data stage
-tokenizes them once (`lrmerge.data.tokenize.prepare_sft`)."""
+tokenizes them once (`prepare_sft`)."""
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from collections.abc import Iterator
 
-from lrmerge.data import synthetic
+import numpy as np
+
+from lrmerge.data import budget, synthetic
+from lrmerge.data.shards import DataShortError, ShardWriter
 from lrmerge.data.sources import SourceError, jsonl_rows, load_hf
+from lrmerge.data.tokenize import (
+    _encode_sft,
+    document_marks,
+    encoded_batches,
+    load_tokenizer,
+    tokenizer_identity,
+)
 
 
 def generated_rows(cfg: dict) -> list[dict]:
@@ -64,3 +76,50 @@ def sft_rows(cfg: dict) -> Iterator[dict]:
             yield {"prompt": str(row[pf]), "response": str(row[rf])}
     if n == 0:
         raise SourceError("sft.data: the source gave no examples")
+
+
+# --------------------------------------------------------------------------------------------
+# SFT data: examples tokenized with their prompt length (the loss mask), packed at train time
+# --------------------------------------------------------------------------------------------
+def prepare_sft(cfg: dict, tokenizer: str, out: str | os.PathLike, workers: int = 1,
+                log=print) -> dict:
+    t0 = time.time()
+    sft = cfg["sft"]
+    tok = load_tokenizer(tokenizer)
+    marks = document_marks(tok, cfg["data"])
+    pairs = ((r["prompt"], sft["join"] + r["response"]) for r in sft_rows(cfg))
+    writer = ShardWriter(out, len(tok), cfg["data"]["shard_tokens"], with_prompts=True)
+    lengths_all = []
+    try:
+        batches = encoded_batches(tok, marks, pairs, workers, _encode_sft)
+        for flat, lengths, prompts, text, _ in batches:
+            writer.add(flat, lengths, prompts, text)
+            lengths_all.append(lengths)
+        if writer.documents == 0:
+            raise ValueError("sft.data: the source gave no examples")
+        lengths = np.concatenate(lengths_all)
+        sequences = len(budget.pack(lengths, sft["seq_len"])) - 1
+        need = sft["steps"] * sft["batch_size"]
+        allow = sft["data"]["allow_repeat"]
+        if sequences < need and not allow:
+            raise DataShortError(
+                f"sft.data: {writer.documents} examples pack into {sequences} sequences of "
+                f"{sft['seq_len']} tokens, but sft.steps x sft.batch_size needs {need}; add "
+                "examples, or set sft.data.allow_repeat: true to run several epochs")
+        manifest = writer.finish({
+            "kind": "sft", "tokenizer": tokenizer_identity(tok), **marks.manifest,
+            "source": sft["data"],
+            "join": sft["join"], "seq_len": sft["seq_len"], "sequences": sequences,
+            "need_sequences": need, "allow_repeat": allow,
+            "passes_needed": round(max(1.0, need / sequences), 4),
+            "longer_than_seq_len": budget.longer_than(lengths, sft["seq_len"]),
+            "seconds": round(time.time() - t0, 2), "workers": workers})
+    except BaseException:
+        writer.abort()
+        raise
+    log(f"sft: {manifest['documents']} examples, {manifest['tokens']} tokens, {sequences} packed "
+        f"sequences (need {need}; {manifest['longer_than_seq_len']} examples cut to seq_len; "
+        f"{marks.describe()})")
+    return manifest
+
+

@@ -8,6 +8,10 @@ A token folder holds
     prompts.bin            SFT only: uint32 prompt length of each example (the loss mask)
     document_text.bin      uint64 pairs: characters and UTF-8 bytes of the text up to the end of
                            each document (cumulative, as documents.bin is for tokens)
+    document_groups.bin    uint16 group of each document, when the source has groups: a
+                           corpus's subsets (RedPajama's arxiv, c4, ...) or the SFT data's tasks;
+                           the manifest's `groups` names them and counts each one's documents,
+                           tokens, characters and bytes
     manifest.json          written last: tokens, dtype, documents, characters, bytes,
                            characters_per_token, tokenizer, source, shards (file, tokens,
                            characters, bytes, xxh3-128) and what the data stage decided (need,
@@ -45,6 +49,7 @@ MANIFEST = "manifest.json"
 DOCUMENTS = "documents.bin"
 PROMPTS = "prompts.bin"
 TEXT = "document_text.bin"
+GROUPS = "document_groups.bin"
 TEXT_COUNTED = ("Unicode code points and UTF-8 bytes of each document's text as given to the "
                 "tokenizer (SFT: prompt, join and response); BOS and separator tokens have none")
 FORMAT = 1
@@ -64,7 +69,9 @@ class ShardWriter:
     """Appends documents' tokens to shard files of at most `shard_tokens` tokens each."""
 
     def __init__(self, out: str | os.PathLike, vocab_size: int, shard_tokens: int,
-                 with_prompts: bool = False):
+                 with_prompts: bool = False, groups: tuple[str, list[str]] | None = None):
+        """`groups`: (what they are, e.g. "subset" or "task"; their names): every batch then
+        brings each document's group (an index into the names)."""
         self.out = Path(out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial",
@@ -84,6 +91,12 @@ class ShardWriter:
         self._text_ok = True
         self.text_total = np.zeros(2, dtype=np.int64)  # characters, bytes
         self._shard_text: list[np.ndarray] = []
+        self.group_kind, self.group_names = groups if groups else (None, [])
+        if len(self.group_names) > 65535:
+            raise ValueError(f"{len(self.group_names)} {self.group_kind}s: at most 65,535")
+        self._groups = open(self.tmp / GROUPS, "wb") if groups else None
+        # per group: documents, tokens, characters, bytes
+        self.group_counts = np.zeros((len(self.group_names), 4), dtype=np.int64)
 
     def _open_shard(self):
         name = f"tokens-{len(self.shards):05d}.bin"
@@ -100,11 +113,14 @@ class ShardWriter:
             self._fh = None
 
     def add(self, ids: np.ndarray, lengths: np.ndarray, prompts: np.ndarray | None = None,
-            text: np.ndarray | None = None):
+            text: np.ndarray | None = None, groups: np.ndarray | None = None):
         """Append a batch: `ids` the documents' tokens back to back, `lengths` one per document,
         `text` (documents x 2) the characters and UTF-8 bytes of each document's text (without
-        it the folder gets no text counts). Documents never straddle shards."""
+        it the folder gets no text counts), `groups` each document's group (a writer made with
+        groups needs it). Documents never straddle shards."""
         ids = np.ascontiguousarray(ids, dtype=self.dtype)
+        if self._groups is not None:
+            self._add_groups(groups, lengths, text)
         ends = np.cumsum(lengths, dtype=np.uint64)
         if text is None:
             self._text_ok = False
@@ -141,6 +157,34 @@ class ShardWriter:
         self.tokens += int(ends[-1]) if len(ends) else 0
         self.documents += len(lengths)
 
+    def _add_groups(self, groups, lengths, text) -> None:
+        if groups is None or len(groups) != len(lengths):
+            raise ValueError(f"a batch of {len(lengths)} documents needs its {self.group_kind} "
+                             "of each document")
+        g = np.asarray(groups, dtype=np.int64)
+        if len(g) and (g.min() < 0 or g.max() >= len(self.group_names)):
+            raise ValueError(f"{self.group_kind} index outside 0..{len(self.group_names) - 1}")
+        n = len(self.group_names)
+        self.group_counts[:, 0] += np.bincount(g, minlength=n)
+        self.group_counts[:, 1] += np.bincount(g, weights=lengths, minlength=n).astype(np.int64)
+        if text is not None:
+            t = np.asarray(text, dtype=np.int64).reshape(len(lengths), 2)
+            for k in (0, 1):
+                self.group_counts[:, 2 + k] += np.bincount(
+                    g, weights=t[:, k], minlength=n).astype(np.int64)
+        g.astype(np.uint16).tofile(self._groups)
+
+    def _groups_manifest(self) -> dict:
+        c = self.group_counts
+        names = self.group_names
+        return {"kind": self.group_kind, "names": list(names), "file": GROUPS,
+                "documents": {k: int(v) for k, v in zip(names, c[:, 0], strict=True)},
+                "tokens": {k: int(v) for k, v in zip(names, c[:, 1], strict=True)},
+                "characters": ({k: int(v) for k, v in zip(names, c[:, 2], strict=True)}
+                               if self._text_ok else None),
+                "bytes": ({k: int(v) for k, v in zip(names, c[:, 3], strict=True)}
+                          if self._text_ok else None)}
+
     def finish(self, manifest: dict) -> dict:
         """Close the files, write the manifest last and move the folder into place."""
         self._close_shard()
@@ -148,6 +192,8 @@ class ShardWriter:
         self._text.close()
         if self._prompts is not None:
             self._prompts.close()
+        if self._groups is not None:
+            self._groups.close()
         doc = {"format": FORMAT, "tokens": self.tokens, "dtype": self.dtype.name,
                "documents": self.documents}
         if self._text_ok:
@@ -164,12 +210,14 @@ class ShardWriter:
             doc["text_file"] = TEXT
         if self._prompts is not None:
             doc["prompts_file"] = PROMPTS
+        if self._groups is not None:
+            doc["groups"] = self._groups_manifest()
         fsutil.write_json(self.tmp / MANIFEST, doc)
         fsutil.replace_dir(self.tmp, self.out)  # a rerun replaces the old folder only now
         return doc
 
     def abort(self):
-        for fh in (self._fh, self._docs, self._prompts, self._text):
+        for fh in (self._fh, self._docs, self._prompts, self._text, self._groups):
             if fh is not None:
                 fh.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -207,6 +255,7 @@ class TokenShards:
         self.prompts = (np.memmap(self.folder / self.manifest["prompts_file"], dtype=np.uint32,
                                   mode="r") if self.manifest.get("prompts_file") else None)
         self.text = self._open_text()
+        self.groups, self.group_names = self._open_groups()
         # the marks around each document's text: BOS (if added) before, the separator after
         self._head = 1 if (self.manifest.get("bos") or {}).get("added") is True else 0
         self._tail = 1
@@ -225,6 +274,40 @@ class TokenShards:
         if n == 0:
             return np.zeros((0, 2), dtype=np.uint64)
         return np.memmap(f, dtype=np.uint64, mode="r", shape=(n, 2))
+
+    def _open_groups(self) -> tuple[np.ndarray | None, list[str]]:
+        """Each document's group (uint16 memmap) and the group names; (None, []) without."""
+        g = self.manifest.get("groups")
+        if not g:
+            return None, []
+        f, n = self.folder / g["file"], int(self.manifest["documents"])
+        if not f.is_file() or f.stat().st_size != n * 2:
+            raise ValueError(f"{f}: missing or not {n} documents' {g['kind']}s as "
+                             f"{self.folder / MANIFEST} says")
+        arr = (np.memmap(f, dtype=np.uint16, mode="r", shape=(n,)) if n
+               else np.zeros(0, np.uint16))
+        return arr, list(g["names"])
+
+    def group_tokens(self, stop: int, start: int = 0, chunk: int = 1 << 22) -> dict | None:
+        """Tokens of each group in the stream's tokens [start, stop) (None: no groups). A
+        document cut by either edge counts the tokens of it that fall inside. Reads the
+        document index in chunks, so memory stays flat however many documents there are."""
+        if self.groups is None:
+            return None
+        if not 0 <= start <= stop <= self.tokens:
+            raise IndexError(f"{self.folder}: tokens [{start}, {stop}) outside 0..{self.tokens}")
+        out = np.zeros(len(self.group_names), dtype=np.int64)
+        lo = int(np.searchsorted(self.doc_ends, np.uint64(start), side="right"))
+        hi = min(len(self.doc_ends),
+                 int(np.searchsorted(self.doc_ends, np.uint64(stop), side="left")) + 1)
+        for a in range(lo, hi, chunk):
+            b = min(hi, a + chunk)
+            ends = np.asarray(self.doc_ends[a:b], dtype=np.int64)
+            starts = np.concatenate([[int(self.doc_ends[a - 1]) if a else 0], ends[:-1]])
+            inside = np.clip(ends, start, stop) - np.clip(starts, start, stop)
+            out += np.bincount(np.asarray(self.groups[a:b], dtype=np.int64), weights=inside,
+                               minlength=len(out)).astype(np.int64)
+        return dict(zip(self.group_names, (int(x) for x in out), strict=True))
 
     def text_before(self, positions) -> np.ndarray | None:
         """Characters and UTF-8 bytes of the text of tokens [0, t) of the stream, for each t of
