@@ -20,6 +20,7 @@ from lrmerge import fsutil
 from lrmerge.cli import main as cli
 from lrmerge.data import sft, tokenize
 from lrmerge.data.shards import TEXT, ShardWriter, TokenShards
+from lrmerge.data.sources import corpus_documents
 from lrmerge.train.loop import train
 from lrmerge.train.stream import Blocks
 
@@ -57,7 +58,8 @@ def _cfg(src, **corpus) -> dict:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The mini tokenizer, English tokens, a pre-trained tiny base, and the known documents as
-    the Bengali token folder (capped at CAP tokens, several shards)."""
+    the Bengali token folder (capped at CAP tokens, several shards); `docs` in the order the
+    data stage draws them."""
     root = tmp_path_factory.mktemp("text_seen")
     docs = _documents()
     src = root / "corpus.jsonl"
@@ -70,6 +72,7 @@ def world(tmp_path_factory):
     paths["bn"] = root / "tokens" / "bn"
     manifest = tokenize.prepare_corpus(cfg, "bn", str(paths["tokenizer"]), paths["bn"],
                                        log=quiet)
+    docs = list(corpus_documents(cfg, "bn"))  # the data stage's seeded order
     tok = tokenize.load_tokenizer(str(paths["tokenizer"]))
     head = int(manifest["bos"]["added"])
     # each document's framed token length, from the tokenizer called here

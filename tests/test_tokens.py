@@ -107,7 +107,7 @@ def test_a_corpus_too_small_fails_with_language_and_counts(tmp_path, tok_dir):
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "hf"])
-def test_real_corpus_formats_read_in_order(tmp_path, tok_dir, kind):
+def test_real_corpus_formats_read_as_a_seeded_sample(tmp_path, tok_dir, kind):
     rows = [{"text": f"doc {i:03d} the ball is fast ."} for i in range(3000)]
     src = _jsonl(tmp_path / "c.jsonl", rows)
     langs = tiny_config()["languages"]
@@ -116,9 +116,15 @@ def test_real_corpus_formats_read_in_order(tmp_path, tok_dir, kind):
     cfg = tiny_config(languages=langs)
     m = tokenize.prepare_corpus(cfg, "bn", str(tok_dir), tmp_path / "bn", log=quiet)
     shards = TokenShards(tmp_path / "bn")
-    ref = _reference(tok_dir, [r["text"] for r in rows[:m["documents"]]])
+    docs = [d for _, d in zip(range(m["documents"]), corpus_documents(cfg, "bn"), strict=False)]
+    ref = _reference(tok_dir, docs)
     assert shards.slice(0, shards.tokens).tolist() == [t for r in ref for t in r]
     assert m["documents"] < 3000 and m["tokens"] >= m["goal_with_margin"]
+    # drawn from across the file, not its first rows: about a third of it, spread evenly
+    taken = np.array(sorted(int(d.split()[1]) for d in docs))
+    assert len(set(taken)) == len(taken)
+    assert np.histogram(taken, bins=5, range=(0, 3000))[0].min() > 0.6 * len(taken) / 5
+    assert m["sampling"]["order"] == "permutation" and m["sampling"]["documents"] == 3000
 
 
 def test_unreadable_corpora_name_file_line_and_key(tmp_path, tok_dir):
@@ -135,7 +141,7 @@ def test_unreadable_corpora_name_file_line_and_key(tmp_path, tok_dir):
     bad.write_text("\n".join(good + ["{not json"] + good) + "\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl: line 1001 is not JSON"):
         run({"kind": "jsonl", "path": str(bad)})
-    with pytest.raises(ValueError, match=r"bad\.jsonl: line 1 has no key 'body'.*text_field"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl: line \d+ has no text field 'body'.*text_field"):
         run({"kind": "jsonl", "path": str(bad), "text_field": "body"})
     empty = tmp_path / "empty.jsonl"
     empty.write_text(json.dumps({"text": "  "}) + "\n")
@@ -155,9 +161,11 @@ def test_sft_examples_keep_their_prompt_length(tmp_path, tok_dir):
     m = sft.prepare_sft(cfg, str(tok_dir), tmp_path / "sft", log=quiet)
     tok = tokenize.load_tokenizer(str(tok_dir))
     s = TokenShards(tmp_path / "sft")
-    p = tok("how many ball ? 0")["input_ids"]
     a = tok(cfg["sft"]["join"] + "3", add_special_tokens=False)["input_ids"]
-    assert s.slice(0, len(p) + len(a) + 1).tolist() == p + a + [tok.eos_token_id]
+    # the mixture's shuffled order (lrmerge.data.sft): any example may come first
+    first = s.slice(0, int(s.doc_ends[0])).tolist()
+    p = next(p for p in tok([f"how many ball ? {i}" for i in range(40)])["input_ids"]
+             if first == p + a + [tok.eos_token_id])
     assert int(s.prompts[0]) == len(p) and m["documents"] == 40
     lengths = np.diff(np.concatenate([[0], s.doc_ends]))
     assert m["sequences"] == len(budget.pack(lengths, cfg["sft"]["seq_len"])) - 1
@@ -287,8 +295,11 @@ def test_corpus_and_sft_are_framed_as_configured(tmp_path, data, head, sep):
     cfg = tiny_config(languages=_word_corpus(tmp_path, docs), data=data)
     m = tokenize.prepare_corpus(cfg, "bn", tok_dir, tmp_path / "bn", log=quiet)
     words = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "<|endoftext|>"] + WORDS)}
+    # the documents in the corpus's seeded order (a sample, not the file's order)
+    order = list(corpus_documents(cfg, "bn"))
+    assert sorted(order) == sorted(docs)
     assert _documents(tmp_path / "bn") == [head + [words[w] for w in d.split()] + [sep]
-                                           for d in docs]
+                                           for d in order]
     assert m["separator"]["id"] == sep and m["bos"]["added"] == bool(head)
     assert m["pad"]["id"] == sep
     # the marks are tokens without text: characters are the documents' own

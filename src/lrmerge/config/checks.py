@@ -32,6 +32,8 @@ def check_config(config: dict, source: str = "config") -> None:
     """The checks a JSON schema cannot express. Expects a schema-valid config."""
     for lang, facts in config["languages"].items():
         _check_budgets(facts["budgets"], source, f"languages.{lang}.budgets")
+        _check_subsets(facts.get("corpus") or {}, source, f"languages.{lang}.corpus")
+    _check_subsets(config["english"].get("corpus") or {}, source, "english.corpus")
     ct = config["continual_pretrain"]
     if ct.get("embedding_warmup_steps") and ct.get("deepspeed"):
         _fail(source, "continual_pretrain.embedding_warmup_steps", "not supported with "
@@ -50,6 +52,31 @@ def check_config(config: dict, source: str = "config") -> None:
             _fail(source, f"merge.multi[{i}].name", f"{multi['name']!r} is used twice")
         names.add(multi["name"])
         _check_multi(config, multi, source, f"merge.multi[{i}]")
+
+
+def _check_subsets(corpus: dict, source: str, key: str) -> None:
+    """A corpus's subsets: a field or a source per subset (not both, not neither); weights
+    only for subsets that exist, summing to a positive number."""
+    subsets = corpus.get("subsets")
+    if not subsets:
+        return
+    key = f"{key}.subsets"
+    if corpus.get("kind") == "generated":
+        _fail(source, key, "not for kind generated")
+    field, sources = subsets.get("field"), subsets.get("sources")
+    if bool(field) == bool(sources):
+        _fail(source, key, "set either field (the row field naming each row's subset) or "
+              "sources (one source per subset)")
+    weights = subsets.get("weights", "proportional")
+    if weights == "proportional":
+        return
+    if sources:
+        unknown = sorted(set(weights) - set(sources))
+        if unknown:
+            _fail(source, f"{key}.weights", f"{', '.join(map(repr, unknown))}: no such subset "
+                  f"in {key}.sources ({', '.join(sources)})")
+    if not sum(float(w) for w in weights.values()) > 0:
+        _fail(source, f"{key}.weights", "the weights must sum to a positive number")
 
 
 def _check_budgets(budgets: list, source: str, key: str) -> None:

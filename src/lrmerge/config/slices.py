@@ -44,15 +44,18 @@ def _prepare_corpus(config: dict, lang: str) -> list[str]:
             keys += ["pretrain.steps", "pretrain.batch_size", "pretrain.seq_len"]
     else:  # a vocabulary variant reads its base's text (generated: the same documents)
         keys += [f"languages.{lang}.budgets", f"languages.{lang}.based_on"]
-    if language_entry(config, lang)["corpus"]["kind"] == "generated":
-        keys += ["seed"] + (["mini.code_switch"] if lang != "en" else [])
+    keys.append("seed")  # the seeded order its documents are drawn in
+    if language_entry(config, lang)["corpus"]["kind"] == "generated" and lang != "en":
+        keys.append("mini.code_switch")
     return keys
 
 
 def _prepare_sft_data(config: dict, lang: str | None) -> list[str]:
-    keys = ["sft.data", "sft.join", "sft.seq_len", "sft.steps", "sft.batch_size", *SHARD_KEYS]
+    # seed: the mixture's sample and order
+    keys = ["seed", "sft.data", "sft.join", "sft.seq_len", "sft.steps", "sft.batch_size",
+            *SHARD_KEYS]
     if config["sft"]["data"]["kind"] == "generated":  # English test items are held out
-        keys += ["seed", "mini.sft_examples", "mini.eval_examples", "english.tasks"]
+        keys += ["mini.sft_examples", "mini.eval_examples", "english.tasks"]
         keys += [f"evaluate.sources.{t}" for t in config["english"]["tasks"]]
     return keys
 
@@ -63,7 +66,7 @@ def _build_tasks(config: dict, lang: str) -> list[str]:
     kinds = {ev["sources"][t]["kind"] for t in tasks}
     keys = [f"{entry}.tasks", *(f"evaluate.sources.{t}" for t in tasks),
             "evaluate.prompt_language", "evaluate.protocol", "evaluate.shot_seeds",
-            "evaluate.max_gen_toks", "evaluate.max_text_chars", "evaluate.limit",
+            "evaluate.max_gen_toks", "evaluate.shots", "evaluate.max_text_chars", "evaluate.limit",
             "evaluate.limit_seed"]
     if ev["limit"] is not None and ev["limit_seed"] is None:
         keys.append("seed")  # the sample's seed

@@ -2,7 +2,8 @@
 corpora) and the train stage (which streams them) agree on the block layout.
 
 A CT run of budget B reads ceil(B / seq_len) blocks of seq_len tokens; English takes the blocks
-where floor(i * r) steps up (`mix_counts`), so every prefix of the run holds the exact ratio. SFT
+where floor(i * r) steps up (`mix_counts`), so every prefix of the run holds the exact ratio. A
+budget counts CT tokens, target and English together. SFT
 examples are packed whole, in order, into sequences of seq_len (`pack`)."""
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ def mix_counts(n_blocks: int, english_ratio: float) -> tuple[int, int]:
 
 def blocks_for(tokens: int, seq_len: int) -> int:
     return -(-int(tokens) // int(seq_len))
+
+
+def segments(budgets: list[int], seq_len: int, english_ratio: float) -> tuple[list, list]:
+    """(target, English) blocks that each CT budget of a chain has read by its end (the last
+    block of a budget that is not a whole number of blocks counted: it is read partly). The
+    train stream shuffles the blocks of each increment among themselves (`Blocks`)."""
+    counts = [mix_counts(blocks_for(b, seq_len), english_ratio) for b in budgets]
+    return [t for t, _ in counts], [e for _, e in counts]
 
 
 def ct_reads(cfg: dict, lang: str) -> tuple[int, int]:

@@ -162,9 +162,15 @@ class ShardWriter:
             raise ValueError(f"a batch of {len(lengths)} documents needs its {self.group_kind} "
                              "of each document")
         g = np.asarray(groups, dtype=np.int64)
-        if len(g) and (g.min() < 0 or g.max() >= len(self.group_names)):
-            raise ValueError(f"{self.group_kind} index outside 0..{len(self.group_names) - 1}")
-        n = len(self.group_names)
+        n = len(self.group_names)  # the caller may have named more groups since the last batch
+        if len(g) and (g.min() < 0 or g.max() >= n):
+            raise ValueError(f"{self.group_kind} index outside 0..{n - 1}")
+        if n > 65535:
+            raise ValueError(f"{n} {self.group_kind}s: at most 65,535")
+        if n > len(self.group_counts):
+            grown = np.zeros((n, 4), dtype=np.int64)
+            grown[:len(self.group_counts)] = self.group_counts
+            self.group_counts = grown
         self.group_counts[:, 0] += np.bincount(g, minlength=n)
         self.group_counts[:, 1] += np.bincount(g, weights=lengths, minlength=n).astype(np.int64)
         if text is not None:
@@ -381,6 +387,27 @@ class TokenShards:
         b = hi * self.dtype.itemsize // mmap.PAGESIZE * mmap.PAGESIZE  # whole pages only
         if b > a:
             mm.madvise(mmap.MADV_DONTNEED, a, b - a)
+
+    def identity(self, stop: int | None = None) -> list[dict]:
+        """What the stream's tokens [0, stop) are (all: None), for a training checkpoint's
+        fingerprint: the manifest entries of the shards wholly inside, and for a shard cut by
+        `stop` a hash of its tokens up to there. A folder prepared again for a larger need (the
+        same seeded documents, more of them) keeps the identity of what smaller budgets read,
+        so their checkpoints stay valid."""
+        stop = self.tokens if stop is None else min(int(stop), self.tokens)
+        out = []
+        for i, shard in enumerate(self.manifest["shards"]):
+            lo, hi = self._starts[i], self._starts[i + 1]
+            if hi <= stop:
+                out.append(shard)
+                continue
+            if lo < stop:
+                part = np.ascontiguousarray(self._maps[i][:stop - lo])
+                out.append({"file": shard["file"], "tokens": stop - lo,
+                            "xxh3_128": xxhash.xxh3_128(part.tobytes()).hexdigest()})
+                self._release(i, 0, stop - lo)
+            break
+        return out
 
     def verify(self) -> None:
         """Recompute every shard's content hash (slow: reads everything)."""

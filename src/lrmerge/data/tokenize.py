@@ -1,7 +1,8 @@
 """Tokenize once: a corpus or the SFT data into packed token shards (`lrmerge.data.shards`).
 
-Documents are read in order and encoded in batches by the `tokenizers` Rust encoder on as many
-threads as the rule has, and the data stage stops at the first document that completes what the
+Documents are read in the corpus's seeded sample order (`lrmerge.data.sources.Corpus`) and
+encoded in batches by the `tokenizers` Rust encoder on as many threads as the rule has, and the
+data stage stops at the first document that completes what the
 largest budget needs, counted in the real tokens of the model's own tokenizer. Each document is
 framed as the config's `data` section says (`document_marks`): a BOS before it or not, one
 separator token after it; the choice is recorded in the manifest. Memory stays at a few batches,
@@ -147,15 +148,17 @@ def text_counts(texts: Iterable[str]) -> np.ndarray:
     return out
 
 
-def _encode(tok, marks: Marks, dtype, texts: list[str]):
-    """One batch -> (ids back to back, each document framed by the marks; framed lengths;
-    characters and UTF-8 bytes of each document's text)."""
+def _encode(tok, marks: Marks, dtype, docs: list[tuple[str, int]]):
+    """One batch of (text, group) -> (ids back to back, each document framed by the marks;
+    framed lengths; characters and UTF-8 bytes of each document's text; groups)."""
+    texts = [t for t, _ in docs]
     # The template's specials are left out: the marks put exactly what the config says.
     ids = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
     _frame(ids, marks)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
-    return flat, lengths, text_counts(texts)
+    groups = np.fromiter((g for _, g in docs), dtype=np.int64, count=len(docs))
+    return flat, lengths, text_counts(texts), groups
 
 
 def _encode_sft(tok, marks: Marks, dtype, batch: list[tuple[str, str]]):
@@ -175,7 +178,8 @@ def _encode_sft(tok, marks: Marks, dtype, batch: list[tuple[str, str]]):
 
 def encoded_batches(tok, marks: Marks, items: Iterable, workers: int, fn: Callable = _encode,
                     batch: int = BATCH_DOCS) -> Iterator[tuple]:
-    """Encode `items` (texts, or SFT pairs with fn=_encode_sft) batch by batch, in order. The
+    """Encode `items` ((text, group) pairs, or SFT pairs with fn=_encode_sft) batch by batch, in
+    order. The
     `tokenizers` encoder spreads each batch over `workers` threads (measured here on 2 cores:
     2.5x a single-threaded `tokenizer(batch)` loop, see benchmarks/bench_data.py); one batch in
     memory at a time."""
@@ -195,9 +199,11 @@ def encoded_batches(tok, marks: Marks, items: Iterable, workers: int, fn: Callab
 def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
                    workers: int = 1, log=print) -> dict:
     """Tokenize a corpus into `out` (token shards + manifest) up to what its largest budget needs
-    plus `continual_pretrain.data_margin`. Fails, naming the language and the counts, when the
-    corpus holds less than the need, unless its config entry allows repeating."""
-    from lrmerge.data.sources import corpus_documents
+    plus `continual_pretrain.data_margin`, its documents drawn in the seeded, prefix-stable
+    order of `lrmerge.data.sources.Corpus` (a sample, never the stored order; a larger need
+    extends the same documents). Fails, naming the language and the counts, when the corpus
+    holds less than the need, unless its config entry allows repeating."""
+    from lrmerge.data.sources import Corpus
 
     spec = language_entry(cfg, lang)["corpus"]
     where = corpus_key(lang)
@@ -209,19 +215,23 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
     ident = tokenizer_identity(tok)
     marks = document_marks(tok, cfg["data"])
     t0 = time.time()  # reading, encoding and writing (the tokenizer is loaded)
-    docs = corpus_documents(cfg, lang)
-    writer = ShardWriter(out, len(tok), cfg["data"]["shard_tokens"])
+    corpus = Corpus(cfg, lang)
+    groups = (corpus.subset_kind, corpus.names) if corpus.subset_kind else None
+    writer = ShardWriter(out, len(tok), cfg["data"]["shard_tokens"], groups=groups)
+    corpus.observe(writer.group_counts)
     read = 0
     try:
         max_docs = spec.get("max_docs")
-        for flat, lengths, text, _ in encoded_batches(tok, marks, docs, workers):
+        for flat, lengths, text, group, _ in encoded_batches(tok, marks, corpus.documents(),
+                                                             workers):
             k = len(lengths) if not max_docs else min(len(lengths), int(max_docs) - read)
             ends = np.cumsum(lengths[:k])
             done = writer.tokens + int(ends[-1]) >= goal
             if done:  # the document that completes the goal is the last one read, kept whole
                 k = int(np.searchsorted(ends, goal - writer.tokens, side="left")) + 1
             # whole documents only (never cut), so their text counts are exact
-            writer.add(flat[:int(ends[k - 1])], lengths[:k], text=text[:k])
+            writer.add(flat[:int(ends[k - 1])], lengths[:k], text=text[:k], groups=group[:k])
+            corpus.observe(writer.group_counts)
             read += k
             if done or (max_docs and read >= int(max_docs)):
                 break
@@ -231,6 +241,7 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
                 f"{where}: language {lang!r} has {tokens} tokens in {read} documents, but its "
                 f"largest budget needs {need} ({', '.join(f'{k} {v}' for k, v in readers.items())}"
                 f"); add text, lower the budgets, or set {where}.allow_repeat: true to repeat it")
+        _check_subsets(corpus, writer)
         passes = round(need / tokens, 4) if tokens else None
         if tokens < need:
             print(f"warning: {where}: {tokens} tokens for a need of {need}: training repeats the "
@@ -238,6 +249,7 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
         seconds = time.time() - t0
         manifest = writer.finish({
             "kind": "corpus", "lang": lang, "tokenizer": ident, **marks.manifest, "source": spec,
+            "sampling": {**corpus.sampling, "seed": cfg.get("seed", 0)},
             "need": need, "need_by_reader": readers, "goal_with_margin": goal,
             "margin": cfg["continual_pretrain"]["data_margin"],
             "allow_repeat": spec["allow_repeat"], "passes_needed": max(1.0, passes or 0),
@@ -246,11 +258,34 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
     except BaseException:
         writer.abort()
         raise
+    subsets = ""
+    if manifest.get("groups"):
+        g = manifest["groups"]["tokens"]
+        subsets = "; subsets " + ", ".join(f"{k} {v / max(1, tokens):.1%}" for k, v in g.items())
     log(f"{lang}: {manifest['tokens']} tokens in {manifest['documents']} documents, "
         f"{manifest['characters']} characters ({manifest['characters_per_token']} a token; "
-        f"{len(manifest['shards'])} shards, need {need}; {marks.describe()}) in "
+        f"{len(manifest['shards'])} shards, need {need}; {marks.describe()}{subsets}) in "
         f"{manifest['seconds']} s")
     return manifest
+
+
+def _check_subsets(corpus, writer: ShardWriter) -> None:
+    """A weighted subset that gave no document is an error naming it (a value that no row
+    carries, or an empty source); one that ran out before its share is a warning, and its
+    shortfall is in the manifest (sampling.exhausted and the groups' tokens)."""
+    if corpus.weights is None:
+        return
+    docs = writer.group_counts[:, 0]
+    for name, w, n in zip(corpus.names, corpus.weights, docs, strict=False):
+        if w > 0 and n == 0:
+            seen = corpus.sampling.get("other_subsets")
+            hint = (f" (values of {corpus.field} seen: {', '.join(map(str, seen))})"
+                    if corpus.field and seen else "")
+            raise DataShortError(f"{corpus.where}.subsets.weights.{name}: no document of subset "
+                                 f"{name!r} was read{hint}")
+    for name in corpus.sampling.get("exhausted", []):
+        print(f"warning: {corpus.where}.subsets: subset {name!r} ran out before its share; the "
+              "manifest's groups say what each subset gave", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from lrmerge import fsutil  # noqa: E402
+from lrmerge.data import budget  # noqa: E402
 from lrmerge.data.shards import TokenShards  # noqa: E402
 from lrmerge.train import state  # noqa: E402
 from lrmerge.train.backend import all_max, all_sum, barrier, device_of, make_backend, world  # noqa: E402
@@ -136,7 +137,8 @@ class Data:
     seq_len: int
     pad_id: int
     english_ratio: float
-    shard_lists: list  # the token folders' shards (English: None), in the fingerprint
+    data_identity: list  # what the run reads of its token folders (English: None), in the
+    # fingerprint (`TokenShards.identity`)
 
 
 @dataclass(frozen=True)
@@ -315,11 +317,13 @@ def _open_stream(job: Job, data: str, english: str | None, tokenizer, model) -> 
     shards = _open_data(data, tokenizer, model, "--data")
     pad_id = data_pad_id(shards)  # the data stage's choice (data.pad), from its manifest
     allow = shards.manifest.get("allow_repeat", False)
+    ratio = tc["english_ratio"] if job.stage == "ct" else 0.0
+    # each CT budget's increment read in a seeded order of its own blocks (Blocks)
+    target_seg, english_seg = budget.segments(job.budgets, seq_len, ratio)
     if job.stage == "sft":
         source = Packed(shards, seq_len, tc["loss_on"], pad_id, seed, allow)
     else:
-        source = Blocks(shards, seq_len, job.lang or "en", seed, allow)
-    ratio = tc["english_ratio"] if job.stage == "ct" else 0.0
+        source = Blocks(shards, seq_len, job.lang or "en", seed, allow, target_seg)
     english_src = None
     if ratio > 0:
         if english is None:
@@ -327,17 +331,28 @@ def _open_stream(job: Job, data: str, english: str | None, tokenizer, model) -> 
                              "folder was given (--english)")
         en = _open_data(english, tokenizer, model, "--english")
         data_pad_id(shards, en)  # one stream: both folders frame their documents alike
-        english_src = Blocks(en, seq_len, "en", seed, en.manifest.get("allow_repeat", False))
-    shard_lists = [shards.manifest["shards"],
-                   english_src and english_src.shards.manifest["shards"]]
-    return Data(Mix(source, english_src, ratio), seq_len, pad_id, ratio, shard_lists)
+        english_src = Blocks(en, seq_len, "en", seed, en.manifest.get("allow_repeat", False),
+                             english_seg)
+    # what the run reads of each folder: a CT chain its blocks up to this budget (a larger
+    # budget added later leaves them as they were), anything else all of it
+    k = sum(1 for b in job.budgets if b <= (job.tokens or 0))
+
+    def read(src, seg):
+        if src is None:
+            return None
+        if job.stage != "ct" or k == 0 or seg[k - 1] > src.rep.n:
+            return src.shards.identity()
+        return src.shards.identity(seg[k - 1] * seq_len)
+
+    idents = [read(source, target_seg), read(english_src, english_seg)]
+    return Data(Mix(source, english_src, ratio), seq_len, pad_id, ratio, idents)
 
 
 def _fingerprint(job: Job, data: Data) -> str:
     """What a checkpoint was written by: a checkpoint of another configuration or data is
     ignored."""
     obj = {"stage": job.stage, "init": str(job.init), "lang": job.lang, "tc": job.tc,
-           "tokens": job.tokens, "seed": job.seed, "data": data.shard_lists}
+           "tokens": job.tokens, "seed": job.seed, "data": data.data_identity}
     if job.vocab_extension is not None:  # not in older fingerprints: their checkpoints stay valid
         obj["vocab_extension"] = job.vocab_extension
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -12,9 +12,12 @@ transformers turns into attention kept inside each example.
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 from lrmerge.data import budget
+from lrmerge.data.order import Permutation
 from lrmerge.data.shards import DataShortError, TokenShards
 
 
@@ -75,20 +78,83 @@ def data_pad_id(*folders: TokenShards) -> int:
 
 
 class Blocks:
-    """A token folder as blocks of seq_len tokens (CT, pre-training); all tokens are targets."""
+    """A token folder as blocks of seq_len tokens (CT, pre-training); all tokens are targets.
+
+    `segments` (block counts, increasing: where each CT budget of the run ends in this folder's
+    blocks) make the first pass read each budget's increment in a seeded order: blocks
+    [s_k, s_k+1) in a permutation of their own (`lrmerge.data.order.Permutation`), so that
+    neighbouring blocks (one long document, one region of the corpus) are spread over the
+    increment instead of filling the same steps. The blocks of a budget are still exactly the
+    folder's first s_k blocks -- a prefix of the data stage's seeded sample -- so a larger
+    budget added later leaves the smaller ones' data as it was, and a chain reads no block
+    twice. Blocks past the last segment are read in order."""
 
     def __init__(self, shards: TokenShards, seq_len: int, name: str, seed: int,
-                 allow_repeat: bool):
-        self.shards, self.seq_len, self.name = shards, seq_len, name
+                 allow_repeat: bool, segments: list[int] | None = None):
+        self.shards, self.seq_len, self.name, self.seed = shards, seq_len, name, seed
         self.rep = _Repeating(name, shards.tokens // seq_len, seed, allow_repeat, "block")
+        n = self.rep.n
+        bounds = sorted({min(int(b), n) for b in (segments or []) if b > 0})
+        self.bounds = [0, *bounds]  # segment k = blocks [bounds[k], bounds[k + 1])
+        self._perms: dict[int, Permutation] = {}
+
+    def _segment(self, j: int) -> int | None:
+        """The segment of first-pass block j (None: past the last segment)."""
+        k = bisect.bisect_right(self.bounds, j) - 1
+        return k if k < len(self.bounds) - 1 else None
+
+    def _perm(self, k: int) -> Permutation:
+        if k not in self._perms:
+            lo, hi = self.bounds[k], self.bounds[k + 1]
+            self._perms[k] = Permutation(hi - lo, "blocks", self.seed, self.name, lo, hi)
+        return self._perms[k]
+
+    def block(self, j: int) -> int:
+        """The folder block that sample j reads."""
+        if j >= self.rep.n:
+            return self.rep.index(j)
+        k = self._segment(j)
+        return j if k is None else self.bounds[k] + self._perm(k)[j - self.bounds[k]]
 
     def sample(self, j: int):
-        s = self.rep.index(j) * self.seq_len
+        s = self.block(j) * self.seq_len
         ids = self.shards.slice(s, s + self.seq_len)
         return ids, np.ones(len(ids), dtype=bool), None
 
     def usage(self, read: int) -> dict:
-        return {"folder": str(self.shards.folder), **self.rep.usage(read)}
+        return {"folder": str(self.shards.folder), **self.rep.usage(read),
+                "segments": self.bounds[1:]}
+
+    def _blocks_text(self, blocks: np.ndarray, first_from: int = 0) -> np.ndarray:
+        """Text of whole blocks (the first one from token `first_from` of it on)."""
+        if not len(blocks):
+            return np.zeros(2, dtype=np.int64)
+        L = self.seq_len
+        starts = blocks.astype(np.int64) * L
+        starts[0] += first_from
+        edges = self.shards.text_before(np.concatenate([starts, blocks.astype(np.int64) * L
+                                                        + L]))
+        return (edges[len(blocks):] - edges[:len(blocks)]).sum(axis=0)
+
+    def _first_pass_text(self, read: int, extra: int) -> np.ndarray:
+        """Text of first-pass blocks [0, read) plus `extra` tokens of block `read`."""
+        L = self.seq_len
+        k = self._segment(read) if read < self.rep.n else None
+        if k is None:  # whole segments, then blocks in order: one stretch of the stream
+            return self.shards.text_before([read * L + extra])[0]
+        lo, hi = self.bounds[k], self.bounds[k + 1]
+        before = self.shards.text_before([lo * L, hi * L])
+        inside, m, perm = read - lo, hi - lo, self._perm(k)
+        if 2 * inside < m:  # the blocks read so far of this segment
+            got = self._blocks_text(lo + perm.take(np.arange(inside)))
+            if extra:
+                b = lo + perm[inside]
+                got += self.shards.text_before([b * L + extra])[0] - \
+                    self.shards.text_before([b * L])[0]
+            return before[0] + got
+        # most of the segment: its whole text less the blocks not (yet wholly) read
+        unread = self._blocks_text(lo + perm.take(np.arange(inside, m)), first_from=extra)
+        return before[1] - unread
 
     def text(self, read: int, extra: int = 0) -> np.ndarray | None:
         """Characters and UTF-8 bytes (int64 pair) of the text in the first `read` blocks this
@@ -105,8 +171,8 @@ class Blocks:
         if n == 0:
             return total
         passes, k = divmod(read, n)
-        if passes == 0:  # the first pass reads the blocks in order: one stretch of the stream
-            return self.shards.text_before([k * L + extra])[0]
+        if passes == 0:
+            return self._first_pass_text(k, extra)
         total += passes * self.shards.text_before([n * L])[0]
         blocks = self.rep.order(passes)[:k + (1 if extra else 0)].astype(np.int64) * L
         stops = blocks + L
