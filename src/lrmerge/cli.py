@@ -21,6 +21,7 @@ COMMANDS = {
     "tasks": "lrmerge.evaluate.cli",
     "report": "lrmerge.report",
     "plan": "lrmerge.plan.cli",
+    "sources": "lrmerge.plan.preflight_cli",
     "import-gguf": "lrmerge.gguf",
 }
 
@@ -33,6 +34,7 @@ HELP = {
     "tasks": "list the evaluation tasks per language and family, or write them",
     "report": "aggregate evaluation results into tables and draw figures",
     "plan": "the sweep's GPU-hours, wall time and disk per rule, before submitting",
+    "sources": "open every source the config names and check its fields, before any GPU job",
     "import-gguf": "convert a GGUF file (llama.cpp) into a Hugging Face model folder",
 }
 
