@@ -19,6 +19,8 @@ from lrmerge.evaluate import run, scoring, tasks
 from lrmerge.evaluate.benchmarks import BenchmarkError
 
 REPO = fx.Path(__file__).resolve().parents[1]
+# Belebele items of the bench: its shots are held out of them (three sets of 5), items remain
+BELEBELE_ITEMS = 24
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,7 @@ def bench_config(root, sib: dict | None = None, **evaluate) -> dict:
     MGSM files, all fixtures in the releases' formats (`sib`: fx.sources' SIB-200 options)."""
     cfg = tiny_config()
     src = fx.sources(root, **(sib or {}))
+    src["belebele_ben_Beng"]["test"]["data_files"] = str(fx.belebele(root, n=BELEBELE_ITEMS))
     fx.milic(root / "milic")
     cfg["evaluate"].update(sources={**cfg["evaluate"]["sources"], **src},
                            milic_root=str(root / "milic"), protocol="generate")
@@ -138,7 +141,7 @@ def test_milic_prompts_are_the_reference_prompts(bench):
     """The prompt lm-eval sends is the one MiLiC-Eval's infer.py builds (English wording)."""
     cfg, root = bench
     folder = root / "tasks" / "bo"
-    # reading comprehension, shot set 2: the first three records of train_2.json, then the item
+    # reading comprehension, shot set 2: the first five records of train_2.json, then the item
     shots, test = _milic(root, "reading_comprehension", "train_2"), _milic(
         root, "reading_comprehension", "test")
 
@@ -148,7 +151,7 @@ def test_milic_prompts_are_the_reference_prompts(bench):
         s += "".join(f"{'ABCDE'[j]}. {o}\n" for j, o in enumerate(r["options"]))
         return s + (f"Answer: {r['answer']}\n\n" if answer else "Answer:")
 
-    want = "".join(mrc(r, True) for r in shots[:3]) + mrc(test[0], False)
+    want = "".join(mrc(r, True) for r in shots[:5]) + mrc(test[0], False)
     got = {doc["id"]: ctx for ctx, doc in _contexts(folder, "milic_mrc_bo_shots2")}
     assert got[test[0]["id"]] == want
 
@@ -163,7 +166,7 @@ def test_milic_prompts_are_the_reference_prompts(bench):
         return s + (f"Answer: {r['answer']}\n\n" if answer else "Answer:")
 
     got = {doc["id"]: ctx for ctx, doc in _contexts(folder, "milic_response_bo_shots1")}
-    assert got[test[3]["id"]] == "".join(rs(r, True) for r in shots[:3]) + rs(test[3], False)
+    assert got[test[3]["id"]] == "".join(rs(r, True) for r in shots[:5]) + rs(test[3], False)
 
     # math: worked solutions in the shots, a trailing space after the last "solution:"
     shots, test = _milic(root, "math", "train_3"), _milic(root, "math", "test")
@@ -174,7 +177,7 @@ def test_milic_prompts_are_the_reference_prompts(bench):
         return s + (f"{r['cot']['en']}\n\n" if answer else "")
 
     got = {doc["id"]: ctx for ctx, doc in _contexts(folder, "milic_math_bo_shots3")}
-    assert got[test[1]["id"]] == "".join(math(r, True) for r in shots[:3]) + math(test[1], False)
+    assert got[test[1]["id"]] == "".join(math(r, True) for r in shots[:5]) + math(test[1], False)
 
     # classification: one example per label (the first of each in train_1), shuffled with seed
     # 0; texts cut to 512 characters; candidate labels from the test set
@@ -220,11 +223,12 @@ def test_other_benchmarks_read_in_their_formats(bench):
     assert [r["answer"] for r in mgsm] == ["1012", "1013", "1014", "1015", "1016"]
     # Belebele: the shots are held out of the test items, recorded
     bele = manifest["belebele_ben_Beng"]
-    assert bele["held_out_for_shots"] + bele["n_items"] == 9 and bele["n_items"] >= 3
+    assert bele["held_out_for_shots"] + bele["n_items"] == BELEBELE_ITEMS
+    assert 5 <= bele["held_out_for_shots"] <= 15 and bele["n_items"] >= BELEBELE_ITEMS - 15
     ctx, doc = _contexts(folder, "belebele_ben_Beng_shots1")[0]
     assert ctx.endswith(f"Passage:\n{doc['context'][0]}\nQuestion: {doc['question']}\n"
                         "Options:\nA. এক\nB. দুই\nC. তিন\nD. চার\nAnswer:")
-    assert ctx.count("Answer: ") == 3
+    assert ctx.count("Answer: ") == 5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,7 +505,12 @@ def test_tasks_table_of_the_paper_config(capsys):
         "milic_topic_bo", "milic:pkupie/milic-eval/data/text_classification_sentence/bo",
         "432*", "1/labelx3", "acc,macro_f1/generate"]
     assert cells[("mn", "math")][2] == "milic_math_mn"
-    assert cells[("te", "math")][3] == "mgsm:juletxara/mgsm:te:split=test"
+    # the source says where the data is: the test files, else the hub id
+    test = load_config(REPO / "config" / "config.yaml")["evaluate"]["sources"]["mgsm_te"]["test"]
+    assert cells[("te", "math")][3].startswith("mgsm:")
+    assert str(test.get("data_files") or test["path"]) in cells[("te", "math")][3]
+    for cell in (("bo", "reading_comprehension"), ("bo", "math"), ("te", "reading_comprehension")):
+        assert cells[cell][5] == "5x3"  # MiLiC-Eval's 5 shots in three sets, Belebele's too
     assert cells[("ta", "reading_comprehension")][4] == "900*"
     assert cells[("ta", "math")] == ["ta", "math", "-",
                                      "no Tamil in MGSM nor another public math set"]

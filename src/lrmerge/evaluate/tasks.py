@@ -88,9 +88,8 @@ def task_spec(cfg: dict, task: str) -> dict:
     spec.setdefault("max_gen_toks", ev["max_gen_toks"][family])
     spec.setdefault("prompt", KIND_STYLE.get(kind, {}).get(family, PROMPT_STYLE[family])
                     if kind != "generated" else "generated")
-    default_shots = 0 if kind == "generated" else (
-        "per_label" if family == "classification" else 3)
-    spec.setdefault("shots", default_shots)
+    # the mini's generated items are zero-shot: its prompts are those its SFT data uses
+    spec.setdefault("shots", 0 if kind == "generated" else ev["shots"][family])
     if kind == "builtin":
         spec.setdefault("name", task)  # the lm-eval task
     spec["where"] = where
