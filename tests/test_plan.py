@@ -133,3 +133,97 @@ def test_one_job_of_each_kind_by_hand(tmp_path):
     assert merge["disk_gb"] * 1e9 == pytest.approx(4 * 2 * params)
     assert rules["evaluate"]["jobs"] == 2 + 2 + 2 + 4  # base, sft, ct, ct_sft, merges
     assert rules["ct_then_sft"]["jobs"] == 2 and rules["prepare_corpus"]["jobs"] == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# What each corpus must hold
+
+
+def test_each_budget_reads_whole_blocks_of_target_and_english(tmp_path, capsys):
+    """The paper config: a budget B reads ceil(B / 2048) blocks, a fifth of them English (4:1),
+    counted from the start of the chain; the need is the largest budget's target tokens, what
+    the data stage prepares the need x 1.05 rounded up; English the most any replay reads."""
+    assert cli(["plan", "--config", str(_config(tmp_path)), "--format", "json"]) == 0
+    ct_data = json.loads(capsys.readouterr().out)["ct_data"]
+    assert ct_data["budget_unit"] == "CT tokens (target + English)"
+    assert ct_data["data_margin"] == 1.05
+    corpora = {e["corpus"]: e for e in ct_data["corpora"]}
+    assert set(corpora) == {"bo", "ug", "mn", "ta", "te", "or", "bn", "en"}
+    assert list(corpora)[-1] == "en"
+    # by hand: 1B = 488,281.25 blocks -> 488,282, of which floor(488,282 / 5) = 97,656 English
+    assert corpora["bo"]["budgets"][0] == {"budget": 1_000_000_000,
+                                           "target_tokens": 390_626 * 2048,
+                                           "english_tokens": 97_656 * 2048}
+    # 8B = 3,906,250 blocks exactly: 781,250 English
+    assert corpora["ta"]["budgets"][-1] == {"budget": 8_000_000_000,
+                                            "target_tokens": 3_125_000 * 2048,
+                                            "english_tokens": 781_250 * 2048}
+    cfg = load_config(_config(tmp_path))
+    for lang, facts in cfg["languages"].items():
+        entry = corpora[lang]
+        assert [b["budget"] for b in entry["budgets"]] == facts["budgets"]  # every budget
+        for b in entry["budgets"]:
+            read = b["target_tokens"] + b["english_tokens"]
+            assert read % 2048 == 0 and b["budget"] <= read < b["budget"] + 2048
+            assert b["english_tokens"] == (read // 2048) // 5 * 2048
+        assert entry["need"] == entry["budgets"][-1]["target_tokens"]
+        assert entry["prepared"] == -(-entry["need"] * 105 // 100)
+    assert corpora["bo"]["prepared"] == 1_680_002_151  # 1,600,002,048 x 1.05, rounded up
+    en = corpora["en"]
+    assert en["need"] == 1_600_000_000 == corpora["ta"]["budgets"][-1]["english_tokens"]
+    assert en["readers"]["continual_pretrain.ug"] == corpora["ug"]["budgets"][-1][
+        "english_tokens"]
+    assert en["prepared"] == 1_680_000_000
+    # the data stage's tokenizing is costed at what it prepares
+    prepare = plan(cfg)["rules"]["prepare_corpus"]
+    assert prepare["tokens"] == sum(e["prepared"] for e in corpora.values())
+
+
+def test_the_plan_table_prints_the_corpora(capsys):
+    assert cli(["plan", "--config", str(REPO / "config" / "config.yaml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("CT data:"))
+    assert "budgets in CT tokens (target + English)" in lines[start]
+    assert lines[start + 1].split() == ["CORPUS", "BUDGET", "TARGET", "ENGLISH"]
+    assert lines[start + 2].split() == ["bo", "1,000,000,000", "800,002,048", "199,999,488"]
+    assert lines[start + 3].split() == ["2,000,000,000", "1,600,002,048", "399,998,976"]
+    need = next(i for i, line in enumerate(lines) if line.startswith("CORPUS") and "NEED" in line)
+    assert "data_margin 1.05" in lines[need]
+    rows = {line.split()[0]: line.split() for line in lines[need + 1:need + 9]}
+    assert rows["bo"][1:3] == ["1,600,002,048", "1,680,002,151"]
+    assert rows["te"][1:3] == ["3,200,000,000", "3,360,000,000"]
+    assert rows["en"][1:3] == ["1,600,000,000", "1,680,000,000"]
+    assert lines[need + 8].endswith("(continual_pretrain.ta, continual_pretrain.bn)")
+
+
+def test_a_small_chain_and_a_capped_corpus_by_hand(tmp_path, capsys):
+    """seq_len 32, English 1 in 4: 1,000 tokens = 32 blocks (8 English), 3,000 = 94 (23); a
+    corpus capped below its need is named, since the data stage would fail on it."""
+    def small(cfg):
+        cfg["languages"] = {"bn": cfg["languages"]["bn"] | {"budgets": [1000, 3000]},
+                            "bo": cfg["languages"]["bo"] | {"budgets": [2000]}}
+        cfg["languages"]["bo"]["corpus"] = dict(cfg["languages"]["bo"]["corpus"], max_tokens=1000)
+        cfg["merge"]["multi"] = []
+        cfg["continual_pretrain"].update(seq_len=32, english_ratio=0.25, data_margin=1.1)
+
+    path = tmp_path / "mini.yaml"
+    cfg = yaml.safe_load((REPO / "config" / "mini.yaml").read_text())
+    small(cfg)
+    path.write_text(yaml.safe_dump(cfg))
+    corpora = {e["corpus"]: e for e in plan(load_config(path))["ct_data"]["corpora"]}
+    assert corpora["bn"]["budgets"] == [
+        {"budget": 1000, "target_tokens": 24 * 32, "english_tokens": 8 * 32},
+        {"budget": 3000, "target_tokens": 71 * 32, "english_tokens": 23 * 32}]
+    assert corpora["bn"]["need"] == 2272 and corpora["bn"]["prepared"] == 2500  # 2,499.2 up
+    # bo: 2,000 = 63 blocks (15 English): 1,536 target tokens, capped at 1,000
+    assert corpora["bo"]["need"] == 48 * 32 and corpora["bo"]["prepared"] == 1000
+    # the mini's English: its pre-training reads more than either replay
+    en = corpora["en"]
+    pt = cfg["pretrain"]
+    assert en["readers"]["pretrain"] == pt["steps"] * pt["batch_size"] * pt["seq_len"]
+    assert en["readers"]["continual_pretrain.bn"] == 23 * 32
+    assert en["need"] == max(en["readers"].values())
+    assert cli(["plan", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "max_tokens 1,000 is below the need: the data stage fails unless allow_repeat" in out
+    assert "English replay: the most any reader takes (pretrain)" in out

@@ -1,15 +1,18 @@
 """The sweep's cost before submitting: `lrmerge plan`.
 
     cost    GPU-hours, wall time and disk per rule from the config's assumptions (`plan`)
+    corpora per corpus, the target and English tokens each budget reads, the corpus's need and
+            what the data stage prepares (`corpus_needs`)
     pilot   what a pilot run measured, carried to the sweep (`calibrate`, `calibrated_plan`)
     vocab   extended vocabularies: the characters a budget buys, the tokens and GPU-hours of
             the same characters as the base tokenizer's budgets (`same_characters`)
     cli     the command
 """
 
+from .corpora import corpus_needs
 from .cost import format_table, model_sizes, plan
 from .pilot import calibrate, calibrated_plan, format_calibrated
 from .vocab import same_characters
 
-__all__ = ["calibrate", "calibrated_plan", "format_calibrated", "format_table", "model_sizes",
-           "plan", "same_characters"]
+__all__ = ["calibrate", "calibrated_plan", "corpus_needs", "format_calibrated", "format_table",
+           "model_sizes", "plan", "same_characters"]

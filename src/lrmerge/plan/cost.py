@@ -22,9 +22,10 @@ GPU-hours count every GPU of a job; a job's wall time is its GPU-hours over its 
 `--calibrate DIR --pilot-config F` replaces these assumptions, rule by rule, with what a pilot run
 measured (lrmerge.plan.pilot) and prints both plans side by side.
 
-Each extended language also gets the characters of target text its budgets buy and the CT
-tokens and GPU-hours it needs to read the same characters as its base-tokenizer counterpart
-(lrmerge.plan.vocab).
+Below the table, per corpus, the target and English tokens each budget reads and what the data
+stage prepares (lrmerge.plan.corpora); each extended language also gets the characters of
+target-language text its budgets buy and the CT tokens (target + English) and GPU-hours it needs
+to read the same characters as its base-tokenizer counterpart (lrmerge.plan.vocab).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from lrmerge.config import extends_vocabulary, job_resources, language_entry
 
+from .corpora import corpus_needs, format_corpora
 from .flops import _duration, _params, extension_rows, train_flops
 from .vocab import format_vocabulary, same_characters
 
@@ -64,12 +66,6 @@ def model_sizes(cfg: dict) -> tuple[dict, str]:
     raise ValueError(f"base_model {cfg['base_model']!r} is not a local folder with config.json; "
                      "give its sizes in config key plan.model (hidden_size, intermediate_size, "
                      "num_hidden_layers, num_attention_heads, vocab_size)")
-
-
-
-
-
-
 
 
 def token_bytes(vocab_size: int) -> int:
@@ -120,7 +116,8 @@ def plan(cfg: dict, measured: dict[str, dict] | None = None,
     sizes, source = model_sizes(cfg)
     mm, n_params = _params(sizes)
     costs = _Costs(cfg, measured or {})
-    _data_costs(costs, sizes)
+    ct_data = corpus_needs(cfg)
+    _data_costs(costs, sizes, ct_data["corpora"])
     ct_fpt, sft_fpt = _training_costs(costs, sizes)
     _merge_costs(costs, sizes)
     _evaluation_costs(costs, sizes)
@@ -131,7 +128,7 @@ def plan(cfg: dict, measured: dict[str, dict] | None = None,
     model = {"source": source, "params": n_params, "matmul_params": mm,
              "ct_flops_per_token": ct_fpt, "sft_flops_per_token": sft_fpt,
              "gpu": p["gpu"], "peak_tflops": p["peak_tflops"], "mfu": p["mfu"]}
-    doc = {"model": model, "rules": rules, "total": total}
+    doc = {"model": model, "rules": rules, "total": total, "ct_data": ct_data}
     vocabulary = same_characters(cfg, sizes, costs.achieved("continual_pretrain"), results)
     if vocabulary:
         doc["vocabulary"] = vocabulary
@@ -143,24 +140,23 @@ def _sft_tokens(cfg: dict) -> int:
     return sft["steps"] * sft["batch_size"] * sft["seq_len"]
 
 
-def _data_costs(costs: _Costs, sizes: dict) -> None:
+def _data_costs(costs: _Costs, sizes: dict, corpora: list[dict]) -> None:
     """Each extended tokenizer learned once (its sample of the corpus read at
     plan.extend_chars_per_s; the folder's few MB not counted), each corpus tokenized once with
-    its language's tokenizer (2 bytes a token up to 65,536 tokens, else 4)."""
-    from lrmerge.data.budget import corpus_tokens_needed
-
+    its language's tokenizer (2 bytes a token up to 65,536 tokens, else 4), as many tokens as
+    the data stage prepares (`corpora`: corpus_needs)."""
     cfg, p = costs.cfg, costs.p
     for lang in cfg["languages"]:
         if extends_vocabulary(cfg, lang):
             chars = language_entry(cfg, lang)["tokenizer"]["sample_chars"]
             costs.add("extend_tokenizer", 1, cpu_seconds=chars / p["extend_chars_per_s"],
                       characters=chars)
-    for corpus in [*cfg["languages"], "en"]:
-        n = corpus_tokens_needed(cfg, corpus)[0] * cfg["continual_pretrain"]["data_margin"]
+    for entry in corpora:
+        corpus, n = entry["corpus"], entry["prepared"]
         rows = extension_rows(cfg, corpus) if corpus != "en" else 0
         rate = costs.rate("prepare_corpus", "tokens_per_s", p["tokenize_tokens_per_s"])
         costs.add("prepare_corpus", 1, cpu_seconds=n / rate,
-                  disk_bytes=token_bytes(sizes["vocab_size"] + rows) * n, tokens=int(n))
+                  disk_bytes=token_bytes(sizes["vocab_size"] + rows) * n, tokens=n)
     n = _sft_tokens(cfg)
     rate = costs.rate("prepare_sft_data", "tokens_per_s", p["tokenize_tokens_per_s"])
     costs.add("prepare_sft_data", 1, cpu_seconds=n / rate,
@@ -300,6 +296,7 @@ def format_table(doc: dict) -> str:
     transient = doc["rules"].get("continual_pretrain", {}).get("transient_gb", 0.0)
     if transient:
         lines.append(f"optimizer state between CT budgets: up to {transient:,.0f} GB more")
+    lines += format_corpora(doc["ct_data"])
     lines += format_vocabulary(doc.get("vocabulary", []))
     return "\n".join(lines)
 

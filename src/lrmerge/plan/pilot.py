@@ -24,6 +24,7 @@ from pathlib import Path
 from lrmerge import fsutil
 from lrmerge.config.layout import BASE_ID, RELATIVE, SFT_ID, ct_id, ct_sft_id, merge_id
 
+from .corpora import format_corpora
 from .cost import ASSUMED_KEYS, _duration, _params, model_sizes, plan
 from .vocab import format_vocabulary
 
@@ -456,6 +457,7 @@ def format_calibrated(doc: dict) -> str:
     lines += [f"  note: {n}" for n in cal["notes"]]
     if cal["figures"]["evaluate"]["origin"] == "measured":
         lines.append(f"  evaluate scaling: {cal['eval_scaling']}")
+    lines += format_corpora(doc["ct_data"])
     lines += format_vocabulary(doc.get("vocabulary", []))
     return "\n".join(lines)
 

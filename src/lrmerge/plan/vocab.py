@@ -1,9 +1,10 @@
 """Extended vocabularies in the plan: the same characters of target text for fewer tokens.
 
-A CT budget counts tokens; an extended tokenizer (`languages.X.tokenizer: {extend: K}`) reads
-the same text in fewer of them. For each extended language the plan gives the characters of
-target text its budgets buy, and the CT tokens and GPU-hours it needs to read the same characters
-as its base-tokenizer counterpart's budgets: a variant's `based_on` entry, else the language's own
+A CT budget counts CT tokens (target + English); an extended tokenizer (`languages.X.tokenizer:
+{extend: K}`) reads the same text in fewer of them. For each extended language the plan gives the
+characters of target-language text its budgets buy (their target tokens x characters per token),
+and the CT tokens (target + English) and GPU-hours it needs to read the same characters as its
+base-tokenizer counterpart's budgets: a variant's `based_on` entry, else the language's own
 budgets under the base tokenizer. Same characters = tokens x (characters per token, base) /
 (characters per token, extended), at the same target:English mix (the English share scales with
 the budget); GPU-hours are the CT chain to the budget (budgets continue one another) at the
@@ -25,7 +26,9 @@ from pathlib import Path
 
 from lrmerge import fsutil
 from lrmerge.config import Layout, extends_vocabulary, language_entry, text_language
+from lrmerge.config.units import BUDGET_UNIT, TARGET_CHARACTERS
 
+from .corpora import budget_reads
 from .flops import _duration, _params, extension_rows, train_flops
 
 UNKNOWN = "unknown until `extend_tokenizer` has run"
@@ -78,14 +81,6 @@ def characters_per_token(cfg: dict, lang: str, layout: Layout) -> dict:
             "extended": ext_manifest or (configured(lang) if lang != text else None)}
 
 
-def _target_tokens(cfg: dict, budget: int) -> int:
-    """Target-language tokens among a CT budget's (whole blocks, the data stage's mix)."""
-    from lrmerge.data.budget import blocks_for, mix_counts
-
-    ct = cfg["continual_pretrain"]
-    return mix_counts(blocks_for(budget, ct["seq_len"]), ct["english_ratio"])[0] * ct["seq_len"]
-
-
 def same_characters(cfg: dict, sizes: dict, achieved: float,
                     results: str | Path | None = None) -> list[dict]:
     """One entry per extended language (see the module's docstring). `achieved`: CT FLOP/s per
@@ -108,19 +103,19 @@ def same_characters(cfg: dict, sizes: dict, achieved: float,
         ratio = base_cpt / ext_cpt if base_cpt and ext_cpt else None
 
         def chars(tokens, per_token):
-            return _target_tokens(cfg, tokens) * per_token if per_token else None
+            return budget_reads(cfg, tokens)[0] * per_token if per_token else None
 
         def hours(tokens, fpt):
             return tokens * fpt / achieved / 3600
 
-        own = [{"tokens": b, "target_tokens": _target_tokens(cfg, b),
+        own = [{"tokens": b, "target_tokens": budget_reads(cfg, b)[0],
                 "characters": chars(b, ext_cpt), "device_hours": hours(b, ext_fpt)}
                for b in entry["budgets"]]
         reference = []
         for b in language_entry(cfg, ref)["budgets"] if ref else entry["budgets"]:
             same = None if ratio is None else b * ratio
             reference.append({
-                "tokens": b, "target_tokens": _target_tokens(cfg, b),
+                "tokens": b, "target_tokens": budget_reads(cfg, b)[0],
                 "characters": chars(b, base_cpt), "device_hours": hours(b, base_fpt),
                 "same_characters": {"tokens": same,
                                     "device_hours": None if same is None
@@ -146,8 +141,8 @@ def format_vocabulary(entries: list[dict]) -> list[str]:
     """The table's lines for the extended languages (none where there are none)."""
     if not entries:
         return []
-    lines = ["extended vocabularies: the target-text characters each CT budget buys, and the CT "
-             "chain's device time to it (GPU-hours where on GPUs)"]
+    lines = [f"extended vocabularies: the {TARGET_CHARACTERS} each budget ({BUDGET_UNIT}) "
+             "buys, and the CT chain's device time to it (GPU-hours where on GPUs)"]
     for e in entries:
         lang, ref = e["lang"], e["reference"]
         lines.append(

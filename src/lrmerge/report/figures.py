@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import load_rule_config, task_families, text_language, text_languages
 from ..config.layout import FIGURE_FORMATS, figure_file
+from ..config.units import BUDGET_UNIT, TARGET_CHARACTERS
 from ..fsutil import atomic_open
 from ..merge.table import METHOD_TABLE
 from .tables import ESTIMATED, ReportError, _module_key
@@ -19,9 +20,10 @@ MAP_METHOD = "ties"
 
 def figure_names(config: dict) -> list[tuple[str, str]]:
     """(name, task family or "") of every figure `plot` draws: saturation (families averaged),
-    saturation of each task family in the config, saturation against characters of target text
-    seen (a language and its vocabulary variants on one axis), discarded parameters, and where
-    they are lost (layer map, per module)."""
+    saturation of each task family in the config against CT tokens (target + English),
+    saturation against characters of target-language text seen (a language and its vocabulary
+    variants on one axis), discarded parameters, and where they are lost (layer map, per
+    module)."""
     return [("saturation", ""), *((f"saturation_{f}", f) for f in task_families(config)),
             ("saturation_characters", ""),
             ("discarded", ""), ("discarded_map", ""), ("discarded_modules", "")]
@@ -60,7 +62,8 @@ def _tokens_label(n: float) -> str:
 
 
 def _token_axis(ax, tokens) -> None:
-    """Log-scaled x axis ticked at the budgets themselves (they usually double)."""
+    """Log-scaled x axis ticked at the budgets themselves (they usually double), in the
+    budgets' unit."""
     from matplotlib.ticker import FixedLocator, NullLocator
 
     ticks = sorted({float(t) for t in tokens if t == t})
@@ -69,7 +72,7 @@ def _token_axis(ax, tokens) -> None:
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([_tokens_label(t) for t in ticks])
-    ax.set_xlabel("CT tokens")
+    ax.set_xlabel(BUDGET_UNIT)
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
@@ -187,14 +190,15 @@ def _finish_grid(fig, axes, panels: int, ylabel: str, title: str) -> None:
 
 
 def plot_saturation(config: dict, scores, out_dir: Path) -> list[Path]:
-    """Score vs CT tokens, families averaged; then one figure per family (its languages only).
+    """Score vs CT tokens (target + English), families averaged; then one figure per family
+    (its languages only).
     A panel per text language: a vocabulary variant's curves are drawn in its base's panel."""
     import matplotlib.pyplot as plt
 
     langs = list(text_languages(config, config["languages"]))
     paths = []
     fig = _saturation_figure(config, overall_means(scores), langs,
-                             "Score vs continual pre-training tokens (task families averaged)",
+                             f"Score vs {BUDGET_UNIT} (task families averaged)",
                              "mean accuracy over families")
     paths += _save(fig, out_dir, "saturation")
     plt.close(fig)
@@ -203,7 +207,7 @@ def plot_saturation(config: dict, scores, out_dir: Path) -> list[Path]:
         own = fam[fam["family"] == family]
         fam_langs = [lang for lang in langs if (own["task_language"] == lang).any()]
         fig = _saturation_figure(config, own, fam_langs or langs,
-                                 f"{family.replace('_', ' ').capitalize()} vs CT tokens",
+                                 f"{family.replace('_', ' ').capitalize()} vs {BUDGET_UNIT}",
                                  "accuracy")
         paths += _save(fig, out_dir, f"saturation_{family}")
         plt.close(fig)
@@ -288,12 +292,12 @@ def plot_characters(config: dict, scores, out_dir: Path) -> list[Path]:
         else:
             ax.text(0.5, 0.5, "no characters recorded", ha="center", va="center",
                     transform=ax.transAxes, fontsize="small")
-        ax.set_xlabel("target-language characters seen in CT")
+        ax.set_xlabel(f"{TARGET_CHARACTERS} seen in CT")
         names = ", ".join(entries[text][1:])
         title = f"{config['languages'][text]['name']} ({text})"
         ax.set_title(f"{title}\nwith {names}" if names else title, fontsize="medium")
         ax.grid(alpha=0.3)
-    title = "Score vs characters of target-language text seen (task families averaged)"
+    title = f"Score vs {TARGET_CHARACTERS} seen in CT (task families averaged)"
     if estimated:
         title += "\nhollow markers: characters estimated as target tokens x characters per token"
     _finish_grid(fig, axes, len(panels), "mean accuracy over families", title)
@@ -303,7 +307,8 @@ def plot_characters(config: dict, scores, out_dir: Path) -> list[Path]:
 
 
 def plot_discarded(config: dict, discarded, out_dir: Path) -> list[Path]:
-    """SFT-flan's discarded fraction vs CT tokens: a panel per merge, a line per language."""
+    """SFT-flan's discarded fraction vs CT tokens (target + English): a panel per merge, a
+    line per language."""
     import matplotlib.pyplot as plt
 
     sft = discarded[discarded["input"] == "sft"]
@@ -397,15 +402,17 @@ def plot_discarded_map(config: dict, cells, out_dir: Path) -> list[Path]:
     else:
         axes[0, 0].text(0.5, 0.5, "no sign-electing merge", ha="center", va="center")
         axes[0, 0].axis("off")
-    fig.suptitle(f"Where SFT-flan entries are discarded ({variant or 'none'})")
+    # panels are titled by budget: its unit once, in the title
+    fig.suptitle(f"Where SFT-flan entries are discarded ({variant or 'none'}), per language and "
+                 f"budget in {BUDGET_UNIT}")
     paths = _save(fig, out_dir, "discarded_map")
     plt.close(fig)
     return paths
 
 
 def plot_discarded_modules(config: dict, discarded, out_dir: Path) -> list[Path]:
-    """SFT-flan's discarded fraction per module (embeddings and head too) vs CT tokens, in the
-    merge of the layer map: a panel per language."""
+    """SFT-flan's discarded fraction per module (embeddings and head too) vs CT tokens
+    (target + English), in the merge of the layer map: a panel per language."""
     import matplotlib.pyplot as plt
 
     variant = map_variant(discarded)

@@ -5,6 +5,10 @@ language's token manifest and extended tokenizer's `vocab_extension.json` become
 `tables/vocabulary.csv` (characters per token, base vs extended vocabulary), and the CT summaries
 give the scores their `characters` of target text seen. A missing input fails, unless the caller
 collects what is missing (`lrmerge report partial`).
+
+A row's `tokens` is the CT budget behind it, in CT tokens (target + English): every token its CT
+chain read, the target language and the English replay together (lrmerge.config.units); its
+`characters` count the target-language text alone.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ SCORE_COLUMNS = [
     "method",
     "variant",
     "language",
-    "tokens",
+    "tokens",  # the CT budget, in CT tokens (target + English); empty for base and sft
     "task",
     "task_language",
     "family",
@@ -81,7 +85,7 @@ DISCARD_COLUMNS = [
     "variant",
     "engine_method",
     "language",
-    "tokens",
+    "tokens",  # the merged CT model's budget, in CT tokens (target + English)
     "input",
     "kept",
     "discarded",
@@ -107,7 +111,7 @@ MAP_COLUMNS = [
     "variant",
     "engine_method",
     "language",
-    "tokens",
+    "tokens",  # the merged CT model's budget, in CT tokens (target + English)
     "input",
     "layer",
     "module",
