@@ -169,10 +169,13 @@ def test_sft_examples_end_with_the_separator_and_pad_with_the_pad(tmp_path, toks
     join = cfg["sft"]["join"]
     p_ids = _plain(toks[name], prompts)
     a_ids = _plain(toks[name], [join + r for r in responses])
-    assert _documents(tmp_path / "sft") == [head + p + a + [sep]
-                                            for p, a in zip(p_ids, a_ids, strict=True)]
+    # in the mixture's shuffled order (lrmerge.data.sft), each with its prompt length (the
+    # loss mask)
     shards = TokenShards(tmp_path / "sft")
-    assert shards.prompts.tolist() == [len(head) + len(p) for p in p_ids]  # the loss mask
+    got = sorted(zip(map(tuple, _documents(tmp_path / "sft")), shards.prompts.tolist(),
+                     strict=True))
+    assert got == sorted((tuple(head + p + a + [sep]), len(head) + len(p))
+                         for p, a in zip(p_ids, a_ids, strict=True))
     assert m["separator"]["id"] == sep and m["bos"]["added"] == (bos is not None)
     # training fills the end of a packed sequence with the manifest's pad, never a target
     packed = Packed(shards, 2048, "response", data_pad_id(shards), 0, True)
