@@ -108,7 +108,8 @@ def test_a_vocabulary_variant_takes_what_it_does_not_set_from_its_base(tmp_path)
     v, bo = config["languages"]["bo-v"], config["languages"]["bo"]
     assert (v["name"], v["tasks"], v["corpus"]) == (bo["name"], bo["tasks"], bo["corpus"])
     assert v["budgets"] == [300000] and v["tokenizer"] == {"extend": 8, "min_frequency": 2,
-                                                           "sample_chars": 20000000}
+                                                           "sample_chars": 20000000,
+                                                           "scripts": None}
     assert text_language(config, "bo-v") == "bo" and text_language(config, "bo") == "bo"
     assert extends_vocabulary(config, "bo-v") and not extends_vocabulary(config, "bo")
     # the variant's entry is a copy: the base's lists are not shared

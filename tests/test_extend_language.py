@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from stage_helpers import quiet, tiny_config, write_config
 
-from lrmerge.data import sources, tokenize
+from lrmerge.data import sources, synthetic, tokenize
 from lrmerge.data.vocab import VocabError, extend_language
 
 
@@ -46,6 +46,27 @@ def test_a_variant_learns_from_its_base_languages_text(tmp_path, base):
     assert on_disk == json.loads(json.dumps(record))
     # Tibetan read as bytes by the base, several characters a token once extended
     assert record["corpus"]["tokens_extended"] * 3 < record["corpus"]["tokens_base"]
+    # its script found in the text; the English words code-switched into it keep their tokens
+    assert record["scripts"] == ["Tibetan"] and record["scripts_from"] == "sample"
+    assert record["sample_letters"]["Latin"] > 0 and record["latin_unchanged"]
+    from tokenizers import Tokenizer
+
+    base_tok, ext_tok = (Tokenizer.from_file(str(d / "tokenizer.json")) for d in
+                         (tok, tmp_path / "ext"))
+    words = [f"{w} {n}" for n, w in enumerate(synthetic.english_words())]
+    assert [base_tok.encode(w).ids for w in words] == [ext_tok.encode(w).ids for w in words]
+
+
+def test_scripts_named_in_the_config(tmp_path, base):
+    cfg, tok = base
+    cfg = json.loads(json.dumps(cfg))
+    cfg["languages"]["bo-v90"]["tokenizer"]["scripts"] = ["Tibetan"]
+    record = extend_language(cfg, "bo-v90", tok, tmp_path / "ext", log=quiet)
+    assert record["scripts"] == ["Tibetan"] and record["scripts_from"] == "config"
+    cfg["languages"]["bo-v90"]["tokenizer"]["scripts"] = ["Tibetn"]
+    with pytest.raises(VocabError, match=r"languages\.bo-v90\.tokenizer\.scripts: .*'Tibetn' is "
+                                         "not the name of a language's Unicode script"):
+        extend_language(cfg, "bo-v90", tok, tmp_path / "typo", log=quiet)
 
 
 def test_more_tokens_than_the_text_yields_names_the_key(tmp_path, base):
@@ -66,5 +87,5 @@ def test_the_command_reads_only_its_slice(tmp_path, base):
                           str(path), "--lang", "bo-v90", "--base", str(tok), "--out", str(out)],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert "bo-v90: 90 new tokens" in run.stdout
+    assert "bo-v90: 90 new tokens (byte_level_bpe, Tibetan script from the sample)" in run.stdout
     assert json.loads((out / "vocab_extension.json").read_text())["added"] == 90

@@ -22,19 +22,28 @@ Two families:
 Each new token's `pieces` are the base ids that make it up, which is exactly how the base tokenizer
 segments its string as one pre-token (the property CT's embedding initialisation relies on: each new
 row is the mean of its pieces' rows).
+
+A new token keeps the base's conventions (lrmerge.data.scripts): it is made of the target
+language's own characters (its scripts, named or detected from the text) with at most a leading
+word-start marker, and a digit is never joined to anything. Without that rule, Telugu text with
+numbers taught Llama-2 "▁1", "00", "▁19", ..., and English with numbers segmented differently
+(33 of SIB-200's 204 English test sentences, 54 of MGSM's first 60 English questions:
+benchmarks/bench_vocab.py); now text without a target character keeps the base's ids.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import re
 import shutil
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from lrmerge import fsutil
+from lrmerge.data import scripts as target_scripts
 
 RECORD = "vocab_extension.json"
 BYTE_FALLBACK = "byte_fallback_bpe"
@@ -47,7 +56,12 @@ STALE_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", 
 
 
 class VocabError(ValueError):
-    """A vocabulary extension that cannot be done as asked (names the folder, key or count)."""
+    """A vocabulary extension that cannot be done as asked (names the folder, key or count).
+    `key`: the tokenizer key at fault (extend, scripts)."""
+
+    def __init__(self, message: str, key: str = "extend"):
+        super().__init__(message)
+        self.key = key
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,12 +218,14 @@ class _Corpus:
 
 
 def learn_tokens(corpus: _Corpus, family: str, known: set[str], k: int | None,
-                 min_frequency: int) -> list[tuple[str, tuple[str, str] | None]]:
+                 min_frequency: int, allows: Callable[[str], bool]) \
+        -> list[tuple[str, tuple[str, str] | None]]:
     """New tokens in order, each (token, merge pair) or (character, None), by greedy continued BPE:
     the step saving the most tokens in the corpus next (a merge: its pair's count; a new character
-    under byte fallback: (its UTF-8 bytes - 1) x its count), ties by the token strings. A merge that
-    needs a character the vocabulary lacks adds that character first (counted among the K). Stops
-    at k tokens, or when no step is seen min_frequency times."""
+    under byte fallback: (its UTF-8 bytes - 1) x its count), ties by the token strings. Only
+    tokens that `allows` (the target scripts' rule) are learned; a merge that needs a character
+    the vocabulary lacks adds that character first (counted among the K, and itself allowed).
+    Stops at k tokens, or when no step is seen min_frequency times."""
     vocab = set(known)
     chosen: list[tuple[str, tuple[str, str] | None]] = []
     heap: list = []
@@ -217,9 +233,12 @@ def learn_tokens(corpus: _Corpus, family: str, known: set[str], k: int | None,
     def gain(item) -> int:
         kind, x = item
         if kind == "char":
-            return (len(x.encode()) - 1) * corpus.symbols[x] if x not in vocab else 0
+            return (len(x.encode()) - 1) * corpus.symbols[x] \
+                if x not in vocab and allows(x) else 0
         count = corpus.pairs[x]
-        return count if count >= min_frequency and x[0] + x[1] not in vocab else 0
+        if count < min_frequency or x[0] + x[1] in vocab or not allows(x[0] + x[1]):
+            return 0
+        return count if all(s in vocab or allows(s) for s in x) else 0
 
     def push(item) -> None:
         g = gain(item)
@@ -266,6 +285,14 @@ def learn_tokens(corpus: _Corpus, family: str, known: set[str], k: int | None,
 # --------------------------------------------------------------------------------------------
 # The extended tokenizer
 # --------------------------------------------------------------------------------------------
+def _token_bytes(token: str, family: str) -> bytes:
+    """The bytes a new token stands for (new tokens are never <0xXX> byte tokens)."""
+    if family == BYTE_FALLBACK:
+        return token.replace(SPACE, " ").encode()
+    table = _byte_level_table()
+    return bytes(table[c] for c in token)
+
+
 def _token_text(token: str, family: str) -> str | None:
     """What the token stands for in running text (None: not whole UTF-8)."""
     if family == BYTE_FALLBACK:
@@ -274,13 +301,13 @@ def _token_text(token: str, family: str) -> str | None:
 
 
 def _byte_level_text(token: str) -> str | None:
-    table = _byte_level_table()
     try:
-        return bytes(table[c] for c in token).decode("utf-8")
+        return _token_bytes(token, BYTE_LEVEL).decode("utf-8")
     except (KeyError, UnicodeDecodeError):
         return None
 
 
+@functools.cache
 def _byte_level_table() -> dict[str, int]:
     """GPT-2's byte <-> printable character map (printable bytes stand for themselves, the rest
     shift to U+0100 onwards)."""
@@ -333,16 +360,20 @@ def _count_tokens(tok, texts: list[str]) -> int:
 
 
 def extend_tokenizer(base_dir, texts: Iterable[str], k: int, out_dir, *, seed: int = 0,
-                     min_frequency: int = 2, base_identity: dict | None = None) -> dict:
+                     min_frequency: int = 2, scripts: list[str] | None = None,
+                     base_identity: dict | None = None) -> dict:
     """Write at out_dir the base tokenizer (folder base_dir) extended by exactly k tokens learned
     from `texts` (the language's documents): base ids unchanged, new ids base_vocab_size ..
     base_vocab_size + k - 1, their merges after the base merges; `vocab_extension.json` beside
     the Hugging Face files records each new token's text and base pieces. Returns that record.
-    `seed` is recorded; the learning is deterministic (ties broken by token text), so the same
-    inputs give a byte-identical folder. Refuses k < 1, a corpus that yields fewer than k tokens
-    seen min_frequency times (saying how many), and a base that is no BPE tokenizer.json of
-    either family. `base_identity` (lrmerge.data.tokenize.tokenizer_identity of the base) is
-    recorded as `base_tokenizer`: token folders made with the base read as valid ids here."""
+    New tokens are made of the characters of `scripts` (Unicode long names; None: detected from
+    the text, lrmerge.data.scripts), so text without them keeps the base's ids; the record names
+    the scripts. `seed` is recorded; the learning is deterministic (ties broken by token text), so
+    the same inputs give a byte-identical folder. Refuses k < 1, a corpus that yields fewer than k
+    tokens seen min_frequency times (saying how many), unknown script names or a text mostly in
+    Latin letters without named scripts, and a base that is no BPE tokenizer.json of either
+    family. `base_identity` (lrmerge.data.tokenize.tokenizer_identity of the base) is recorded as
+    `base_tokenizer`: token folders made with the base read as valid ids here."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise VocabError(f"vocabulary extension of {base_dir}: k must be a whole number >= 1, "
@@ -351,18 +382,20 @@ def extend_tokenizer(base_dir, texts: Iterable[str], k: int, out_dir, *, seed: i
     path = base_dir / "tokenizer.json"
     first_id = base_vocab_size(data, path)
     docs = [t for t in texts if t]
+    rule, script_record = _script_rule(base_dir, docs, scripts)
     tok = _tokenizer(data)
-    corpus, new = _learn(tok, data, family, docs, k, min_frequency)
+    corpus, new = _learn(tok, data, family, docs, k, min_frequency, rule)
     if len(new) < k:
         raise VocabError(f"vocabulary extension of {base_dir}: the corpus ({len(docs)} documents, "
-                         f"{sum(map(len, docs))} characters) yields {len(new)} new tokens seen at "
-                         f"least {min_frequency} times, fewer than k={k}; lower k or give more "
-                         "text")
+                         f"{sum(map(len, docs))} characters) yields {len(new)} new tokens "
+                         f"({', '.join(rule.names)} script) seen at least {min_frequency} times, "
+                         f"fewer than k={k}; lower k or give more text")
     extended = _extended_json(data, new, first_id, path)
     ext_tok = _tokenizer(extended)
     record = {
         "base": str(base_dir), "base_vocab_size": first_id, "added": k, "family": family,
-        "seed": seed, "min_frequency": min_frequency, "base_tokenizer": base_identity,
+        "seed": seed, "min_frequency": min_frequency, **script_record,
+        "base_tokenizer": base_identity,
         "corpus": {"documents": len(docs), "characters": sum(map(len, docs)),
                    "bytes": sum(len(d.encode()) for d in docs),
                    "tokens_base": _count_tokens(tok, docs),
@@ -380,18 +413,31 @@ def extend_tokenizer(base_dir, texts: Iterable[str], k: int, out_dir, *, seed: i
     return record
 
 
-def _learn(tok, data: dict, family: str, docs: list[str], k: int | None, min_frequency: int):
+def _script_rule(base_dir: Path, docs: list[str], scripts: list[str] | None):
+    try:
+        return target_scripts.rule_for(docs, scripts)
+    except target_scripts.ScriptError as exc:
+        raise VocabError(f"vocabulary extension of {base_dir}: {exc}", key="scripts") from None
+
+
+def _learn(tok, data: dict, family: str, docs: list[str], k: int | None, min_frequency: int,
+           rule: target_scripts.TokenRule):
     words = Counter(w for d in docs for w in _pre_tokens(tok, family, d))
     unk = data["model"].get("unk_token")
     corpus = _Corpus(words, lambda w: _base_symbols(tok, w, unk))
     known = set(data["model"]["vocab"]) | {t["content"] for t in data.get("added_tokens") or []}
-    return corpus, learn_tokens(corpus, family, known, k, min_frequency)
+    return corpus, learn_tokens(corpus, family, known, k, min_frequency,
+                                lambda token: rule.allows(_token_bytes(token, family)))
 
 
-def available_tokens(base_dir, texts: Iterable[str], *, min_frequency: int = 2) -> int:
+def available_tokens(base_dir, texts: Iterable[str], *, min_frequency: int = 2,
+                     scripts: list[str] | None = None) -> int:
     """How many new tokens the corpus yields at most (the largest k extend_tokenizer accepts)."""
-    data, family = _read_base(Path(base_dir))
-    _, new = _learn(_tokenizer(data), data, family, [t for t in texts if t], None, min_frequency)
+    base_dir = Path(base_dir)
+    data, family = _read_base(base_dir)
+    docs = [t for t in texts if t]
+    rule, _ = _script_rule(base_dir, docs, scripts)
+    _, new = _learn(_tokenizer(data), data, family, docs, None, min_frequency, rule)
     return len(new)
 
 
@@ -444,13 +490,19 @@ def extend_language(cfg: dict, lang: str, base_dir, out_dir, log=print) -> dict:
         chars += len(doc)
     try:
         record = extend_tokenizer(base_dir, docs, spec["extend"], out_dir, seed=cfg["seed"],
-                                  min_frequency=spec["min_frequency"], base_identity=identity)
+                                  min_frequency=spec["min_frequency"], scripts=spec["scripts"],
+                                  base_identity=identity)
     except VocabError as exc:
-        raise VocabError(f"languages.{lang}.tokenizer.extend: {exc} (text: {corpus_key(lang)}, "
-                         f"{chars} of tokenizer.sample_chars={want} characters)") from None
+        raise VocabError(f"languages.{lang}.tokenizer.{exc.key}: {exc} (text: "
+                         f"{corpus_key(lang)}, {chars} of tokenizer.sample_chars={want} "
+                         "characters)", key=exc.key) from None
     c = record["corpus"]
     short = "" if chars >= want else f" (the whole corpus: short of sample_chars={want})"
-    log(f"{lang}: {record['added']} new tokens ({record['family']}) from {c['documents']} "
-        f"documents, {c['characters']} characters{short}; characters per token "
+    log(f"{lang}: {record['added']} new tokens ({record['family']}, "
+        f"{', '.join(record['scripts'])} script from the {record['scripts_from']}) from "
+        f"{c['documents']} documents, {c['characters']} characters{short}; characters per token "
         f"{c['characters'] / c['tokens_base']:.3f} -> {c['characters'] / c['tokens_extended']:.3f}")
+    if not record["latin_unchanged"]:
+        log(f"{lang}: Latin is a target script (tokenizer.scripts): English text may segment "
+            "differently than under the base")
     return record
