@@ -16,7 +16,12 @@ on 20 MB of it with `tokenizers`. Then, side by side in one run, each as its own
 Goals (issue 7): tokens/s >= 1.5x the baseline on these 2 cores; peak RSS at 100M tokens within
 10% of that at 10M. Exit status 1 when one is missed (unless --no-check).
 
-    .venv/bin/python benchmarks/bench_data.py [--quick] [--no-check]
+`--compare SRC` runs the same commands with another checkout's `lrmerge` as well (SRC: its src/
+folder, e.g. a `git worktree` of the commit before a change; its own config/mini.yaml is used),
+alternating the two three times, and prints tokens/s and peak RSS side by side (issue 23's goal:
+the sampled corpus order within 10% of the stored order's throughput).
+
+    .venv/bin/python benchmarks/bench_data.py [--quick] [--no-check] [--compare SRC]
 """
 
 from __future__ import annotations
@@ -111,22 +116,26 @@ BASELINE = textwrap.dedent("""
 """)
 
 
-def config(tok: Path, corpus: Path, tokens: int, allow_repeat: bool) -> Path:
-    cfg = yaml.safe_load((REPO / "config" / "mini.yaml").read_text())
+def config(tok: Path, corpus: Path, tokens: int, allow_repeat: bool, repo: Path = REPO,
+           tag: str = "") -> Path:
+    cfg = yaml.safe_load((repo / "config" / "mini.yaml").read_text())
     cfg["base_model"] = str(tok)
     cfg["languages"] = {"bn": {"name": "bench", "budgets": [tokens], "tasks": ["topic_bn"],
                                "corpus": {"kind": "jsonl", "path": str(corpus),
                                           "allow_repeat": allow_repeat}}}
     cfg["merge"]["multi"] = []
     cfg["continual_pretrain"].update(seq_len=2048, english_ratio=0.0, data_margin=1.0)
-    path = WORK / f"config_{tokens}.yaml"
+    path = WORK / f"config_{tokens}{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     return path
 
 
-def run_lrmerge(cfg: Path, tok: Path, out: Path) -> dict:
-    """`lrmerge data corpus` under GNU time: (manifest, peak RSS in MB, wall s)."""
+def run_lrmerge(cfg: Path, tok: Path, out: Path, src: Path | None = None) -> dict:
+    """`lrmerge data corpus` under GNU time: (manifest, peak RSS in MB, wall s); `src`: the
+    lrmerge of another checkout's src/ folder."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     t0 = time.perf_counter()
     r = subprocess.run([TIME, "-f", "%M", str(BIN / "lrmerge"), "data", "corpus", "--config",
                         str(cfg), "--lang", "bn", "--tokenizer", str(tok), "--threads", "2",
@@ -139,10 +148,41 @@ def run_lrmerge(cfg: Path, tok: Path, out: Path) -> dict:
             "wall_s": wall}
 
 
+def compare(src: Path, tok: Path, text: Path, large: Path, sizes: tuple[int, int]) -> int:
+    """This checkout's `lrmerge data corpus` against another's, alternating, 3 runs each."""
+    other_repo = src.resolve().parent
+    runs = {"this": [], "other": []}
+    for i in range(3):
+        for who, where, repo in (("other", src, other_repo), ("this", None, REPO)):
+            cfg = config(tok, text, 10 ** 10, True, repo, f"_{who}")
+            res = run_lrmerge(cfg, tok, WORK / f"cmp_{who}", where)
+            m = res["manifest"]
+            runs[who].append(m["tokens"] / m["seconds"])
+            print(f"run {i + 1} {who:<6} {m['tokens']:,} tokens in {m['seconds']:.2f} s "
+                  f"({m['tokens'] / m['seconds']:,.0f} tokens/s, peak {res['rss_mb']:.0f} MB)")
+    med = {k: float(np.median(v)) for k, v in runs.items()}
+    rss = {}
+    for who, where, repo in (("other", src, other_repo), ("this", None, REPO)):
+        for n in sizes:
+            res = run_lrmerge(config(tok, large, n, False, repo, f"_{who}"), tok,
+                              WORK / f"cmp_{who}_{n}", where)
+            rss[who, n] = res["rss_mb"]
+    print(f"\n{'':<22}{'tokens/s (median of 3)':>24}" + "".join(
+        f"{f'peak RSS at {n / 1e6:.0f}M':>20}" for n in sizes))
+    for who, label in (("other", f"other ({src})"), ("this", "this checkout")):
+        print(f"{label[:22]:<22}{med[who]:>24,.0f}" + "".join(f"{rss[who, n]:>17.0f} MB"
+                                                             for n in sizes))
+    ratio = med["this"] / med["other"]
+    print(f"\nthroughput: this / other = {ratio:.3f} (goal >= 0.90)")
+    return 0 if ratio >= 0.9 else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1M / 10M tokens for the RSS runs")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--compare", type=Path, default=None,
+                    help="another checkout's src/ folder to run side by side with this one")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     small, big = (1_000_000, 10_000_000) if args.quick else (10_000_000, 100_000_000)
@@ -158,6 +198,9 @@ def main() -> int:
     print(f"tokenizer: {tok} (32,000-token byte-level BPE); text: {text.stat().st_size / 1e6:.0f}"
           f" MB; large corpus: {large.stat().st_size / 1e6:.0f} MB")
 
+    if args.compare is not None:
+        code = compare(args.compare, tok, text, large, (small, big))
+        return 0 if args.no_check else code
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     r = subprocess.run([sys.executable, "-c", BASELINE, str(tok), str(text)], capture_output=True,
                        text=True, env=env, check=True)

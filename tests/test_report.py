@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -19,6 +20,7 @@ from lrmerge.config import (
     tasks_of,
 )
 from lrmerge.config.layout import ct_id
+from lrmerge.data.shards import ShardWriter
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ["embed", "q_proj", "down_proj", "norm"]
@@ -100,24 +102,32 @@ def chars_per_token(config: dict, lang: str) -> float:
     return round(0.5 + 0.25 * i + (1.0 if extends_vocabulary(config, lang) else 0.0), 6)
 
 
+def write_token_folder(folder: str, tokens: int, characters: int, vocab: int, name: str,
+                       prompts: bool = False) -> None:
+    """A token folder as lrmerge data corpus (or sft) writes it: 40 documents of zeros whose
+    text is `characters` characters (3 bytes each)."""
+    lengths = np.full(40, tokens // 40, dtype=np.int64)
+    lengths[-1] += tokens - lengths.sum()
+    chars = np.full(40, characters // 40, dtype=np.int64)
+    chars[-1] += characters - chars.sum()
+    writer = ShardWriter(folder, vocab, 10**9, with_prompts=prompts)
+    writer.add(np.zeros(tokens, dtype=np.int64), lengths, np.full(40, 3) if prompts else None,
+               np.stack([chars, 3 * chars], axis=1))
+    writer.finish({"tokenizer": {"name": name, "vocab_size": vocab, "xxh3_128": "0" * 32}})
+
+
 def write_text_records(config: dict, results: Layout) -> None:
     """What the report reads of the text behind the tokens: a token manifest per language (as
     lrmerge data corpus writes it), a train summary per CT model (target_characters, ...) and a
-    vocab_extension.json per extended tokenizer."""
+    vocab_extension.json per extended tokenizer; the English and SFT token folders."""
+    write_token_folder(results.tokens("en"), 60000, 240000, 1000, "en")
+    write_token_folder(results.tokens("sft"), 30000, 120000, 1000, "sft", prompts=True)
     for lang in config["languages"]:
         cpt = chars_per_token(config, lang)
         tokens = 50000 + 1000 * len(lang)
         characters = round(tokens * cpt)
-        path = Path(results.manifest(lang))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({
-            "format": 1, "tokens": tokens, "dtype": "uint16", "documents": 40,
-            "characters": characters, "bytes": 3 * characters,
-            "characters_per_token": round(characters / tokens, 6),
-            "tokenizer": {"name": lang, "vocab_size": 1000 + (90 if extends_vocabulary(
-                config, lang) else 0), "xxh3_128": "0" * 32},
-            "shards": [{"file": "tokens-00000.bin", "tokens": tokens,
-                        "characters": characters, "bytes": 3 * characters}]}))
+        vocab = 1000 + (90 if extends_vocabulary(config, lang) else 0)
+        write_token_folder(results.tokens(lang), tokens, characters, vocab, lang)
         for n in config["languages"][lang]["budgets"]:
             target = int(n * 0.8)
             chars = int(target * cpt) + 7  # not the estimate: training counts exactly

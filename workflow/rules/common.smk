@@ -257,9 +257,10 @@ def all_merge_stats():
 
 
 def report_manifests():
-    """Every language's token manifest: its text counts (tables/vocabulary.csv, and the
-    characters estimate of a CT summary from before text was counted)."""
-    return [L.manifest(lang) for lang in LANGS]
+    """Every token folder's manifest: a language's text counts (tables/vocabulary.csv, and the
+    characters estimate of a CT summary from before text was counted), and what each CT
+    budget and SFT-flan read per subset and task (tables/data.csv)."""
+    return [L.manifest(lang) for lang in LANGS] + [L.manifest("en"), L.manifest("sft")]
 
 
 def report_ct_summaries():

@@ -39,6 +39,13 @@ rule aggregate:
             subcategory="Tables",
             labels={"table": "vocabulary"},
         ),
+        data=report(
+            L.table("data"),
+            caption="../report/data.rst",
+            category="Report",
+            subcategory="Tables",
+            labels={"table": "data"},
+        ),
     log:
         L.log("aggregate"),
     benchmark:
@@ -53,7 +60,7 @@ rule aggregate:
         "lrmerge report aggregate --config {params.config} --results {params.results}"
         " --scores {output.scores}"
         " --discarded {output.discarded} --discarded-map {output.discarded_map}"
-        " --vocabulary {output.vocabulary} > {log} 2>&1"
+        " --vocabulary {output.vocabulary} --data {output.data} > {log} 2>&1"
 
 
 rule plot:

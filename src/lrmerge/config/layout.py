@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 RESULTS = "results"
 LOGS = "logs"
-TABLES = ("scores", "discarded", "discarded_map", "vocabulary")
+TABLES = ("scores", "discarded", "discarded_map", "vocabulary", "data")
 FIGURE_FORMATS = ("png", "pdf")
 TRAIN_SUMMARY = "train_summary.json"
 MERGE_STATS = "merge_stats.json"

@@ -109,9 +109,13 @@ RULE_KEYS = {
     "evaluate": _evaluate,
     # based_on: a variant's models are scored on its text language's tasks; tokenizer: which
     # languages have an extended one (the vocabulary table)
+    # seq_len, english_ratio, sft steps: which blocks and sequences each run read (data.csv)
     "aggregate": lambda config, lang: ["languages.*.budgets", "languages.*.tasks",
                                        "languages.*.based_on", "languages.*.tokenizer",
-                                       "english.tasks", "merge", "evaluate.collapse_share"],
+                                       "english.tasks", "merge", "evaluate.collapse_share",
+                                       "continual_pretrain.seq_len",
+                                       "continual_pretrain.english_ratio", "sft.steps",
+                                       "sft.batch_size", "sft.seq_len"],
     "plot": _plot,
 }
 

@@ -54,7 +54,7 @@ def partial(config_path, results_dir=None, out_dir=None) -> dict:
     paths = {name: Path(out.table(name)) for name in TABLES}
     missing: list[dict] = []
     tables = aggregate(config_path, results.root, paths["scores"], paths["discarded"],
-                       paths["discarded_map"], missing, paths["vocabulary"])
+                       paths["discarded_map"], missing, paths["vocabulary"], paths["data"])
     _write_csv(Path(out.missing()), missing, MISSING_COLUMNS)
     figures = plot(config_path, paths["scores"], paths["discarded"], paths["discarded_map"],
                    Path(out.figures()))
@@ -71,12 +71,14 @@ def _warn_collapsed(tables: dict) -> None:
 
 def _cmd_aggregate(args) -> int:
     tables = aggregate(args.config, args.results, args.scores, args.discarded,
-                       args.discarded_map, vocabulary_path=args.vocabulary)
+                       args.discarded_map, vocabulary_path=args.vocabulary,
+                       data_path=args.data)
     vocabulary = args.vocabulary or Path(args.scores).with_name("vocabulary.csv")
+    data = args.data or Path(args.scores).with_name("data.csv")
     print(f"wrote {args.scores} ({len(tables['scores'])} rows), {args.discarded} "
           f"({len(tables['discarded'])} rows), {args.discarded_map} "
-          f"({len(tables['discarded_map'])} rows) and {vocabulary} "
-          f"({len(tables['vocabulary'])} rows)")
+          f"({len(tables['discarded_map'])} rows), {vocabulary} "
+          f"({len(tables['vocabulary'])} rows) and {data} ({len(tables['data'])} rows)")
     _warn_collapsed(tables)
     return 0
 
@@ -117,8 +119,8 @@ def add_parser(subparsers) -> None:
                            metavar="{aggregate,plot,partial}")
     a = sub.add_parser(
         "aggregate",
-        help="write tables/scores.csv, tables/discarded.csv, tables/discarded_map.csv and "
-        "tables/vocabulary.csv",
+        help="write tables/scores.csv, tables/discarded.csv, tables/discarded_map.csv, "
+        "tables/vocabulary.csv and tables/data.csv",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a.add_argument("--config", required=True, help="workflow config file")
@@ -132,6 +134,9 @@ def add_parser(subparsers) -> None:
     a.add_argument("--vocabulary", default=None,
                    help="characters per token per language, base vs extended vocabulary, table "
                    "to write (csv; default: vocabulary.csv beside --scores)")
+    a.add_argument("--data", default=None,
+                   help="what each CT budget and SFT-flan read, per corpus subset and FLAN "
+                   "task, table to write (csv; default: data.csv beside --scores)")
     a.set_defaults(func=_guard(_cmd_aggregate))
     pl = sub.add_parser("plot", help="draw figures/saturation*, figures/discarded* (png, pdf)")
     pl.add_argument("--config", required=True, help="workflow config file")

@@ -489,10 +489,12 @@ def collapsed_rows(scores: list[dict]) -> list[dict]:
 
 
 def aggregate(config_path, results_dir, scores_path, discarded_path, discarded_map_path,
-              missing: list[dict] | None = None, vocabulary_path=None) -> dict:
-    """Write the four tables from the run in `results_dir` (results/{run}); return them as
-    rows. `missing`: see score_rows. `vocabulary_path`: default vocabulary.csv beside
-    scores_path."""
+              missing: list[dict] | None = None, vocabulary_path=None, data_path=None) -> dict:
+    """Write the five tables from the run in `results_dir` (results/{run}); return them as
+    rows. `missing`: see score_rows. `vocabulary_path`, `data_path`: default vocabulary.csv and
+    data.csv beside scores_path."""
+    from lrmerge.report.inputs import DATA_COLUMNS, data_rows
+
     config = load_rule_config(config_path, "aggregate")
     results = Layout(str(results_dir))
     manifests = read_manifests(config, results, missing)
@@ -502,15 +504,27 @@ def aggregate(config_path, results_dir, scores_path, discarded_path, discarded_m
     merges = merge_stats(config, results, missing)
     discards = discarded_rows(merges)
     cells = discarded_map_rows(merges)
+
+    def folder_missing(kind, name, path, exc):
+        if isinstance(exc, FileNotFoundError):  # no manifest: the job has not run
+            path = Path(results.manifest(name))
+            kind, exc = "manifest", f"missing (has the job that writes it run?) ({exc})"
+        if missing is None or all(m["path"] != str(path) for m in missing):  # named once
+            _missing_or_raise(missing, kind, name, path, ReportError(f"{path}: {exc}"))
+
+    data = data_rows(config, results, folder_missing)
     if vocabulary_path is None:
         vocabulary_path = Path(scores_path).with_name("vocabulary.csv")
+    if data_path is None:
+        data_path = Path(scores_path).with_name("data.csv")
     _write_csv(Path(scores_path), scores, SCORE_COLUMNS)
     _write_csv(Path(discarded_path), discards, DISCARD_COLUMNS)
     _write_csv(Path(discarded_map_path), cells, MAP_COLUMNS)
     # the manifests' own numbers, not rounded again
     _write_csv(Path(vocabulary_path), vocabulary, VOCAB_COLUMNS, float_format=None)
+    _write_csv(Path(data_path), data, DATA_COLUMNS)
     return {"scores": scores, "discarded": discards, "discarded_map": cells,
-            "vocabulary": vocabulary,
+            "vocabulary": vocabulary, "data": data,
             "collapse_share": float(config["evaluate"]["collapse_share"])}
 
 
