@@ -20,6 +20,7 @@ from lrmerge.cli import main as cli
 from lrmerge.config import validate_config
 from lrmerge.data import sft, tokenize
 from lrmerge.data.shards import TokenShards
+from lrmerge.data.sources import corpus_documents
 from lrmerge.train.stream import Packed, data_pad_id
 
 pytestmark = pytest.mark.real
@@ -120,7 +121,8 @@ def test_each_document_is_framed_exactly_as_configured(tmp_path, toks, corpora, 
                                                        sep):
     cfg = _config(corpora, **data)
     m = tokenize.prepare_corpus(cfg, "bn", toks[name], tmp_path / "bn", log=quiet)
-    texts = udhr_paragraphs("ben")
+    texts = list(corpus_documents(cfg, "bn"))  # the data stage's seeded order
+    assert sorted(texts) == sorted(udhr_paragraphs("ben"))
     docs = _documents(tmp_path / "bn")
     head = [bos] if bos is not None else []
     assert docs == [head + ids + [sep] for ids in _plain(toks[name], texts)]
@@ -225,7 +227,7 @@ def test_budgets_count_the_real_tokens_byte_fallback_included(tmp_path, toks, co
     # a budget stops at the document that completes it, in Llama-2 tokens
     cfg = _config(corpora, budget=3000, allow_repeat=False)
     m = tokenize.prepare_corpus(cfg, "te", toks["llama2"], tmp_path / "te", log=quiet)
-    read = udhr_paragraphs("tel")[:m["documents"]]
+    read = list(corpus_documents(cfg, "te"))[:m["documents"]]
     lengths = [len(ids) + 1 for ids in js_encode(read)]
     assert m["tokens"] == sum(lengths) >= m["goal_with_margin"] > sum(lengths) - lengths[-1]
     assert m["documents"] < len(udhr_paragraphs("tel"))
