@@ -1,4 +1,4 @@
-"""The sweep's cost before submitting: `lrmerge plan`.
+"""The sweep's cost and sources before submitting: `lrmerge plan`, `lrmerge sources`.
 
     cost    GPU-hours, wall time and disk per rule from the config's assumptions (`plan`)
     corpora per corpus, the target and English tokens each budget reads, the corpus's need and
@@ -6,7 +6,10 @@
     pilot   what a pilot run measured, carried to the sweep (`calibrate`, `calibrated_plan`)
     vocab   extended vocabularies: the characters a budget buys, the tokens and GPU-hours of
             the same characters as the base tokenizer's budgets (`same_characters`)
-    cli     the command
+    preflight
+            every corpus, the SFT data and every task's data the config names, opened with the
+            stages' own loaders before any GPU job (`run_checks`); preflight_cli, its command
+    cli     the `lrmerge plan` command
 """
 
 from .corpora import corpus_needs
