@@ -10,7 +10,7 @@ import eval_fixtures as fx
 import pytest
 import xxhash
 from stage_helpers import tiny_config
-from test_evaluate import bench_config
+from test_evaluate import BELEBELE_ITEMS, bench_config
 
 from lrmerge import fsutil
 from lrmerge.config import rule_config, rule_keys, validate_config
@@ -71,7 +71,7 @@ def test_sample_is_recorded(tmp_path):
         ",".join(map(str, sorted(indices))).encode()).hexdigest()
     # Belebele's shots are held out first: the sample is of the items left
     bele = manifest["belebele_ben_Beng"]
-    assert bele["n_items_full"] == 9 - bele["held_out_for_shots"]
+    assert bele["n_items_full"] == BELEBELE_ITEMS - bele["held_out_for_shots"]
     assert bele["n_items"] == min(9, bele["n_items_full"])
     # MGSM (5 items) under a limit of 9: every item, recorded as such
     mgsm = manifest["mgsm_bn"]
