@@ -237,10 +237,11 @@ class Plan:
 
     def manifest(self, spec: dict, seed: int) -> dict:
         total = max(1, int(self.taken.sum()))
+        task_from = ("family" if spec["kind"] == "generated" else
+                     f"field {spec['task_field']!r}" if spec.get("task_field") else "file name")
         return {
-            "task_from": (f"field {spec['task_field']!r}" if spec.get("task_field")
-                          else "file name" if spec["kind"] != "generated" else "family"),
-            "task_pattern": None if spec.get("task_field") else spec.get("task_pattern"),
+            "task_from": task_from,
+            "task_pattern": spec.get("task_pattern") if task_from == "file name" else None,
             "max_per_task": spec.get("max_per_task"), "task_weights": spec.get("task_weights"),
             "max_examples": spec.get("max_examples"), "seed": seed,
             "order": "stratified shuffle: every prefix holds each task within one example of "
