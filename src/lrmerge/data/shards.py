@@ -92,8 +92,6 @@ class ShardWriter:
         self.text_total = np.zeros(2, dtype=np.int64)  # characters, bytes
         self._shard_text: list[np.ndarray] = []
         self.group_kind, self.group_names = groups if groups else (None, [])
-        if len(self.group_names) > 65535:
-            raise ValueError(f"{len(self.group_names)} {self.group_kind}s: at most 65,535")
         self._groups = open(self.tmp / GROUPS, "wb") if groups else None
         # per group: documents, tokens, characters, bytes
         self.group_counts = np.zeros((len(self.group_names), 4), dtype=np.int64)

@@ -224,10 +224,10 @@ class Corpus:
         self.weights: np.ndarray | None = None
         self.sampling: dict = {}
         self.field: str | None = None
-        self._written = None  # (subsets x 2) exact tokens and characters written so far
+        self._written = None  # () -> the writer's counts per subset (`observe`)
+        # the subsets' shape (field or sources, weights of subsets that exist, summing to a
+        # positive number, none for generated text) is lrmerge.config.check_config's
         if self.kind == "generated":
-            if subsets:
-                raise ValueError(f"{where}.subsets: not for kind generated")
             # English keeps its own seed stream ("pretrain"): the mini base is trained on it.
             self._gen = (cfg, lang, "pretrain" if lang == "en" else "ct")
             self.sampling = {"order": "generated"}
@@ -245,13 +245,10 @@ class Corpus:
             self.sources = [_Rows(spec, where, self.key, self.field)]
             if weights != "proportional":
                 self.names = list(weights)
-                self.weights = _normalised(weights, f"{where}.subsets.weights")
+                self.weights = _normalised(weights)
             self.sampling = {**self.sources[0].sampling, "subsets": {"field": self.field}}
         else:
-            given = subsets.get("sources") or {}
-            if not given:
-                raise ValueError(f"{where}.subsets: set field (the row field naming each row's "
-                                 "subset) or sources (one source per subset)")
+            given = subsets["sources"]
             base = {k: v for k, v in spec.items() if k != "subsets"}
             self.names = list(given)
             self.sources = [_Rows({**base, **(given[name] or {})}, f"{where}.subsets.sources."
@@ -266,14 +263,9 @@ class Corpus:
                             "dataset without size information); give weights")
                     sizes[name] = src.size_bytes
                 weights = sizes
-            else:
-                unknown = sorted(set(weights) - set(self.names))
-                if unknown:
-                    raise ValueError(f"{where}.subsets.weights: {', '.join(unknown)} "
-                                     f"{'is not a subset' if len(unknown) == 1 else 'are not subsets'}"
-                                     f" (subsets.sources: {', '.join(self.names)})")
+            else:  # a subset without a weight is left out
                 weights = {n: weights.get(n, 0.0) for n in self.names}
-            self.weights = _normalised(weights, f"{where}.subsets.weights")
+            self.weights = _normalised(weights)
             self.sampling = {"order": "subsets", "subsets": {
                 n: src.sampling for n, src in zip(self.names, self.sources, strict=True)}}
         if self.weights is not None:
@@ -281,9 +273,9 @@ class Corpus:
                                                                    self.weights), strict=True))
             self.sampling["weights_unit"] = "tokens"
 
-    def observe(self, written: np.ndarray) -> None:
-        """The writer's per-subset counts (documents, tokens, characters, bytes), updated in
-        place as batches are written."""
+    def observe(self, written) -> None:
+        """`written()`: the writer's per-subset counts so far (subsets x documents, tokens,
+        characters, bytes), which the mix reads before each choice."""
         self._written = written
 
     def documents(self) -> Iterator[tuple[str, int]]:
@@ -300,10 +292,11 @@ class Corpus:
         """Tokens per subset of everything chosen so far: exact for what the writer has
         written, the rest estimated at each subset's characters per token so far."""
         k = len(self.names)
-        if self._written is None or len(self._written) < k:
+        written = None if self._written is None else self._written()
+        if written is None or len(written) < k:
             done = np.zeros((k, 2))
         else:
-            done = self._written[:k, 1:3].astype(float)  # tokens, characters
+            done = written[:k, 1:3].astype(float)  # tokens, characters
         tokens, chars = done[:, 0], done[:, 1]
         known = tokens.sum()
         overall = chars.sum() / known if known else 1.0
@@ -344,15 +337,11 @@ class Corpus:
                 yield text, index[sub]
                 continue
             s = index.get(sub)
-            if s is None or self.weights[s] == 0:
-                passed += 1
-                if s is None and (sub in other or len(other) < 20):
-                    other[sub] = other.get(sub, 0) + 1
-                    self.sampling["other_subsets"] = other
-                self.sampling["rows_passed_over"] = passed
-                continue
-            taken = self._taken(chars)
-            if taken[s] > self.weights[s] * taken.sum():
+            if s is None and (sub in other or len(other) < 20):  # values without a weight
+                other[sub] = other.get(sub, 0) + 1
+                self.sampling["other_subsets"] = other
+            if s is None or self.weights[s] == 0 or \
+                    (taken := self._taken(chars))[s] > self.weights[s] * taken.sum():
                 passed += 1
                 self.sampling["rows_passed_over"] = passed
                 continue
@@ -360,11 +349,8 @@ class Corpus:
             yield text, s
 
 
-def _normalised(weights: dict, key: str) -> np.ndarray:
+def _normalised(weights: dict) -> np.ndarray:
     w = np.array([float(v) for v in weights.values()], dtype=float)
-    if (w < 0).any() or not w.sum() > 0:
-        raise ValueError(f"{key}: weights must be >= 0 and sum to a positive number "
-                         f"(given: {dict(weights)})")
     return w / w.sum()
 
 

@@ -218,7 +218,7 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
     corpus = Corpus(cfg, lang)
     groups = (corpus.subset_kind, corpus.names) if corpus.subset_kind else None
     writer = ShardWriter(out, len(tok), cfg["data"]["shard_tokens"], groups=groups)
-    corpus.observe(writer.group_counts)
+    corpus.observe(lambda: writer.group_counts)
     read = 0
     try:
         max_docs = spec.get("max_docs")
@@ -231,7 +231,6 @@ def prepare_corpus(cfg: dict, lang: str, tokenizer: str, out: str | os.PathLike,
                 k = int(np.searchsorted(ends, goal - writer.tokens, side="left")) + 1
             # whole documents only (never cut), so their text counts are exact
             writer.add(flat[:int(ends[k - 1])], lengths[:k], text=text[:k], groups=group[:k])
-            corpus.observe(writer.group_counts)
             read += k
             if done or (max_docs and read >= int(max_docs)):
                 break

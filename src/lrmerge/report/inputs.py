@@ -41,7 +41,7 @@ def _group_rows(shards: TokenShards, stop: int, base: dict, targets: dict | None
     return [{**base, "group_kind": kind, "group": g, "tokens_read": int(n),
              "share": n / total,
              "target_share": (targets or {}).get(g, 1.0 if kind is None else None),
-             "passes": round(max(passes, 1.0) if passes > 1 else passes, 4)}
+             "passes": round(passes, 4)}
             for g, n in groups.items()]
 
 
