@@ -23,7 +23,6 @@ folder is copied from it in the mixture's order a chunk at a time (benchmarks/be
 from __future__ import annotations
 
 import fnmatch
-import glob
 import mmap
 import os
 import random
@@ -39,7 +38,7 @@ import numpy as np
 
 from lrmerge.data import budget, mixture, synthetic
 from lrmerge.data.shards import DataShortError, ShardWriter, TokenShards
-from lrmerge.data.sources import SourceError, jsonl_rows, load_hf
+from lrmerge.data.sources import SourceError, files, jsonl_rows, load_hf, paths
 from lrmerge.data.tokenize import (
     _encode_sft,
     document_marks,
@@ -124,16 +123,6 @@ def task_of_file(name: str, rx: re.Pattern) -> str:
     return m.group(1)
 
 
-def _local_files(given: str | list[str], key: str) -> list[str]:
-    out = []
-    for p in [given] if isinstance(given, str) else given:
-        matches = sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p]
-        if not matches:
-            raise SourceError(f"{key}: no file matches {p}")
-        out.extend(matches)
-    return out
-
-
 def _hub_files(spec: dict) -> list[tuple[str, Callable[[], str]]]:
     """kind hf, the task from file names: (name, a function giving a local copy) of each file
     of the dataset matching data_files (default <split>/*.jsonl). `path` is a hub dataset, a
@@ -146,7 +135,7 @@ def _hub_files(spec: dict) -> list[tuple[str, Callable[[], str]]]:
         patterns = patterns[split]
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     if path == "json":  # the json builder's own data_files: local files
-        return [(f, lambda f=f: f) for f in _local_files(patterns, f"{WHERE}.data_files")]
+        return [(f, lambda f=f: f) for f in files(patterns, f"{WHERE}.data_files")]
     if Path(path).is_dir():
         root = Path(path)
         names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
@@ -193,10 +182,8 @@ def source(cfg: dict) -> Source:
                     task_of_file(name, rx) if rx else None)
 
     if kind == "jsonl":
-        if not spec.get("path"):
-            raise ValueError(f"config key {WHERE}.path is required for kind: jsonl")
-        files = _local_files(spec["path"], f"{WHERE}.path")
-        return Source([jsonl_part(f, lambda f=f: f) for f in files], pf, rf, tf, True)
+        return Source([jsonl_part(f, lambda f=f: f) for f in paths(spec, WHERE)], pf, rf, tf,
+                      True)
     if kind != "hf":
         raise ValueError(f"{WHERE}.kind: {kind!r} is not one of generated, jsonl, hf")
     if not spec.get("path"):

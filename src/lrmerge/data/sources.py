@@ -80,26 +80,33 @@ def jsonl_rows(paths: list[str], where: str, fields: tuple[str, ...], hint: str)
                 yield row
 
 
-def paths(spec: dict, where: str) -> list[str]:
-    given = spec.get("path")
-    if not given:
-        raise ValueError(f"config key {where}.path is required for kind: jsonl")
+def files(given: str | list[str], key: str) -> list[str]:
+    """A path, a glob or a list of them (config key `key`) -> the files, each glob's sorted;
+    a glob that matches nothing or a file that does not exist stops, naming the key."""
     out = []
     for p in [given] if isinstance(given, str) else given:
         matches = sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p]
         if not matches:
-            raise SourceError(f"{where}.path: no file matches {p}")
+            raise SourceError(f"{key}: no file matches {p}")
         for m in matches:
             if not Path(m).is_file():
-                raise SourceError(f"{where}.path: file {m} not found")
+                raise SourceError(f"{key}: file {m} not found")
         out.extend(matches)
     return out
 
 
-def _field(row: dict, dotted: str):
-    """row["a"]["b"] for "a.b"; KeyError naming the missing part. A nested level stored as a
-    JSON string (some parquet conversions keep `meta` so) is read as the object it holds."""
-    value = row
+def paths(spec: dict, where: str) -> list[str]:
+    """The files of a jsonl entry's `path`."""
+    if not spec.get("path"):
+        raise ValueError(f"config key {where}.path is required for kind: jsonl")
+    return files(spec["path"], f"{where}.path")
+
+
+def field_value(row: dict, dotted: str):
+    """row["a"]["b"] for "a.b". A nested level stored as a JSON string (some parquet
+    conversions keep `meta` so) is read as the object it holds. KeyError says which part is
+    missing where, and what is there."""
+    value, seen = row, []
     for part in dotted.split("."):
         if isinstance(value, str) and value.startswith("{"):
             try:
@@ -107,8 +114,9 @@ def _field(row: dict, dotted: str):
             except json.JSONDecodeError:
                 pass
         if not isinstance(value, dict) or part not in value:
-            raise KeyError(part)
-        value = value[part]
+            present = ", ".join(value) if isinstance(value, dict) else type(value).__name__
+            raise KeyError(f"{'.'.join(seen) or 'the row'} has no {part!r} ({present})")
+        value, seen = value[part], [*seen, part]
     return value
 
 
@@ -152,7 +160,7 @@ class _Rows:
         sub = None
         if self.subset_field:
             try:
-                sub = str(_field(row, self.subset_field))
+                sub = str(field_value(row, self.subset_field))
             except KeyError:
                 raise SourceError(f"{at()} has no subset field {self.subset_field!r} (fields: "
                                   f"{', '.join(row)}); set {self.where}.subsets.field") from None

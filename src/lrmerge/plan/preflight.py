@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lrmerge.config import all_tasks, corpus_key
-from lrmerge.data import sources as data_sources
-from lrmerge.data.sources import jsonl_rows, load_hf
+from lrmerge.data.sources import field_value, jsonl_rows, load_hf, paths
 from lrmerge.evaluate import tasks as evaluate_tasks
 
 GROUPS = ("corpora", "sft", "benchmarks")
@@ -111,28 +110,9 @@ def first_rows(spec: dict, where: str, n: int) -> list[dict]:
     if kind == "hf":
         return list(itertools.islice(load_hf(dict(spec, streaming=True), where), n))
     if kind == "jsonl":
-        paths = local_paths(spec, where)
-        return list(itertools.islice(jsonl_rows(paths, where, (), ""), n))
+        # the data stage's own expansion of paths and globs
+        return list(itertools.islice(jsonl_rows(paths(spec, where), where, (), ""), n))
     raise ValueError(f"{where}.kind: {kind!r} is not one of generated, jsonl, hf")
-
-
-def local_paths(spec: dict, where: str) -> list[str]:
-    """A jsonl entry's files: a path, a glob or a list of them, as the data stage expands them."""
-    return data_sources.paths(spec, where)  # the data stage's own expansion (globs sorted)
-
-
-def dotted(row: dict, path: str):
-    """The value at a dotted path (`meta.redpajama_set_name`), nested objects only, as the data
-    stage reads it: a `meta` held as JSON text (some RedPajama copies) does not pass. KeyError
-    names the missing part."""
-    value, seen = row, []
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            present = ", ".join(value) if isinstance(value, dict) else type(value).__name__
-            at = ".".join(seen) or "the row"
-            raise KeyError(f"{at} has no {part!r} ({present})")
-        value, seen = value[part], [*seen, part]
-    return value
 
 
 def _sample(text) -> str:
@@ -150,7 +130,7 @@ def field_report(rows: list[dict], fields: dict[str, str], sample: str,
     for i, row in enumerate(rows):
         for key, path in fields.items():
             try:
-                dotted(row, path)
+                field_value(row, path)
             except KeyError as e:
                 inner = f": {e.args[0]}" if "." in path else ""
                 raise FieldMissing(f"row {i} has no field {path!r} ({key}){inner}; "
@@ -161,7 +141,7 @@ def field_report(rows: list[dict], fields: dict[str, str], sample: str,
     parts = [f"{len(rows)} rows", "fields: " + ", ".join(rows[0])]
     for key, path in fields.items():
         if key.endswith("subsets.field"):
-            seen = sorted({str(dotted(r, path)) for r in rows})
+            seen = sorted({str(field_value(r, path)) for r in rows})
             parts.append(f"{path}: {', '.join(seen)}")
     parts.append(f"{sample}: {_sample(rows[0][sample])}")
     return "; ".join(parts)
